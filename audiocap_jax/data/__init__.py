@@ -1,0 +1,1 @@
+"""Data: dataset preparation, synthetic demo set, input pipeline."""

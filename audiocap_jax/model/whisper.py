@@ -1,0 +1,449 @@
+"""Whisper encoder-decoder in Flax NNX, with logical axis names on every parameter and an explicit KV cache.
+
+Legend: B batch, K beams, N = B*K decoder rows, M mel bins, S mel frames, S' = S/2 encoder positions,
+T tokens, L layers, D width, H heads, Dh head width, F MLP width, V vocab.
+
+Faithful to the released checkpoints: conv1/conv2 (k=3, GELU, conv2 stride 2), sinusoidal encoder positions
+(stored, never trained), pre-LN blocks (eps 1e-5), k_proj without bias, learned decoder positions, output
+projection tied to the token embedding. Dropout is omitted: every released Whisper config sets it to 0.
+
+Layers of a stack share one module whose parameters carry a leading `layers` axis ([L, ...]); they run in a
+Python loop or, with `scan_layers`, in `lax.scan` (compile time flat in depth), optionally rematerialised.
+Parameter names follow HuggingFace's so checkpoint conversion is a rule, not a table (model/hf.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from audiocap_jax.model.attention import attention
+from audiocap_jax.model.config import WhisperConfig
+from audiocap_jax.model.sharding import constrain, state_shardings
+
+_INIT_STD = 0.02  # HF WhisperConfig.init_std
+_LAYER_NORM_EPS = 1e-5
+
+Axes = tuple[str | None, ...]
+
+
+class FrozenParam(nnx.Variable):
+    """Stored and exported with the parameters but never trained (Whisper's sinusoidal encoder positions)."""
+
+
+def _dtype(name: str) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+def _stacked(stack: int | None, shape: tuple[int, ...], axes: Axes) -> tuple[tuple[int, ...], Axes]:
+    """Prefix a `layers` axis when the module holds a whole stack of layers."""
+    if stack is None:
+        return shape, axes
+    return (stack, *shape), ("layers", *axes)
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+    return (_INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
+    """Whisper's encoder position table, [length, channels] float32."""
+    log_increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = np.exp(-log_increment * np.arange(channels // 2))
+    scaled = np.arange(length)[:, None] * inv_timescales[None, :]
+    return np.concatenate([np.sin(scaled), np.cos(scaled)], axis=1).astype(np.float32)
+
+
+class Dense(nnx.Module):
+    """y = x W + b with W [(L,) in, out]; `axes` are the logical names of (in, out)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        axes: Axes,
+        *,
+        config: WhisperConfig,
+        rngs: nnx.Rngs,
+        stack: int | None = None,
+        use_bias: bool = True,
+    ):
+        pdt = _dtype(config.param_dtype)
+        shape, names = _stacked(stack, (in_features, out_features), axes)
+        self.kernel = nnx.Param(_normal(rngs, shape, pdt), logical_axes=names)
+        if use_bias:
+            bshape, bnames = _stacked(stack, (out_features,), axes[1:])
+            self.bias = nnx.Param(jnp.zeros(bshape, pdt), logical_axes=bnames)
+        else:
+            self.bias = None
+        self.dtype = _dtype(config.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class Conv1d(nnx.Module):
+    """Width-3 convolution over time on [B, S, C] (channels last); kernel [3, C_in, C_out]."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, in_axis: str, *, config: WhisperConfig, rngs: nnx.Rngs
+    ):
+        pdt = _dtype(config.param_dtype)
+        self.kernel = nnx.Param(
+            _normal(rngs, (3, in_ch, out_ch), pdt), logical_axes=("conv_width", in_axis, "embed")
+        )
+        self.bias = nnx.Param(jnp.zeros((out_ch,), pdt), logical_axes=("embed",))
+        self.stride = stride
+        self.dtype = _dtype(config.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            self.kernel[...].astype(self.dtype),
+            window_strides=(self.stride,),
+            padding=((1, 1),),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        )
+        return y + self.bias[...].astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm computed in float32 whatever the compute dtype (bf16 statistics lose too much)."""
+
+    def __init__(self, dim: int, *, config: WhisperConfig, stack: int | None = None):
+        pdt = _dtype(config.param_dtype)
+        shape, names = _stacked(stack, (dim,), ("norm",))
+        self.scale = nnx.Param(jnp.ones(shape, pdt), logical_axes=names)
+        self.bias = nnx.Param(jnp.zeros(shape, pdt), logical_axes=names)
+        self.dtype = _dtype(config.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + _LAYER_NORM_EPS)
+        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(
+            self.dtype
+        )
+
+
+class Embed(nnx.Module):
+    """A [num, D] table; `variable_type` is Param (trained) or FrozenParam (encoder positions)."""
+
+    def __init__(self, table: jax.Array, axes: Axes, variable_type: type[nnx.Variable] = nnx.Param):
+        self.embedding = variable_type(table, logical_axes=axes)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention projections; k_proj has no bias, as in Whisper."""
+
+    def __init__(self, config: WhisperConfig, heads: int, *, rngs: nnx.Rngs, stack: int | None = None):
+        d = config.d_model
+        kw: dict[str, Any] = dict(config=config, rngs=rngs, stack=stack)
+        self.q_proj = Dense(d, d, ("embed", "heads"), **kw)
+        self.k_proj = Dense(d, d, ("embed", "heads"), use_bias=False, **kw)
+        self.v_proj = Dense(d, d, ("embed", "heads"), **kw)
+        self.out_proj = Dense(d, d, ("heads", "embed"), **kw)
+        self.num_heads = heads
+
+    def split_heads(self, x: jax.Array) -> jax.Array:  # [B, T, D] --> [B, T, H, Dh]
+        return x.reshape(*x.shape[:-1], self.num_heads, x.shape[-1] // self.num_heads)
+
+    def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Keys and values [B, S, H, Dh] of `x` [B, S, D]."""
+        return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
+
+    def __call__(
+        self, x: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, impl: str
+    ) -> jax.Array:
+        """Queries from x [N, T, D] attend to k, v [B, S, H, Dh].
+
+        When N = B*K (K beams share one example's keys, e.g. cross-attention to the encoder), the beams are
+        folded into the query axis instead of copying the keys K times.
+        """
+        q = self.split_heads(self.q_proj(x))  # [N, T, H, Dh]
+        n, t, h, dh = q.shape
+        b = k.shape[0]
+        if n != b:
+            q = q.reshape(b, (n // b) * t, h, dh)  # --> [B, K*T, H, Dh]
+        out = attention(q, k, v, mask, impl=impl)
+        return self.out_proj(out.reshape(n, t, h * dh))
+
+
+class EncoderLayer(nnx.Module):
+    def __init__(self, config: WhisperConfig, *, rngs: nnx.Rngs, stack: int | None = None):
+        d, f = config.d_model, config.encoder_ffn_dim
+        self.self_attn = Attention(config, config.encoder_attention_heads, rngs=rngs, stack=stack)
+        self.self_attn_layer_norm = LayerNorm(d, config=config, stack=stack)
+        self.fc1 = Dense(d, f, ("embed", "mlp"), config=config, rngs=rngs, stack=stack)
+        self.fc2 = Dense(f, d, ("mlp", "embed"), config=config, rngs=rngs, stack=stack)
+        self.final_layer_norm = LayerNorm(d, config=config, stack=stack)
+
+    def __call__(self, x: jax.Array, impl: str) -> jax.Array:
+        h = self.self_attn_layer_norm(x)
+        k, v = self.self_attn.project_kv(h)
+        x = x + self.self_attn(h, k, v, None, impl)
+        x = x + self.fc2(jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False))
+        return constrain(x, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: WhisperConfig, *, rngs: nnx.Rngs, stack: int | None = None):
+        d, f, heads = config.d_model, config.decoder_ffn_dim, config.decoder_attention_heads
+        self.self_attn = Attention(config, heads, rngs=rngs, stack=stack)
+        self.self_attn_layer_norm = LayerNorm(d, config=config, stack=stack)
+        self.encoder_attn = Attention(config, heads, rngs=rngs, stack=stack)
+        self.encoder_attn_layer_norm = LayerNorm(d, config=config, stack=stack)
+        self.fc1 = Dense(d, f, ("embed", "mlp"), config=config, rngs=rngs, stack=stack)
+        self.fc2 = Dense(f, d, ("mlp", "embed"), config=config, rngs=rngs, stack=stack)
+        self.final_layer_norm = LayerNorm(d, config=config, stack=stack)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cross_kv: tuple[jax.Array, jax.Array],
+        self_mask: jax.Array,
+        impl: str,
+        cache_kv: tuple[jax.Array, jax.Array] | None = None,
+        write_positions: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """x [N, T, D] -> (x, self-attention keys/values: [N, T, H, Dh], or the updated cache [N, T_max, H, Dh])."""
+        h = self.self_attn_layer_norm(x)
+        k, v = self.self_attn.project_kv(h)
+        if cache_kv is not None:
+            k, v = (_write_rows(c, new, write_positions) for c, new in zip(cache_kv, (k, v), strict=True))
+        x = x + self.self_attn(h, k, v, self_mask, impl)
+        x = x + self.encoder_attn(self.encoder_attn_layer_norm(x), *cross_kv, None, impl)
+        x = x + self.fc2(jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False))
+        return constrain(x, ("batch", "length", "embed")), (k, v)
+
+
+def _write_rows(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
+    """Write new [N, T, ...] into cache [N, T_max, ...] at each row's own position (int32 [N])."""
+    return jax.vmap(lambda c, u, p: jax.lax.dynamic_update_slice_in_dim(c, u, p, axis=0))(
+        cache, new, positions
+    )
+
+
+def _run_layers(
+    layers: nnx.Module,
+    num_layers: int,
+    body: Callable[[nnx.Module, Any, Any], tuple[Any, Any]],
+    carry: Any,
+    per_layer: Any,
+    *,
+    scan: bool,
+    remat: bool,
+) -> tuple[Any, Any]:
+    """Apply `body(layer, carry, per_layer[l]) -> (carry, out_l)` for each layer of a stacked module.
+
+    Returns the final carry and the per-layer outputs stacked on a leading [L] axis.
+    """
+    graphdef, state = nnx.split(layers)
+
+    def step(carry: Any, inputs: Any) -> tuple[Any, Any]:
+        layer_state, inputs_l = inputs
+        return body(nnx.merge(graphdef, layer_state), carry, inputs_l)
+
+    if remat:
+        step = jax.checkpoint(step)
+    if scan:
+        return jax.lax.scan(step, carry, (state, per_layer))
+    outs = []
+    for i in range(num_layers):
+        carry, out = step(carry, jax.tree.map(lambda a, i=i: a[i], (state, per_layer)))
+        outs.append(out)
+    return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+@flax.struct.dataclass
+class DecodeCache:
+    """Decoder state for incremental decoding.
+
+    Self-attention keys/values are per decoder row (beam) and written in place; cross-attention keys/values
+    are computed once from the encoder output and shared by the K beams of an example.
+    """
+
+    self_k: jax.Array  # compute dtype: [L, N, T_max, H, Dh]
+    self_v: jax.Array  # compute dtype: [L, N, T_max, H, Dh]
+    cross_k: jax.Array  # compute dtype: [L, B, S', H, Dh]
+    cross_v: jax.Array  # compute dtype: [L, B, S', H, Dh]
+
+    def gather_rows(self, idx: jax.Array) -> DecodeCache:
+        """Reorder decoder rows (beam reordering): int32 [N] row indices. [L, N, ...] --> [L, N, ...]"""
+        return self.replace(
+            self_k=jnp.take(self.self_k, idx, axis=1), self_v=jnp.take(self.self_v, idx, axis=1)
+        )
+
+
+class Encoder(nnx.Module):
+    def __init__(self, config: WhisperConfig, *, rngs: nnx.Rngs):
+        d = config.d_model
+        self.conv1 = Conv1d(config.num_mel_bins, d, 1, "mel", config=config, rngs=rngs)
+        self.conv2 = Conv1d(d, d, 2, "conv_in", config=config, rngs=rngs)
+        positions = jnp.asarray(sinusoids(config.max_source_positions, d), _dtype(config.param_dtype))
+        self.embed_positions = Embed(positions, ("positions", "embed"), FrozenParam)
+        self.layers = EncoderLayer(config, rngs=rngs, stack=config.encoder_layers)
+        self.layer_norm = LayerNorm(d, config=config)
+        self.config = config
+
+    def __call__(self, mel: jax.Array) -> jax.Array:
+        cfg = self.config
+        expected = (cfg.num_mel_bins, cfg.num_frames)
+        if mel.ndim != 3 or tuple(mel.shape[1:]) != expected:
+            raise ValueError(
+                f"Encoder input has shape {tuple(mel.shape)}; expected [batch, {expected[0]}, {expected[1]}] "
+                f"log-mel (num_mel_bins={expected[0]}, {expected[1]} frames = 30 s). Pad or trim audio to 30 s "
+                "and use the mel bins of the checkpoint (80, or 128 for large-v3)."
+            )
+        x = jnp.transpose(mel, (0, 2, 1))  # [B, M, S] --> [B, S, M]
+        x = jax.nn.gelu(self.conv1(x), approximate=False)
+        x = jax.nn.gelu(self.conv2(x), approximate=False)  # --> [B, S', D]
+        x = x + self.embed_positions.embedding[...].astype(x.dtype)
+        x = constrain(x, ("batch", "length", "embed"))
+
+        def body(layer: EncoderLayer, x: jax.Array, _: Any) -> tuple[jax.Array, None]:
+            return layer(x, cfg.attention_impl), None
+
+        x, _ = _run_layers(
+            self.layers, cfg.encoder_layers, body, x, None, scan=cfg.scan_layers, remat=cfg.remat
+        )
+        return self.layer_norm(x)
+
+
+class Decoder(nnx.Module):
+    def __init__(self, config: WhisperConfig, *, rngs: nnx.Rngs):
+        pdt = _dtype(config.param_dtype)
+        d = config.d_model
+        self.embed_tokens = Embed(_normal(rngs, (config.vocab_size, d), pdt), ("vocab", "embed"))
+        self.embed_positions = Embed(
+            _normal(rngs, (config.max_target_positions, d), pdt), ("positions", "embed")
+        )
+        self.layers = DecoderLayer(config, rngs=rngs, stack=config.decoder_layers)
+        self.layer_norm = LayerNorm(d, config=config)
+        self.config = config
+
+    def embed(self, ids: jax.Array, positions: jax.Array) -> jax.Array:
+        """ids, positions: int32 [N, T] --> [N, T, D]."""
+        dtype = _dtype(self.config.dtype)
+        scale = math.sqrt(self.config.d_model) if self.config.scale_embedding else 1.0
+        tokens = jnp.take(self.embed_tokens.embedding[...], ids, axis=0).astype(dtype) * scale
+        x = tokens + jnp.take(self.embed_positions.embedding[...], positions, axis=0).astype(dtype)
+        return constrain(x, ("batch", "length", "embed"))
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        """Tied output projection: [N, T, D] --> float32 [N, T, V]."""
+        x = self.layer_norm(x)
+        table = self.embed_tokens.embedding[...].astype(x.dtype)
+        return jnp.einsum("ntd,vd->ntv", x, table, preferred_element_type=jnp.float32)
+
+
+class Whisper(nnx.Module):
+    """The encoder-decoder. Pure methods of (parameters, inputs): safe to call under jax.jit via nnx.split."""
+
+    def __init__(self, config: WhisperConfig, *, rngs: nnx.Rngs):
+        self.encoder = Encoder(config, rngs=rngs)
+        self.decoder = Decoder(config, rngs=rngs)
+        self.config = config
+
+    def encode(self, mel: jax.Array) -> jax.Array:
+        """[B, M, S] log-mel --> [B, S', D] encoder states (compute dtype)."""
+        return self.encoder(mel)
+
+    def __call__(self, mel: jax.Array, decoder_input_ids: jax.Array) -> jax.Array:
+        """Teacher-forced forward: [B, M, S], int32 [B, T] --> float32 logits [B, T, V]."""
+        return self.decode(decoder_input_ids, self.encode(mel))
+
+    def decode(self, decoder_input_ids: jax.Array, encoder_states: jax.Array) -> jax.Array:
+        """Causal decoder over whole sequences: int32 [B, T], [B, S', D] --> float32 [B, T, V]."""
+        cfg = self.config
+        t = decoder_input_ids.shape[1]
+        positions = jnp.broadcast_to(jnp.arange(t), decoder_input_ids.shape)
+        x = self.decoder.embed(decoder_input_ids, positions)
+        causal = jnp.tril(jnp.ones((t, t), bool))[None, None]  # [1, 1, T, T]
+
+        def body(layer: DecoderLayer, x: jax.Array, _: Any) -> tuple[jax.Array, None]:
+            cross_kv = layer.encoder_attn.project_kv(encoder_states)
+            x, _ = layer(x, cross_kv, causal, cfg.attention_impl)
+            return x, None
+
+        x, _ = _run_layers(
+            self.decoder.layers, cfg.decoder_layers, body, x, None, scan=cfg.scan_layers, remat=cfg.remat
+        )
+        return self.decoder.logits(x)
+
+    def init_cache(self, encoder_states: jax.Array, num_beams: int, max_length: int) -> DecodeCache:
+        """Cross-attention K/V from [B, S', D] once per example; empty self-attention cache for B*K rows."""
+        cfg = self.config
+        if max_length > cfg.max_target_positions:
+            raise ValueError(
+                f"max_length {max_length} exceeds the decoder's {cfg.max_target_positions} positions; lower it."
+            )
+
+        def body(layer: DecoderLayer, carry: None, _: Any) -> tuple[None, tuple[jax.Array, jax.Array]]:
+            return None, layer.encoder_attn.project_kv(encoder_states)
+
+        _, (cross_k, cross_v) = _run_layers(
+            self.decoder.layers, cfg.decoder_layers, body, None, None, scan=cfg.scan_layers, remat=False
+        )
+        b = encoder_states.shape[0]
+        heads = cfg.decoder_attention_heads
+        shape = (cfg.decoder_layers, b * num_beams, max_length, heads, cfg.d_model // heads)
+        zeros = jnp.zeros(shape, _dtype(cfg.dtype))
+        return DecodeCache(self_k=zeros, self_v=zeros, cross_k=cross_k, cross_v=cross_v)
+
+    def decode_step(
+        self, ids: jax.Array, cache: DecodeCache, positions: jax.Array
+    ) -> tuple[jax.Array, DecodeCache]:
+        """Run T new tokens per row through the cached decoder.
+
+        ids: int32 [N, T]; positions: int32 [N], where row n's first new token goes. Each row attends to its
+        cache up to its own position, so rows may be at different lengths (per-example prompts).
+        Returns float32 logits [N, T, V] and the cache with the new keys/values written.
+        """
+        cfg = self.config
+        n, t = ids.shape
+        token_positions = positions[:, None] + jnp.arange(t)[None, :]  # [N, T]
+        x = self.decoder.embed(ids, token_positions)
+        max_len = cache.self_k.shape[2]
+        mask = jnp.arange(max_len)[None, None, :] <= token_positions[:, :, None]  # [N, T, T_max]
+        mask = mask[:, None]  # --> [N, 1, T, T_max]
+
+        def body(layer: DecoderLayer, x: jax.Array, kv: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+            self_k, self_v, cross_k, cross_v = kv
+            return layer(x, (cross_k, cross_v), mask, cfg.attention_impl, (self_k, self_v), positions)
+
+        per_layer = (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v)
+        x, (self_k, self_v) = _run_layers(
+            self.decoder.layers, cfg.decoder_layers, body, x, per_layer, scan=cfg.scan_layers, remat=False
+        )
+        return self.decoder.logits(x), cache.replace(self_k=self_k, self_v=self_v)
+
+
+def create_model(config: WhisperConfig, *, mesh: jax.sharding.Mesh | None = None, seed: int = 0) -> Whisper:
+    """A freshly initialised model; with a mesh, every parameter is created directly in its shards.
+
+    The initialiser runs under `jax.jit` with the sharded output layout, so no host or device ever holds
+    the full model (what makes large-v2 initialisation fit on a pod slice).
+    """
+    if mesh is None:
+        return Whisper(config, rngs=nnx.Rngs(seed))
+    abstract = nnx.eval_shape(lambda: Whisper(config, rngs=nnx.Rngs(seed)))
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = state_shardings(abstract_state, mesh)
+
+    def init() -> Any:
+        return nnx.state(Whisper(config, rngs=nnx.Rngs(seed)))
+
+    state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)

@@ -1,0 +1,267 @@
+"""Whisper NNX model: numerical parity with transformers' PyTorch Whisper, KV cache, sharding, checkpoints."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from audiocap_jax.model import sharding
+from audiocap_jax.model.config import WhisperConfig
+from audiocap_jax.model.hf import CheckpointError, export, hf_state_dict, load_hf_checkpoint
+from audiocap_jax.model.whisper import Whisper, create_model
+from audiocap_jax.testing.models import TINY_ARCH, save_tiny_hf_whisper
+
+V3_ARCH = dict(num_mel_bins=128, vocab_size=51866)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_v2")
+    torch_model = save_tiny_hf_whisper(path, seed=0)
+    return path, torch_model
+
+
+def _inputs(num_mel_bins: int, vocab: int, batch: int = 2, tokens: int = 9, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    mel = rng.standard_normal((batch, num_mel_bins, 2 * TINY_ARCH["max_source_positions"])).astype(np.float32)
+    ids = rng.integers(0, vocab, (batch, tokens)).astype(np.int32)
+    return mel, ids
+
+
+def _torch_logits(torch_model, mel, ids) -> np.ndarray:
+    with torch.no_grad():
+        out = torch_model(
+            input_features=torch.tensor(mel), decoder_input_ids=torch.tensor(ids, dtype=torch.long)
+        )
+    return out.logits.numpy()
+
+
+def _jit_forward(model: Whisper, mel, ids) -> np.ndarray:
+    graphdef, state = nnx.split(model)
+    return np.asarray(jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))(state, mel, ids))
+
+
+@pytest.mark.parametrize("arch", [{}, V3_ARCH], ids=["80mel", "128mel_v3"])
+def test_logits_match_pytorch(tmp_path, arch):
+    torch_model = save_tiny_hf_whisper(tmp_path, seed=1, **arch)
+    model, config = load_hf_checkpoint(tmp_path)
+    assert (config.num_mel_bins, config.vocab_size) == (
+        arch.get("num_mel_bins", 80),
+        arch.get("vocab_size", 51865),
+    )
+    mel, ids = _inputs(config.num_mel_bins, config.vocab_size)
+    ours = _jit_forward(model, mel, ids)
+    ref = _torch_logits(torch_model, mel, ids)
+    assert ours.shape == (2, 9, config.vocab_size)
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_scan_and_remat_match_layer_loop(tiny_dir):
+    path, torch_model = tiny_dir
+    mel, ids = _inputs(80, 51865)
+    ref = _torch_logits(torch_model, mel, ids)
+    for runtime in (dict(scan_layers=True), dict(scan_layers=True, remat=True), dict(attention_impl="xla")):
+        model, _ = load_hf_checkpoint(path, **runtime)
+        assert np.abs(_jit_forward(model, mel, ids) - ref).max() < 1e-4, runtime
+
+
+def test_cached_decoding_equals_full_forward(tiny_dir):
+    """Token-by-token decoding with the KV cache gives the full forward's logits, also with per-row
+    positions (rows at different lengths) and beams sharing one example's cross-attention keys."""
+    path, _ = tiny_dir
+    model, _ = load_hf_checkpoint(path)
+    mel, ids = _inputs(80, 51865, batch=2, tokens=8)
+    full = _jit_forward(model, mel, ids)
+    enc = model.encode(jnp.asarray(mel))
+
+    cache = model.init_cache(enc, num_beams=1, max_length=12)
+    logits, cache = model.decode_step(jnp.asarray(ids[:, :3]), cache, jnp.zeros(2, jnp.int32))
+    steps = [logits]
+    for t in range(3, 8):
+        logits, cache = model.decode_step(jnp.asarray(ids[:, t : t + 1]), cache, jnp.full(2, t, jnp.int32))
+        steps.append(logits)
+    assert np.abs(np.concatenate(steps, axis=1) - full).max() < 1e-4
+
+    # Two beams per example (rows 0,1 -> example 0; rows 2,3 -> example 1), rows at different positions:
+    # row r continues the sequence of its example from position 3 + r % 2.
+    beams = 2
+    cache = model.init_cache(enc, num_beams=beams, max_length=12)
+    assert cache.cross_k.shape[1] == 2 and cache.self_k.shape[1] == 4  # cross K/V are not tiled per beam
+    rows = np.repeat(ids, beams, axis=0)  # [N, T]
+    _, cache = model.decode_step(jnp.asarray(rows[:, :5]), cache, jnp.zeros(4, jnp.int32))
+    start = np.array([3, 4, 3, 4], np.int32)
+    step_ids = rows[np.arange(4), start][:, None]
+    logits, _ = model.decode_step(jnp.asarray(step_ids), cache, jnp.asarray(start))
+    expected = np.repeat(full, beams, axis=0)[np.arange(4), start]
+    assert np.abs(np.asarray(logits[:, 0]) - expected).max() < 1e-4
+
+
+def test_gather_rows_reorders_self_cache_only(tiny_dir):
+    path, _ = tiny_dir
+    model, _ = load_hf_checkpoint(path)
+    mel, ids = _inputs(80, 51865, batch=1, tokens=4)
+    cache = model.init_cache(model.encode(jnp.asarray(mel)), num_beams=2, max_length=8)
+    rows = jnp.asarray(np.stack([ids[0], ids[0][::-1]]))
+    _, cache = model.decode_step(rows, cache, jnp.zeros(2, jnp.int32))
+    swapped = cache.gather_rows(jnp.array([1, 0]))
+    np.testing.assert_array_equal(swapped.self_k[:, 0], cache.self_k[:, 1])
+    np.testing.assert_array_equal(swapped.cross_k, cache.cross_k)
+
+
+def test_sharded_forward_equals_single_device(tiny_dir):
+    path, _ = tiny_dir
+    assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    single, _ = load_hf_checkpoint(path)
+    sharded, _ = load_hf_checkpoint(path, mesh=mesh)
+    fc1 = sharded.encoder.layers.fc1.kernel[...]
+    assert fc1.shape == (2, 96, 192)
+    assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert fc1.addressable_shards[0].data.shape == (2, 48, 96)  # really split, not replicated
+    # 51865 is odd: the vocab axis cannot be split over tensor=2 and falls back to replication.
+    assert sharded.decoder.embed_tokens.embedding[...].sharding.spec == jax.sharding.PartitionSpec(
+        None, "fsdp"
+    )
+
+    mel, ids = _inputs(80, 51865, batch=4)
+    graphdef, state = nnx.split(sharded)
+    batch_sharding = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch",)))
+    with jax.set_mesh(mesh):
+        out = jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))(
+            state, jax.device_put(mel, batch_sharding), jax.device_put(ids, batch_sharding)
+        )
+    assert np.abs(np.asarray(out) - _jit_forward(single, mel, ids)).max() < 1e-5
+
+
+def test_create_model_is_sharded_at_init():
+    config = WhisperConfig(**{k: v for k, v in TINY_ARCH.items()})
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    model = create_model(config, mesh=mesh, seed=3)
+    kernel = model.decoder.layers.fc2.kernel[...]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "tensor", "fsdp")
+    positions = model.encoder.embed_positions.embedding[...]
+    np.testing.assert_allclose(
+        np.asarray(positions)[1, :2], [np.sin(1.0), np.sin(np.exp(-np.log(10000) / 47))], rtol=1e-6
+    )
+
+
+def test_export_round_trip(tiny_dir, tmp_path):
+    from audiocap_jax.text import Tokenizer
+
+    path, torch_model = tiny_dir
+    model, _ = load_hf_checkpoint(path)
+    out = export(model, Tokenizer.from_assets(), tmp_path / "exported")
+    assert {"config.json", "model.safetensors", "generation_config.json", "preprocessor_config.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    reloaded = transformers.WhisperForConditionalGeneration.from_pretrained(out).eval()
+    mel, ids = _inputs(80, 51865)
+    assert np.abs(_torch_logits(reloaded, mel, ids) - _torch_logits(torch_model, mel, ids)).max() < 1e-5
+    again, _ = load_hf_checkpoint(out)
+    assert np.abs(_jit_forward(again, mel, ids) - _jit_forward(model, mel, ids)).max() == 0.0
+    hf_tok = transformers.WhisperTokenizer.from_pretrained(out)
+    assert hf_tok.convert_tokens_to_ids("<|startoftranscript|>") == 50258
+
+
+def test_hf_state_dict_names_match_transformers(tiny_dir):
+    path, torch_model = tiny_dir
+    model, _ = load_hf_checkpoint(path)
+    ours = hf_state_dict(model)
+    theirs = {k for k in torch_model.state_dict() if k != "proj_out.weight"}
+    assert set(ours) == theirs
+
+
+# ------------------------------------------------------------------------------------------------------
+# Bad input: a clear error naming the file/tensor, nothing half-loaded.
+# ------------------------------------------------------------------------------------------------------
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_directory_and_files(tiny_dir, tmp_path):
+    path, _ = tiny_dir
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        load_hf_checkpoint(tmp_path / "nope")
+    broken = _copy(path, tmp_path / "no_config")
+    (broken / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_hf_checkpoint(broken)
+    broken = _copy(path, tmp_path / "no_weights")
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no model weights"):
+        load_hf_checkpoint(broken)
+
+
+def test_unknown_architecture(tiny_dir, tmp_path):
+    broken = _copy(tiny_dir[0], tmp_path / "bert")
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["model_type"] = "bert"
+    (broken / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="model_type='bert'"):
+        load_hf_checkpoint(broken)
+
+
+def test_wrong_shape_and_dtype_name_the_tensor(tmp_path):
+    import safetensors.numpy
+
+    save_tiny_hf_whisper(tmp_path, seed=0)
+    tensors = safetensors.numpy.load_file(str(tmp_path / "model.safetensors"))
+    tensors["model.decoder.layers.1.fc1.weight"] = np.zeros((10, 96), np.float32)
+    tensors["model.encoder.layer_norm.bias"] = np.zeros((96,), np.int32)
+    safetensors.numpy.save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError) as err:
+        load_hf_checkpoint(tmp_path)
+    message = str(err.value)
+    assert "model.decoder.layers.1.fc1.weight" in message and "(10, 96)" in message and "(192, 96)" in message
+    assert "model.encoder.layer_norm.bias has dtype int32" in message
+
+
+def test_truncated_safetensors(tiny_dir, tmp_path):
+    broken = _copy(tiny_dir[0], tmp_path / "truncated")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_hf_checkpoint(broken)
+
+
+def test_wrong_input_shape_is_explained(tiny_dir):
+    model, _ = load_hf_checkpoint(tiny_dir[0])
+    with pytest.raises(ValueError, match=r"expected \[batch, 80, 200\]"):
+        model.encode(jnp.zeros((1, 80, 3000)))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------------------
+def test_variants_and_hf_config():
+    v3 = WhisperConfig.from_variant("large-v3")
+    assert (v3.num_mel_bins, v3.vocab_size, v3.d_model, v3.encoder_layers, v3.decoder_attention_heads) == (
+        128,
+        51866,
+        1280,
+        32,
+        20,
+    )
+    tiny = WhisperConfig.from_variant("tiny", dtype="bfloat16")
+    assert (tiny.d_model, tiny.encoder_ffn_dim, tiny.dtype, tiny.num_frames) == (384, 1536, "bfloat16", 3000)
+    hf = transformers.WhisperConfig(**tiny.architecture())
+    assert WhisperConfig.from_hf_config(hf) == tiny.replace(dtype="float32")
+    with pytest.raises(ValueError, match="Unknown Whisper variant 'huge'"):
+        WhisperConfig.from_variant("huge")
+    with pytest.raises(ValueError, match="not divisible"):
+        WhisperConfig(d_model=100, encoder_attention_heads=3)
+
+
+def test_make_mesh_errors():
+    assert dict(sharding.make_mesh({"data": -1, "tensor": 2}).shape) == {"data": 4, "fsdp": 1, "tensor": 2}
+    with pytest.raises(ValueError, match="needs 6 devices but 8 are visible"):
+        sharding.make_mesh({"data": 3, "tensor": 2})
+    with pytest.raises(ValueError, match="unknown axes"):
+        sharding.make_mesh({"model": 2})
