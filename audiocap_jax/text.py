@@ -407,6 +407,13 @@ class Tokenizer:
             raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size}).")
         return self._backend.decode([i for i in ids if i < self.specials.eot])
 
+    def decode_with_specials(self, ids: Sequence[int] | np.ndarray) -> str:
+        """The whole sequence with special tokens spelled out (the original's raw output log); the eot
+        padding after the first eot is dropped."""
+        ids = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        eots = [k for k, i in enumerate(ids) if i == self.specials.eot]
+        return self._backend.decode(ids[: eots[0] + 1] if eots else ids)
+
     def prompt_ids(self, prefix: str) -> list[int]:
         """Forced decoder prompt: SOT, <|en|>, <|transcribe|>, <|notimestamps|>, then the prefix's ids."""
         if prefix not in self._prompt_cache:

@@ -292,3 +292,12 @@ def test_special_tokens_checks_whisper_layout():
         ValueError, match=r"are \(50258, 50300, 50364\); Whisper's are \(50258, 50358, 50364\)"
     ):
         text.SpecialTokens.from_vocab(shifted, "shifted")
+
+
+def test_decode_with_specials_keeps_prompt_and_stops_after_eot():
+    tok = text.Tokenizer.from_assets()
+    ids = [*tok.prompt_ids(text.CLOTHO_CAPTION), *tok.encode("Rain falls."), tok.specials.eot, tok.specials.eot]
+    assert (
+        tok.decode_with_specials(ids)
+        == "<|startoftranscript|><|en|><|transcribe|><|notimestamps|>clotho > caption: Rain falls.<|endoftext|>"
+    )

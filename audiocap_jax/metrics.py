@@ -1,0 +1,723 @@
+"""Captioning metrics on strings: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr and keyword P/R/F1.
+
+Metrics know only strings (file name -> caption); no arrays, no model, no tokenizer of ours.
+
+Pipeline of `score`:
+  align (names checked, nothing dropped silently)
+  -> Stanford PTB tokenisation, one JVM for predictions and references (pycocoevalcap's jar, flags and
+     punctuation list; temp files in a directory we own, not in site-packages)
+  -> pycocoevalcap Bleu(4), Meteor, Rouge, Cider on the tokenised text, so numbers are identical to
+     pycocoevalcap's own scorers (and hence comparable with DCASE results)
+  -> SPICE through our own `java` call when the Stanford CoreNLP 3.6.0 jars are installed
+     (scripts/get_stanford_models.sh); otherwise SPICE and SPIDEr are None with a one-line fix, never 0.
+
+Clips are always scored in sorted file-name order, so results do not depend on dict order.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import importlib.util
+import json
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from absl import logging
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer import ptbtokenizer
+
+# Metric key -> printed name: the one table of metric names for tables and logs.
+METRIC_NAMES = {
+    "bleu_1": "BLEU-1",
+    "bleu_2": "BLEU-2",
+    "bleu_3": "BLEU-3",
+    "bleu_4": "BLEU-4",
+    "meteor": "METEOR",
+    "rouge_l": "ROUGE-L",
+    "cider_d": "CIDEr-D",
+    "spice": "SPICE",
+    "spider": "SPIDEr",
+    "keyword_precision_micro": "keyword precision (micro)",
+    "keyword_recall_micro": "keyword recall (micro)",
+    "keyword_f1_micro": "keyword F1 (micro)",
+    "keyword_precision_macro": "keyword precision (macro)",
+    "keyword_recall_macro": "keyword recall (macro)",
+    "keyword_f1_macro": "keyword F1 (macro)",
+    "keyword_jaccard": "keyword Jaccard (macro)",
+}
+
+PREDICTION_COLUMNS = ("file_name", "caption_predicted")
+FILE_NAME_COLUMN = "file_name"
+_CAPTION_COLUMN = re.compile(r"caption(?:_(\d+))?")
+
+CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+SPICE_JAR = "spice-1.0.jar"
+SPICE_FIX = "run scripts/get_stanford_models.sh"
+# pycocoevalcap's Meteor always starts `java` from PATH, so every JVM tool here uses that same Java.
+JAVA = "java"
+_PTB_JAR = Path(ptbtokenizer.__file__).parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
+_MAX_NAMES_SHOWN = 10
+
+# SPICE's `-out` pretty-prints through the Nashorn JavaScript engine, which Java 15 removed: on Java >= 15
+# `java -jar spice-1.0.jar ... -out f` scores everything and then dies with a NullPointerException. This shim
+# runs the same SpiceScorer.scoreBatch without `-out` and writes the same JSON (`SpiceStats.toJSONString`,
+# which `-out` only re-indents). It runs through java's source-file launcher, which needs a JDK.
+_SPICE_JSON_SHIM = """\
+import edu.anu.spice.SpiceArguments;
+import edu.anu.spice.SpiceScorer;
+import java.lang.reflect.Constructor;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Paths;
+import java.util.Arrays;
+
+public class SpiceJson {
+  // args: <out.json> <in.json> [SPICE options without -out]
+  public static void main(String[] args) throws Exception {
+    Constructor<SpiceScorer> newScorer = SpiceScorer.class.getDeclaredConstructor();
+    Constructor<SpiceArguments> newArguments = SpiceArguments.class.getDeclaredConstructor(String[].class);
+    newScorer.setAccessible(true);
+    newArguments.setAccessible(true);
+    SpiceScorer scorer = newScorer.newInstance();
+    scorer.scoreBatch(newArguments.newInstance((Object) Arrays.copyOfRange(args, 1, args.length)));
+    Files.write(Paths.get(args[0]), scorer.stats.toJSONString().getBytes(StandardCharsets.UTF_8));
+  }
+}
+"""
+_FIRST_JAVA_WITHOUT_NASHORN = 15
+# Reflection-heavy libraries in SPICE's class path (fst) need these on Java >= 9; harmless otherwise.
+_ADD_OPENS = ("java.base/java.lang", "java.base/java.util", "java.base/java.io", "java.base/java.math")
+
+
+class AlignmentError(ValueError):
+    """Predictions and references do not cover the same file names (see `.missing` / `.extra`)."""
+
+    def __init__(self, message: str, missing: Sequence[str] = (), extra: Sequence[str] = ()):
+        super().__init__(message)
+        self.missing = list(missing)
+        self.extra = list(extra)
+
+
+class SpiceUnavailableError(FileNotFoundError):
+    """SPICE was required (`spice=True`) but cannot run here; the message says why and how to fix it."""
+
+
+class JavaError(RuntimeError):
+    """A JVM tool (PTB tokenizer, SPICE) failed; the message holds the command and the end of its stderr."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionScores:
+    """Corpus and per-clip scores of one evaluation.
+
+    `corpus[metric]` is None for a metric that could not be computed (reason in `unavailable[metric]`).
+    `per_clip[file_name][metric]` holds the sentence-level scores pycocoevalcap returns. CIDEr-D per clip
+    uses the document frequencies of this whole corpus, so it changes when the set of clips changes.
+    """
+
+    corpus: dict[str, float | None]
+    per_clip: dict[str, dict[str, float]]
+    unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_clips(self) -> int:
+        return len(self.per_clip)
+
+    def to_json_dict(self) -> dict:
+        return {
+            "num_clips": self.num_clips,
+            "corpus": self.corpus,
+            "unavailable": self.unavailable,
+            "warnings": self.warnings,
+            "per_clip": self.per_clip,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+    """Predictions and references restricted to the clips that can be scored, in sorted file-name order."""
+
+    file_names: list[str]
+    predictions: dict[str, str]
+    references: dict[str, list[str]]
+    warnings: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class SpiceStatus:
+    available: bool
+    reason: str | None  # one line with the fix when not available
+    spice_dir: Path
+    java_major: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Alignment and loading.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:_MAX_NAMES_SHOWN])
+    more = len(names) - _MAX_NAMES_SHOWN
+    return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def align(
+    predictions: Mapping[str, str],
+    references: Mapping[str, Sequence[str]],
+    *,
+    allow_missing: bool = False,
+    allow_extra: bool = False,
+) -> Alignment:
+    """Pairs each prediction with its references by file name, refusing anything ambiguous.
+
+    Missing predictions (a referenced clip without a prediction) and extra predictions (no references) raise
+    AlignmentError naming them, unless allowed; allowed ones are left out and reported in `warnings`.
+    Empty predictions are kept (they score ~0, as a model that said nothing should) and reported. Empty
+    reference strings are not references and are dropped with a warning; a clip left without any raises.
+    """
+    for name, caption in predictions.items():
+        if not isinstance(caption, str):
+            raise TypeError(f"prediction for {name!r} is {type(caption).__name__}, expected str")
+    for name, refs in references.items():
+        if isinstance(refs, str) or not isinstance(refs, Sequence):
+            raise TypeError(f"references for {name!r} is {type(refs).__name__}, expected a list of captions")
+
+    missing = sorted(set(references) - set(predictions))
+    extra = sorted(set(predictions) - set(references))
+    file_names = sorted(set(predictions) & set(references))
+    warnings = []
+    if not file_names:
+        raise AlignmentError(
+            f"no file name is in both predictions ({len(predictions)}) and references ({len(references)}); "
+            f"e.g. predictions {_names(sorted(predictions)[:3])} "
+            f"vs references {_names(sorted(references)[:3])}. "
+            "Write file names relative to the same folder in both.",
+            missing,
+            extra,
+        )
+    for names, allowed, what, flag in (
+        (missing, allow_missing, "referenced clips have no prediction", "allow_missing"),
+        (extra, allow_extra, "predicted clips have no references", "allow_extra"),
+    ):
+        if not names:
+            continue
+        message = f"{len(names)} {what}: {_names(names)}"
+        if not allowed:
+            raise AlignmentError(
+                f"{message}. Fix the file names, or pass {flag}=True to score the rest.", missing, extra
+            )
+        warnings.append(message + " (left out)")
+
+    empty_predictions = [n for n in file_names if not predictions[n].strip()]
+    if empty_predictions:
+        warnings.append(
+            f"{len(empty_predictions)} empty predictions (scored as empty): {_names(empty_predictions)}"
+        )
+    kept_references = {n: [r for r in references[n] if r.strip()] for n in file_names}
+    dropped = [n for n in file_names if len(kept_references[n]) < len(references[n])]
+    if dropped:
+        warnings.append(f"empty reference captions ignored for {len(dropped)} clips: {_names(dropped)}")
+    unreferenced = [n for n in file_names if not kept_references[n]]
+    if unreferenced:
+        raise AlignmentError(
+            f"{len(unreferenced)} clips have only empty reference captions: {_names(unreferenced)}"
+        )
+    for warning in warnings:
+        logging.warning("metrics: %s", warning)
+    return Alignment(file_names, {n: predictions[n] for n in file_names}, kept_references, warnings)
+
+
+def _deduplicate(rows: list[tuple[str, object]], path: Path, what: str) -> dict:
+    """Keeps identical duplicate rows once (with a warning) and refuses conflicting ones."""
+    by_name: dict[str, object] = {}
+    identical, conflicting = [], []
+    for name, value in rows:
+        if name in by_name:
+            (identical if by_name[name] == value else conflicting).append(name)
+        else:
+            by_name[name] = value
+    if conflicting:
+        raise ValueError(
+            f"{path}: {len(set(conflicting))} file names have several different {what} rows: "
+            f"{_names(sorted(set(conflicting)))}; keep one row per file name."
+        )
+    if identical:
+        logging.warning(
+            "%s: %d duplicate identical %s rows kept once: %s",
+            path,
+            len(identical),
+            what,
+            _names(sorted(set(identical))),
+        )
+    return by_name
+
+
+def _read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        absent = [c for c in required if c not in header]
+        if absent:
+            raise ValueError(f"{path}: header {header} lacks columns {absent}")
+        rows = []
+        for row in reader:
+            if row.get(None) or None in row.values():
+                found = "more" if row.get(None) else "fewer"
+                raise ValueError(
+                    f"{path} line {reader.line_num}: {found} fields than the {len(header)} header "
+                    "columns; captions that contain commas must be quoted"
+                )
+            rows.append(row)
+    return header, rows
+
+
+def read_predictions_csv(path: str | Path) -> dict[str, str]:
+    """Reads `file_name,caption_predicted` (UTF-8, standard CSV quoting), as written by predict."""
+    path = Path(path)
+    _, rows = _read_csv_rows(path, PREDICTION_COLUMNS)
+    name_column, caption_column = PREDICTION_COLUMNS
+    return _deduplicate([(r[name_column], r[caption_column]) for r in rows], path, "prediction")
+
+
+def write_predictions_csv(path: str | Path, predictions: Mapping[str, str]) -> None:
+    """Writes `file_name,caption_predicted`, quoting captions with commas, quotes or newlines."""
+    with Path(path).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(PREDICTION_COLUMNS)
+        writer.writerows(predictions.items())
+
+
+def _caption_columns(columns: Sequence[str], path: Path) -> list[str]:
+    """`caption` then `caption_1`, `caption_2`, ... in numeric order (not `caption_predicted`)."""
+    matched = [(m.group(1), c) for c in columns if (m := _CAPTION_COLUMN.fullmatch(c))]
+    if not matched:
+        raise ValueError(
+            f"{path}: no reference caption columns (caption or caption_1..caption_N) in {list(columns)}"
+        )
+    return [c for _, c in sorted(matched, key=lambda item: int(item[0] or 0))]
+
+
+def read_references(path: str | Path) -> dict[str, list[str]]:
+    """Reads references from a Clotho captions CSV or an AudioFolder `metadata.jsonl` (or its folder).
+
+    Both layouts: a `file_name` column plus `caption` and/or `caption_1..caption_N`. Empty or null cells are
+    not references (AudioCaps clips have fewer than 5); their count is logged.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metadata.jsonl"
+    if path.suffix == ".csv":
+        header, rows = _read_csv_rows(path, [FILE_NAME_COLUMN])
+        columns = _caption_columns(header, path)
+        records = [(r[FILE_NAME_COLUMN], [r[c] for c in columns]) for r in rows]
+    elif path.suffix == ".jsonl":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        records = []
+        # split("\n"), not splitlines(): JSON strings may hold raw U+2028 and friends.
+        for line_number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {line_number}: not JSON ({e})") from e
+            if not isinstance(row, dict) or FILE_NAME_COLUMN not in row:
+                raise ValueError(
+                    f"{path} line {line_number}: expected an object with a {FILE_NAME_COLUMN!r} key"
+                )
+            captions = [row[c] for c in _caption_columns(list(row), path)]
+            bad = [c for c in captions if c is not None and not isinstance(c, str)]
+            if bad:
+                raise ValueError(
+                    f"{path} line {line_number}: caption values must be strings or null, got {bad!r}"
+                )
+            records.append((row[FILE_NAME_COLUMN], ["" if c is None else c for c in captions]))
+    else:
+        raise ValueError(
+            f"{path}: unknown reference format {path.suffix!r}; expected a Clotho .csv or a .jsonl"
+        )
+    empty_cells = sum(not c.strip() for _, caps in records for c in caps)
+    if empty_cells:
+        logging.info("%s: %d empty reference cells are not references", path, empty_cells)
+    return _deduplicate([(n, [c for c in caps if c.strip()]) for n, caps in records], path, "reference")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Java: PTB tokenizer and SPICE.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _run_java(args: Sequence[str], *, what: str) -> str:
+    """Runs one JVM command and returns its stdout (UTF-8), raising JavaError with stderr on failure."""
+    if shutil.which(JAVA) is None:
+        raise FileNotFoundError(
+            f"{JAVA!r} not found on PATH; {what} needs Java (>= 8): install a JRE/JDK "
+            "(e.g. `apt-get install openjdk-17-jdk-headless`)"
+        )
+    command = [JAVA, *args]
+    result = subprocess.run(command, capture_output=True, check=False)
+    if result.returncode != 0:
+        stderr = result.stderr.decode("utf-8", errors="replace").strip()
+        lines = stderr.splitlines() or ["(no stderr)"]
+        cause = next((line for line in lines if "Exception" in line or "Error" in line), lines[-1])
+        raise JavaError(
+            f"{what} failed (exit {result.returncode}): {cause.strip()}\n"
+            f"command: {' '.join(command)}\n{stderr[-3000:]}"
+        )
+    return result.stdout.decode("utf-8")
+
+
+def ptb_tokenize(captions: Sequence[str]) -> list[str]:
+    """Tokenises like pycocoevalcap's PTBTokenizer: its jar, flags and punctuation list, so identical output.
+
+    Differences that cannot change a score: all captions go through one JVM, the temp file lives in our own
+    temp dir, and every run of whitespace (including line/paragraph separators, which would shift the
+    one-caption-per-line output against its clips) becomes one space before tokenising.
+    """
+    if not captions:
+        return []
+    lines = [" ".join(caption.split()) for caption in captions]
+    with tempfile.TemporaryDirectory(prefix="audiocap_ptb_") as tmp:
+        text_file = Path(tmp) / "captions.txt"
+        text_file.write_bytes("\n".join(lines).encode("utf-8"))
+        out = _run_java(
+            [
+                "-cp",
+                str(_PTB_JAR),
+                "edu.stanford.nlp.process.PTBTokenizer",
+                "-preserveLines",
+                "-lowerCase",
+                str(text_file),
+            ],
+            what="PTB tokenizer",
+        )
+    tokenized = out.split("\n")
+    if len(tokenized) != len(lines):
+        raise JavaError(f"PTB tokenizer returned {len(tokenized)} lines for {len(lines)} captions")
+    return [
+        " ".join(w for w in line.rstrip().split(" ") if w not in ptbtokenizer.PUNCTUATIONS)
+        for line in tokenized
+    ]
+
+
+@functools.cache
+def _java_major() -> int | None:
+    """Major version of `java` (8 for "1.8.0_312", 17 for "17.0.15"), or None when there is no java."""
+    if shutil.which(JAVA) is None:
+        return None
+    result = subprocess.run([JAVA, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+    if match is None:
+        return None
+    first, second = int(match.group(1)), int(match.group(2) or 0)
+    return second if first == 1 else first
+
+
+@functools.cache
+def _has_source_launcher() -> bool:
+    """The source-file launcher (`java Foo.java`) lives in the jdk.compiler module, absent from a bare JRE."""
+    result = subprocess.run([JAVA, "--list-modules"], capture_output=True, text=True, check=False)
+    return "jdk.compiler@" in result.stdout
+
+
+def default_spice_dir() -> Path:
+    """pycocoevalcap's `spice/` folder (spice-1.0.jar + lib/), found without importing its Spice class."""
+    spec = importlib.util.find_spec("pycocoevalcap")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("pycocoevalcap is not installed; `pip install pycocoevalcap`")
+    return Path(next(iter(spec.submodule_search_locations))) / "spice"
+
+
+def spice_status(spice_dir: str | Path | None = None) -> SpiceStatus:
+    """Says whether SPICE can run, without touching the network (pycocoevalcap's Spice() would download).
+
+    Checks spice-1.0.jar and the two CoreNLP 3.6.0 jars in `<spice_dir>/lib` (present and readable as zip
+    files, which catches truncated downloads), and a usable `java`.
+    """
+    spice_dir = Path(spice_dir) if spice_dir is not None else default_spice_dir()
+
+    def unavailable(reason: str, major: int | None = None) -> SpiceStatus:
+        return SpiceStatus(False, f"SPICE unavailable: {reason}", spice_dir, major)
+
+    jars = [spice_dir / SPICE_JAR] + [spice_dir / "lib" / name for name in CORENLP_JARS]
+    absent = [str(p) for p in jars if not p.is_file()]
+    if absent:
+        return unavailable(f"missing {', '.join(absent)}; fix: {SPICE_FIX}")
+    corrupt = [str(p) for p in jars if not zipfile.is_zipfile(p)]
+    if corrupt:
+        return unavailable(
+            f"not a valid jar (truncated download?): {', '.join(corrupt)}; fix: {SPICE_FIX} --force"
+        )
+    major = _java_major()
+    if major is None:
+        return unavailable(f"no usable {JAVA!r} on PATH; fix: install Java (e.g. openjdk-17-jdk-headless)")
+    if major >= _FIRST_JAVA_WITHOUT_NASHORN and not _has_source_launcher():
+        return unavailable(
+            f"Java {major} without a JDK compiler (SPICE's JSON output needs it from Java 15 on); "
+            "fix: install a JDK (e.g. openjdk-17-jdk-headless) or use Java 8-14",
+            major,
+        )
+    return SpiceStatus(True, None, spice_dir, major)
+
+
+def _spice_float(value: object) -> float:
+    """pycocoevalcap's float_convert: SPICE writes NaN (e.g. no tuples on either side) as null."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def run_spice(
+    candidates: Sequence[str],
+    references: Sequence[Sequence[str]],
+    *,
+    spice_dir: str | Path | None = None,
+    max_heap: str = "8G",
+) -> tuple[float, list[float]]:
+    """SPICE F-scores (corpus mean, per clip) for already PTB-tokenised text, as pycocoevalcap's Spice.
+
+    Same jar, input JSON and options as pycocoevalcap except: no `-cache` (its fst serializer needs
+    --add-opens on Java >= 17 and its LMDB dir would be shared state), temp files in our own temp dir, and on
+    Java >= 15 the JSON is written by `_SPICE_JSON_SHIM` because `-out` needs the removed Nashorn engine.
+    """
+    spice_dir = Path(spice_dir) if spice_dir is not None else default_spice_dir()
+    major = _java_major()
+    if major is None:
+        raise FileNotFoundError(f"no usable {JAVA!r} on PATH; SPICE needs Java")
+    input_data = [
+        {"image_id": i, "test": c, "refs": list(r)}
+        for i, (c, r) in enumerate(zip(candidates, references, strict=True))
+    ]
+    spice_options = ["-subset", "-silent"]
+    with tempfile.TemporaryDirectory(prefix="audiocap_spice_") as tmp:
+        in_file, out_file = Path(tmp) / "input.json", Path(tmp) / "output.json"
+        in_file.write_text(json.dumps(input_data, indent=2), encoding="utf-8")
+        jvm_options = [f"-Xmx{max_heap}"]
+        if major >= 9:
+            jvm_options += [f"--add-opens={package}=ALL-UNNAMED" for package in _ADD_OPENS]
+        if major >= _FIRST_JAVA_WITHOUT_NASHORN:
+            shim = Path(tmp) / "SpiceJson.java"
+            shim.write_text(_SPICE_JSON_SHIM, encoding="utf-8")
+            args = [
+                *jvm_options,
+                "-cp",
+                str(spice_dir / SPICE_JAR),
+                str(shim),
+                str(out_file),
+                str(in_file),
+                *spice_options,
+            ]
+        else:
+            args = [
+                *jvm_options,
+                "-jar",
+                str(spice_dir / SPICE_JAR),
+                str(in_file),
+                "-out",
+                str(out_file),
+                *spice_options,
+            ]
+        logging.info("metrics: running SPICE on %d clips (minutes for a few thousand)", len(candidates))
+        _run_java(args, what="SPICE")
+        results = json.loads(out_file.read_text(encoding="utf-8"))
+    by_id = {item["image_id"]: _spice_float(item["scores"]["All"]["f"]) for item in results}
+    per_clip = [by_id[i] for i in range(len(candidates))]
+    return float(np.mean(np.array(per_clip))), per_clip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scores.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _resolve_spice(spice: Literal["auto"] | bool, spice_dir: str | Path | None) -> SpiceStatus | None:
+    """None when SPICE is off; raises for spice=True when it cannot run (before minutes of other work)."""
+    if spice is False:
+        return None
+    if spice not in ("auto", True):
+        raise ValueError(f"spice={spice!r}; expected 'auto', True or False")
+    status = spice_status(spice_dir)
+    if not status.available and spice is True:
+        raise SpiceUnavailableError(status.reason)
+    return status
+
+
+def score(
+    predictions: Mapping[str, str],
+    references: Mapping[str, Sequence[str]],
+    *,
+    spice: Literal["auto"] | bool = "auto",
+    spice_dir: str | Path | None = None,
+    allow_missing: bool = False,
+    allow_extra: bool = False,
+) -> CaptionScores:
+    """BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE and SPIDEr = (CIDEr-D + SPICE) / 2, pycocoevalcap-identical.
+
+    spice: "auto" computes SPICE when `spice_status` says it can and otherwise reports SPICE and SPIDEr as
+    None with the fix (a SPICE crash is reported the same way, the other metrics survive); True requires it;
+    False skips it. Costs: two JVM starts (~1 s PTB, ~5 s METEOR) plus SPICE when on.
+    """
+    spice_state = _resolve_spice(spice, spice_dir)
+    aligned = align(predictions, references, allow_missing=allow_missing, allow_extra=allow_extra)
+    names = aligned.file_names
+    tokens = ptb_tokenize(
+        [aligned.predictions[n] for n in names] + [r for n in names for r in aligned.references[n]]
+    )
+    res = {n: [tokens[i]] for i, n in enumerate(names)}
+    reference_tokens = iter(tokens[len(names) :])
+    gts = {n: [next(reference_tokens) for _ in aligned.references[n]] for n in names}
+    warnings = list(aligned.warnings)
+
+    def warn(message: str) -> None:
+        logging.warning("metrics: %s", message)
+        warnings.append(message)
+
+    punctuation_only = [n for n in names if not res[n][0] and aligned.predictions[n].strip()]
+    if punctuation_only:
+        warn(
+            f"{len(punctuation_only)} predictions are only punctuation (scored as empty): {_names(punctuation_only)}"
+        )
+
+    corpus: dict[str, float | None] = {}
+    per_clip_by_metric: dict[str, list[float]] = {}
+    bleu, bleu_per_clip = Bleu(4).compute_score(gts, res, verbose=0)
+    for n, (value, values) in enumerate(zip(bleu, bleu_per_clip, strict=True), start=1):
+        corpus[f"bleu_{n}"], per_clip_by_metric[f"bleu_{n}"] = value, values
+    meteor_scorer = Meteor()
+    corpus["meteor"], per_clip_by_metric["meteor"] = meteor_scorer.compute_score(gts, res)
+    del meteor_scorer  # its __del__ stops the METEOR JVM now rather than at interpreter exit
+    corpus["rouge_l"], per_clip_by_metric["rouge_l"] = Rouge().compute_score(gts, res)
+    corpus["cider_d"], per_clip_by_metric["cider_d"] = Cider().compute_score(gts, res)
+
+    unavailable = {}
+    if spice_state is not None:
+        if spice_state.available:
+            try:
+                corpus["spice"], per_clip_by_metric["spice"] = run_spice(
+                    [res[n][0] for n in names],
+                    [gts[n] for n in names],
+                    spice_dir=spice_state.spice_dir,
+                )
+                undefined = [
+                    n for n, v in zip(names, per_clip_by_metric["spice"], strict=True) if math.isnan(v)
+                ]
+                if undefined:
+                    warn(f"SPICE is NaN (as in pycocoevalcap, so is its mean) for {_names(undefined)}")
+            except (JavaError, OSError, ValueError, KeyError) as e:
+                if spice is True:
+                    raise
+                logging.error("metrics: SPICE failed, reporting it as unavailable: %s", e)
+                unavailable["spice"] = f"{str(e).splitlines()[0]} (full error in the log)"
+        else:
+            unavailable["spice"] = spice_state.reason
+        if "spice" in unavailable:
+            corpus["spice"] = corpus["spider"] = None
+            unavailable["spider"] = "SPIDEr needs SPICE; " + unavailable["spice"]
+        else:
+            corpus["spider"] = (corpus["cider_d"] + corpus["spice"]) / 2
+            per_clip_by_metric["spider"] = [
+                (c + s) / 2
+                for c, s in zip(per_clip_by_metric["cider_d"], per_clip_by_metric["spice"], strict=True)
+            ]
+    corpus = {k: None if v is None else float(v) for k, v in corpus.items()}
+    per_clip = {n: {m: float(v[i]) for m, v in per_clip_by_metric.items()} for i, n in enumerate(names)}
+    return CaptionScores(corpus, per_clip, unavailable, warnings)
+
+
+def split_keywords(text: str) -> frozenset[str]:
+    """Keyword caption -> set: split on commas, strip, lowercase, drop empties ("dog, Bark," -> {dog, bark}).
+
+    Exact for the ontology rule's outputs, whose names never contain commas (they become " -").
+    """
+    return frozenset(k for k in (part.strip().lower() for part in text.split(",")) if k)
+
+
+def score_keywords(
+    predictions: Mapping[str, str],
+    references: Mapping[str, Sequence[str]],
+    *,
+    allow_missing: bool = False,
+    allow_extra: bool = False,
+) -> CaptionScores:
+    """Keyword precision/recall/F1 and Jaccard for AudioSet keyword outputs, compared as comma-split sets.
+
+    A clip's reference set is the union of its references' keywords (AudioSet clips have one). Micro: true
+    positives, predicted and reference keyword counts summed over clips, then P/R/F1. Macro: per-clip P/R/F1
+    and Jaccard averaged over clips (macro F1 is the mean of per-clip F1, not F1 of the mean P and R). An
+    empty side gives 0 for that clip's ratio.
+    """
+    aligned = align(predictions, references, allow_missing=allow_missing, allow_extra=allow_extra)
+    per_clip: dict[str, dict[str, float]] = {}
+    true_positives = predicted_total = reference_total = 0
+    for name in aligned.file_names:
+        predicted = split_keywords(aligned.predictions[name])
+        reference = frozenset().union(*(split_keywords(r) for r in aligned.references[name]))
+        hits = len(predicted & reference)
+        true_positives += hits
+        predicted_total += len(predicted)
+        reference_total += len(reference)
+        per_clip[name] = {
+            "keyword_precision": hits / len(predicted) if predicted else 0.0,
+            "keyword_recall": hits / len(reference) if reference else 0.0,
+            "keyword_f1": 2 * hits / (len(predicted) + len(reference)) if predicted or reference else 0.0,
+            "keyword_jaccard": hits / len(predicted | reference) if predicted or reference else 0.0,
+        }
+
+    def mean_of(metric: str) -> float:
+        return float(np.mean([clip[metric] for clip in per_clip.values()]))
+
+    corpus: dict[str, float | None] = {
+        "keyword_precision_micro": true_positives / predicted_total if predicted_total else 0.0,
+        "keyword_recall_micro": true_positives / reference_total if reference_total else 0.0,
+        "keyword_f1_micro": (
+            2 * true_positives / (predicted_total + reference_total)
+            if predicted_total + reference_total
+            else 0.0
+        ),
+        "keyword_precision_macro": mean_of("keyword_precision"),
+        "keyword_recall_macro": mean_of("keyword_recall"),
+        "keyword_f1_macro": mean_of("keyword_f1"),
+        "keyword_jaccard": mean_of("keyword_jaccard"),
+    }
+    return CaptionScores(corpus, per_clip, {}, list(aligned.warnings))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def format_table(scores: CaptionScores, *, digits: int = 4) -> str:
+    """Markdown table of the corpus scores; unavailable metrics show n/a with the reason below the table."""
+    lines = [f"| metric ({scores.num_clips} clips) | score |", "|---|---|"]
+    for key, value in scores.corpus.items():
+        shown = "n/a" if value is None else f"{value:.{digits}f}"
+        lines.append(f"| {METRIC_NAMES[key]} | {shown} |")
+    notes = [f"- {METRIC_NAMES[k]}: {reason}" for k, reason in scores.unavailable.items()]
+    notes += [f"- warning: {w}" for w in scores.warnings]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def write_json(path: str | Path, scores: CaptionScores, **extra: object) -> None:
+    """JSON with corpus scores, unavailable metrics with reasons, warnings, per-clip scores and `extra`."""
+    payload = {**extra, **scores.to_json_dict()}
+    Path(path).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
