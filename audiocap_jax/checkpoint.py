@@ -1,0 +1,103 @@
+"""Orbax checkpoints of a training run: model + optimizer + step + RNG (one pytree) and the data iterator state.
+
+Keeps the last K checkpoints plus the best N by a validation score. Saves are asynchronous. A checkpoint that
+was interrupted mid-save is never listed (Orbax finalises a step directory atomically); one that is listed but
+fails to restore (corrupted files) is skipped with a warning and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as policies
+
+BEST_KEY = "best_score"  # the metric Orbax ranks checkpoints by (higher is better)
+
+
+class Checkpointer:
+    """Thin policy layer over `ocp.CheckpointManager` with items `state` (pytree) and `data` (JSON)."""
+
+    def __init__(self, directory: str | Path, *, keep_last: int = 2, keep_best: int = 1, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        preservation = policies.AnyPreservationPolicy(
+            [
+                policies.LatestN(n=keep_last),
+                policies.BestN(
+                    get_metric_fn=lambda metrics: metrics[BEST_KEY],
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=preservation, enable_async_checkpointing=async_save, create=True
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict[str, Any], best_score: float | None = None) -> None:
+        """Start an (async) save; `best_score` (higher is better) makes the step a candidate for best-N."""
+        metrics = None if best_score is None or math.isnan(best_score) else {BEST_KEY: float(best_score)}
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+            metrics=metrics,
+            force=True,
+        )
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """(step, state, data_state) of the newest checkpoint that restores; None when there is none."""
+        for step in reversed(self.all_steps()):
+            try:
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                    ),
+                )
+            except Exception as e:  # orbax/tensorstore raise many types for damaged files
+                logging.warning(
+                    "Checkpoint step %d in %s cannot be restored (%s: %s); falling back to the previous one.",
+                    step,
+                    self.directory,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:300],
+                )
+                continue
+            return step, restored["state"], dict(restored["data"])
+        return None
+
+    def restore_subset(self, step: int, abstract_subset: dict[str, Any]) -> dict[str, Any]:
+        """Only some top-level fields of a saved state (e.g. params and frozen for inference, no optimizer)."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=abstract_subset,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_subset),
+                    partial_restore=True,
+                )
+            ),
+        )
+        return dict(restored["state"])
+
+    def best_step(self) -> int | None:
+        return self._manager.best_step()
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def abstract_like(state: Any) -> Any:
+    """Shapes, dtypes and shardings of `state`, the restore target (nothing is allocated)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

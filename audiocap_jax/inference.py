@@ -1,0 +1,116 @@
+"""Caption batches with the shared jitted beam search: what training validation, `predict` and `evaluate` run.
+
+The host side of decoding: batches go onto the mesh, `decode.make_decode_fn`'s function runs, each process
+turns its own rows back into text, and the texts of all processes are gathered so every process sees every
+prediction in dataset order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from audiocap_jax.model.sharding import logical_to_spec
+from audiocap_jax.text import Tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    file_name: str
+    caption: str  # clean: prompt and special tokens removed
+    raw: str  # the whole decoded sequence with special tokens, as the original logged it
+    score: float  # beam score of the returned sequence
+    references: tuple[str, ...] = ()
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows over the mesh's data-parallel axes (the `batch` logical rule)."""
+    return NamedSharding(mesh, PartitionSpec(*logical_to_spec(("batch",), mesh=mesh)))
+
+
+def _global(x: np.ndarray, mesh: Mesh) -> jax.Array:
+    return jax.make_array_from_process_local_data(batch_sharding(mesh), np.ascontiguousarray(x))
+
+
+def _local(x: jax.Array, mesh: Mesh) -> np.ndarray:
+    """This process's rows of a global [G, ...] array, in the order it contributed them."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, batch_sharding(mesh).spec))
+
+
+def allgather_strings(texts: list[str]) -> list[str]:
+    """Concatenate every process's list of strings (in process order); identity on one process."""
+    if jax.process_count() == 1:
+        return list(texts)
+    encoded = [t.encode("utf-8") for t in texts]
+    counts = multihost_utils.process_allgather(np.int32(len(encoded)))
+    width = int(multihost_utils.process_allgather(np.int32(max((len(e) for e in encoded), default=0))).max())
+    rows = int(counts.max())
+    buffer = np.zeros((rows, max(width, 1)), np.uint8)
+    lengths = np.zeros(rows, np.int32)
+    for i, e in enumerate(encoded):
+        buffer[i, : len(e)] = np.frombuffer(e, np.uint8)
+        lengths[i] = len(e)
+    all_buffers = multihost_utils.process_allgather(buffer)  # [P, rows, width]
+    all_lengths = multihost_utils.process_allgather(lengths)
+    return [
+        bytes(all_buffers[p, i, : all_lengths[p, i]]).decode("utf-8")
+        for p in range(len(counts))
+        for i in range(int(counts[p]))
+    ]
+
+
+def caption_batches(
+    decode_fn: Any,
+    model_state: Any,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    tokenizer: Tokenizer,
+    mesh: Mesh,
+    *,
+    desc: str = "captioning",
+    total: int | None = None,
+) -> list[Prediction]:
+    """Decode every valid row of per-process batches; returns all processes' predictions in order.
+
+    A batch has mel `[B, M, S]`, decoder_prompt `[B, P]` int32, optionally prompt_lengths `[B]` (default P),
+    mask `[B]` bool (padding rows are False), file_name `[B]` and references `[B, R]` (str objects).
+    """
+    local: list[tuple[str, str, str, float, tuple[str, ...]]] = []
+    show = jax.process_index() == 0
+    for batch in tqdm(batches, desc=desc, total=total, disable=not show, unit="batch"):
+        prompt = np.asarray(batch["decoder_prompt"], np.int32)
+        lengths = np.asarray(batch.get("prompt_lengths", np.full(len(prompt), prompt.shape[1])), np.int32)
+        sequences, scores = decode_fn(
+            model_state, _global(batch["mel"], mesh), _global(prompt, mesh), _global(lengths, mesh)
+        )
+        sequences, scores = _local(sequences, mesh), _local(scores, mesh)
+        mask = np.asarray(batch.get("mask", np.ones(len(prompt), bool)))
+        for i in np.flatnonzero(mask):
+            ids = sequences[i, 0]
+            references = tuple(r for r in batch.get("references", [[]] * len(prompt))[i] if r)
+            local.append(
+                (
+                    str(batch["file_name"][i]),
+                    tokenizer.caption_from_ids(ids, int(lengths[i])),
+                    tokenizer.decode_with_specials(ids),
+                    float(scores[i, 0]),
+                    references,
+                )
+            )
+    if jax.process_count() == 1:
+        return [Prediction(*row) for row in local]
+    columns = [allgather_strings([row[k] for row in local]) for k in range(3)]
+    scores = allgather_strings([repr(row[3]) for row in local])
+    references = allgather_strings(["\x1f".join(row[4]) for row in local])
+    return [
+        Prediction(f, c, r, float(s), tuple(x for x in refs.split("\x1f") if x))
+        for f, c, r, s, refs in zip(*columns, scores, references, strict=True)
+    ]
