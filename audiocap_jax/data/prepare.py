@@ -46,7 +46,17 @@ METADATA_FILE = "metadata.jsonl"
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 
 CLOTHO_CAPTIONED_SPLITS = ("development", "validation", "evaluation")
-CLOTHO_SPLITS = (*CLOTHO_CAPTIONED_SPLITS, "test")  # test: audio only, no captions released.
+CLOTHO_SPLITS = (*CLOTHO_CAPTIONED_SPLITS, "test")
+# Columns of Clotho v2.1's clotho_metadata_<split>.csv (only checked to exist; written by test and demo data).
+CLOTHO_METADATA_COLUMNS = (
+    "file_name",
+    "keywords",
+    "sound_id",
+    "sound_link",
+    "start_end_samples",
+    "manufacturer",
+    "license",
+)  # test: audio only, no captions released.
 CLOTHO_NUM_CAPTIONS = 5
 CLOTHO_CAPTION_COLUMNS = ("file_name", *(f"caption_{i}" for i in range(1, CLOTHO_NUM_CAPTIONS + 1)))
 CLOTHO_LIMITABLE_SPLITS = ("validation", "evaluation")  # development receives the clips limit moves out.

@@ -24,6 +24,7 @@ import os
 import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from audiocap_jax.data import prepare
 from audiocap_jax.testing import audio as test_audio
 
 PathLike = str | os.PathLike
@@ -141,15 +142,6 @@ CLOTHO_CAPTIONS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     ),
 }
 CLOTHO_TEST_FILES = ("clotho_test_0001.wav", "Straßenbahn, Wien.wav")
-CLOTHO_METADATA_COLUMNS = (
-    "file_name",
-    "keywords",
-    "sound_id",
-    "sound_link",
-    "start_end_samples",
-    "manufacturer",
-    "license",
-)
 
 AUDIOCAPS_HEADER = "audiocap_id,youtube_id,start_time,caption"
 # Verbatim rows of the real AudioCaps CSVs: quoted commas, a typographic apostrophe, an id starting with "-".
@@ -300,7 +292,7 @@ def write_clotho(
             index += 1
         _write_csv(
             root / f"clotho_metadata_{split}.csv",
-            CLOTHO_METADATA_COLUMNS,
+            prepare.CLOTHO_METADATA_COLUMNS,
             [
                 (
                     name,
