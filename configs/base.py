@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Validation with the shared jitted beam search; split per dataset, each with its own prefix.
     c.eval = ml_collections.ConfigDict()
-    c.eval.every_steps = 1000
+    c.eval.every_steps = 1000  # 0 = no validation
     c.eval.datasets = ml_collections.ConfigDict({"clotho": "validation"})
     c.eval.max_clips = 0  # per dataset; 0 = all (the original limited to 200/100 during pretraining)
     c.eval.batch_size = 32
