@@ -1,0 +1,244 @@
+"""Caption a folder of audio with the shared jitted beam search: the original's predict.py, JAX-native.
+
+    python -m audiocap_jax.predict --checkpoint=RUN_OR_HF_DIR --data=clips/ --output-file=out.csv \
+        [--recursive] [--take-first-n=N] [--config-file=configs/predict.py --config-file.num_beams=10]
+
+Writes `out.csv` (`file_name,caption_predicted`, UTF-8, CSV-quoted) and `out_log.json` (settings, timings, files
+that could not be decoded); raw outputs (special tokens and prefix included) go to stdout. Files that fail to
+decode are listed and skipped; the exit code is non-zero only when nothing could be captioned.
+
+Clips longer than 30 s: `long_audio="truncate"` (default) captions the first 30 s, as Whisper's feature
+extractor and the original did; `"windows"` captions each consecutive 30 s window and names the rows
+`<file>#t=<start seconds>` (Media Fragments syntax), one row per window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from audiocap_jax import audio, decode, inference, load, metrics, text
+from audiocap_jax.data.prepare import AUDIO_EXTENSIONS
+from audiocap_jax.model import sharding
+from audiocap_jax.model.hf import resolve_checkpoint_dir
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "A training workdir of ours, or a HF Whisper directory/hub id."
+)
+_DATA = flags.DEFINE_string("data", None, "Folder of audio files (wav, flac, mp3, ogg).")
+_RECURSIVE = flags.DEFINE_bool("recursive", False, "Also caption files in subfolders.")
+_OUTPUT = flags.DEFINE_string("output-file", None, "CSV to write: file_name,caption_predicted.")
+_TAKE = flags.DEFINE_integer("take-first-n", 0, "Caption only the first N files (sorted by path); 0 = all.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config-file", "configs/predict.py", "Decoding settings.", lock_config=True
+)
+
+
+def list_audio(folder: str | Path, recursive: bool = False) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--data {folder} is not a folder of audio files.")
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p for p in folder.glob(pattern) if p.is_file() and p.name.lower().endswith(AUDIO_EXTENSIONS)
+    )
+
+
+def decode_settings(
+    config: ml_collections.ConfigDict, tokenizer: text.Tokenizer, checkpoint_dir: Path | None
+) -> decode.DecodeSettings:
+    """Beam settings from the config; suppress lists from a HF checkpoint's generation_config when asked."""
+    fields: dict[str, Any] = dict(
+        eos_id=tokenizer.specials.eot,
+        num_beams=config.num_beams,
+        max_length=config.max_length,
+        length_penalty=config.length_penalty,
+        length_penalty_form=config.length_penalty_form,
+        min_length=config.min_length,
+        num_return_sequences=config.num_return_sequences,
+    )
+    generation = checkpoint_dir / "generation_config.json" if checkpoint_dir is not None else None
+    if config.use_checkpoint_suppress_tokens and generation is not None and generation.exists():
+        return decode.DecodeSettings.from_generation_config(generation, **fields)
+    return decode.DecodeSettings(**fields)
+
+
+def _segments(clip: np.ndarray, long_audio: str) -> list[tuple[float, np.ndarray]]:
+    """(start seconds, samples) pieces of one clip that each fit Whisper's 30 s window."""
+    if long_audio == "truncate" or len(clip) <= audio.N_SAMPLES:
+        return [(0.0, clip[: audio.N_SAMPLES])]
+    return [
+        (start / audio.SAMPLE_RATE, clip[start : start + audio.N_SAMPLES])
+        for start in range(0, len(clip), audio.N_SAMPLES)
+    ]
+
+
+def audio_batches(
+    files: Sequence[Path],
+    root: Path,
+    *,
+    batch_size: int,
+    n_mels: int,
+    prompt: Sequence[int],
+    long_audio: str,
+    workers: int,
+    failures: list[dict[str, str]],
+) -> Iterator[dict[str, np.ndarray]]:
+    """Decode files in parallel threads; yield padded, masked batches. Undecodable files go to `failures`."""
+    if long_audio not in ("truncate", "windows"):
+        raise ValueError(f"long_audio {long_audio!r} unknown; choose 'truncate' or 'windows'.")
+    pending: list[tuple[str, np.ndarray]] = []
+
+    def flush(rows: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        valid = len(rows)
+        rows = rows + [("", np.zeros(0, np.float32))] * (batch_size - valid)
+        return {
+            "mel": audio.log_mel(np.stack([audio.pad_or_trim(r[1]) for r in rows]), n_mels=n_mels),
+            "decoder_prompt": np.tile(np.asarray(prompt, np.int32), (batch_size, 1)),
+            "mask": np.arange(batch_size) < valid,
+            "file_name": np.asarray([r[0] for r in rows], dtype=object),
+        }
+
+    def load(path: Path) -> tuple[Path, np.ndarray | audio.AudioDecodeError]:
+        try:
+            return path, audio.load_audio(path)
+        except audio.AudioDecodeError as error:
+            return path, error
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for path, result in pool.map(load, files):
+            name = path.relative_to(root).as_posix()
+            if isinstance(result, audio.AudioDecodeError):
+                logging.warning("Skipping %s: %s", name, result.reason)
+                failures.append({"file_name": name, "reason": result.reason})
+                continue
+            for start, samples in _segments(result, long_audio):
+                pending.append((name if long_audio == "truncate" else f"{name}#t={start:g}", samples))
+                if len(pending) == batch_size:
+                    yield flush(pending)
+                    pending = []
+    if pending:
+        yield flush(pending)
+
+
+def predict(
+    checkpoint: str,
+    data: str | Path,
+    output_file: str | Path,
+    config: ml_collections.ConfigDict,
+    *,
+    recursive: bool = False,
+    take_first_n: int = 0,
+) -> dict[str, Any]:
+    """Caption every audio file under `data`; returns the run log (also written beside the CSV)."""
+    started = time.perf_counter()
+    files = list_audio(data, recursive)
+    if take_first_n:
+        files = files[:take_first_n]
+    if not files:
+        raise FileNotFoundError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) in {data}.")
+    mesh = sharding.make_mesh(dict(config.mesh))
+    model, model_config, tokenizer = load.load_model(
+        checkpoint, mesh=mesh, step=config.step, dtype=config.dtype, attention_impl="auto"
+    )
+    checkpoint_dir = None if load.is_workdir(checkpoint) else resolve_checkpoint_dir(checkpoint)
+    settings = decode_settings(config, tokenizer, checkpoint_dir)
+    prefix = text.parse_style(config.style)
+    prompt = tokenizer.prompt_ids(prefix)
+    loaded = time.perf_counter()
+
+    failures: list[dict[str, str]] = []
+    batches = audio_batches(
+        files,
+        Path(data),
+        batch_size=config.batch_size,
+        n_mels=model_config.num_mel_bins,
+        prompt=prompt,
+        long_audio=config.long_audio,
+        workers=config.loader_workers,
+        failures=failures,
+    )
+    decode_fn = decode.make_decode_fn(model, settings, mesh)
+    predictions = inference.caption_batches(
+        decode_fn,
+        nnx.state(model),
+        batches,
+        tokenizer,
+        mesh,
+        desc="predict",
+        total=math.ceil(len(files) / config.batch_size),
+    )
+    finished = time.perf_counter()
+    for p in predictions:
+        print(f"{p.file_name}\t{p.raw}")
+    output_file = Path(output_file)
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_predictions_csv(output_file, {p.file_name: p.caption for p in predictions})
+    log = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "output_file": str(output_file),
+        "settings": config.to_dict(),
+        "prefix": prefix,
+        "prompt_ids": list(prompt),
+        "num_files": len(files),
+        "num_captioned": len(predictions),
+        "failed_files": failures,
+        "seconds": {
+            "load_model": loaded - started,
+            "caption": finished - loaded,
+            "total": finished - started,
+        },
+        "clips_per_second": len(predictions) / max(finished - loaded, 1e-9),
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+    }
+    log_path = output_file.with_name(output_file.stem + "_log.json")
+    log_path.write_text(json.dumps(log, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    logging.info(
+        "Captioned %d of %d files (%d failed) in %.1f s -> %s, log %s",
+        len(predictions),
+        len(files),
+        len(failures),
+        finished - loaded,
+        output_file,
+        log_path,
+    )
+    return log
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
+    for name, flag in (("--checkpoint", _CHECKPOINT), ("--data", _DATA), ("--output-file", _OUTPUT)):
+        if flag.value is None:
+            raise app.UsageError(f"{name} is required.")
+    log = predict(
+        _CHECKPOINT.value,
+        _DATA.value,
+        _OUTPUT.value,
+        _CONFIG.value,
+        recursive=_RECURSIVE.value,
+        take_first_n=_TAKE.value,
+    )
+    if log["num_captioned"] == 0:
+        print(
+            f"Nothing could be captioned: {len(log['failed_files'])} files failed to decode.", file=sys.stderr
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,217 @@
+"""TFDS builders: real-layout raw files -> prepare -> build -> read back without TensorFlow."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import grain
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from audiocap_jax import audio, text
+from audiocap_jax.data import features, pipeline
+from audiocap_jax.ontology import Ontology
+from audiocap_jax.testing import layouts, tfds_data
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory) -> dict[str, tfds_data.TinyBuild]:
+    return tfds_data.build_all(tmp_path_factory.mktemp("tfds"))
+
+
+def _examples(builder, split: str) -> dict[str, dict]:
+    """file name -> decoded example of one split."""
+    source = builder.as_data_source(split=split)
+    return {example["file_name"].decode(): example for example in (source[i] for i in range(len(source)))}
+
+
+def _texts(values) -> list[str]:
+    return [value.decode() for value in values]
+
+
+def test_splits_keep_every_decodable_clip(builds):
+    counts = {
+        name: {s: i.num_examples for s, i in b.builder.info.splits.items()} for name, b in builds.items()
+    }
+    assert counts == {
+        "clotho": {"development": 2, "validation": 2, "evaluation": 1, "test": 2},
+        "audiocaps": {"train": 4, "valid": 1, "test": 2},
+        "audioset_small": {"train": 2, "valid": 3, "test": 2},
+    }
+
+
+def test_broken_and_missing_audio_is_reported_by_name(builds):
+    report = {
+        name: {
+            split: [(s["file_name"], s["reason"].split(":")[0]) for s in info["skipped"]]
+            for split, info in features.build_report(b.builder.data_path)["splits"].items()
+        }
+        for name, b in builds.items()
+    }
+    assert report == {
+        "clotho": {
+            "development": [("Santa Motor.wav", "truncated")],
+            "validation": [
+                ("Train passing.wav", "not a readable audio file (soundfile"),
+                ("kitchen_sizzle.wav", "2 of 16000 samples are NaN or infinite"),
+            ],
+            "evaluation": [("typing_keyboard.wav", "no such file")],
+            "test": [],
+        },
+        "audiocaps": {
+            "train": [],
+            "valid": [("vJ7JPEFhyLA.mp3", "not a readable audio file (soundfile")],
+            "test": [],
+        },
+        "audioset_small": {"train": [], "valid": [("-6KN5x9rpwo.mp3", "truncated")], "test": []},
+    }
+    clotho_validation = features.build_report(builds["clotho"].builder.data_path)["splits"]["validation"]
+    assert (clotho_validation["num_rows"], clotho_validation["num_skipped"]) == (4, 2)
+
+
+@pytest.mark.parametrize("name", tfds_data.BUILDERS)
+def test_features_equal_log_mel_of_the_audio_file(builds, name):
+    build = builds[name]
+    for split in build.builder.info.splits:
+        for file_name, example in _examples(build.builder, split).items():
+            samples = audio.load_audio(build.audiofolder / split / file_name)
+            expected = audio.log_mel(samples, n_mels=80)[0]
+            assert example["mel"].dtype == np.float16 and example["mel"].shape == (80, 3000)
+            # float16 keeps 11 significant bits: |x| <= 2 rounds by at most 2**-10.
+            np.testing.assert_allclose(example["mel"].astype(np.float32), expected, rtol=0, atol=2**-10)
+            # 0.25 s clips: 4000 samples at 16 kHz start 25 frames of 10 ms.
+            assert example["num_frames"] == 25
+
+
+def test_every_clotho_caption_survives_in_order(builds):
+    for split, clips in layouts.CLOTHO_CAPTIONS.items():
+        examples = _examples(builds["clotho"].builder, split)
+        for file_name, captions in clips:
+            if file_name in examples:
+                assert _texts(examples[file_name]["captions"]) == list(captions)
+    assert sorted(_examples(builds["clotho"].builder, "validation")) == [
+        "01 Footsteps on gravel.wav",
+        "Birds at dawn – Łódź park.wav",
+    ]
+    assert [_texts(e["captions"]) for e in _examples(builds["clotho"].builder, "test").values()] == [[], []]
+
+
+def test_every_audiocaps_caption_survives_in_csv_order(builds):
+    for split, rows in layouts.AUDIOCAPS_ROWS.items():
+        expected: dict[str, list[str]] = {}
+        for row in csv.DictReader([layouts.AUDIOCAPS_HEADER, *rows]):
+            expected.setdefault(f"{row['youtube_id']}.mp3", []).append(row["caption"])
+        examples = _examples(builds["audiocaps"].builder, split)
+        assert {name: _texts(e["captions"]) for name, e in examples.items()} == {
+            name: captions for name, captions in expected.items() if name in examples
+        }
+    valid = _examples(builds["audiocaps"].builder, "valid")
+    assert _texts(valid["vfY_TJq7n_U.mp3"]["captions"])[0].startswith("Rustling occurs, ducks quack")
+    assert len(valid["vfY_TJq7n_U.mp3"]["captions"]) == 5
+
+
+def test_audioset_keeps_label_ids_and_keyword_caption(builds):
+    ontology = Ontology.load()
+    for split, rows in layouts.AUDIOSET_SMALL_ROWS.items():
+        examples = _examples(builds["audioset_small"].builder, split)
+        for record in map(json.loads, rows):
+            example = examples.get(f"{record['youtube_id']}.mp3")
+            if example is not None:
+                assert _texts(example["labels"]) == record["labels"]
+                assert _texts(example["captions"]) == [ontology.keywords(record["labels"])]
+    valid = _examples(builds["audioset_small"].builder, "valid")
+    assert _texts(valid["--iSerV5DbY.mp3"]["captions"]) == ["domestic sounds - home sounds, hair dryer"]
+
+
+def test_reading_needs_no_tensorflow(builds):
+    """A fresh process reads a split through tfds.data_source without ever importing TensorFlow."""
+    code = (
+        "import sys\n"
+        "import tensorflow_datasets as tfds\n"
+        f"source = tfds.data_source('clotho/mel80', split='development', data_dir={str(builds['clotho'].data_dir)!r})\n"
+        "print(len(source), sorted(source[i]['file_name'].decode() for i in range(len(source))), "
+        "source[0]['mel'].dtype, 'tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "2 ['Café ambience, Paris.wav', 'rain_on_tin_roof_02.wav'] float16 False"
+
+
+def test_cli_build_of_the_128_bin_config(builds, tmp_path):
+    audiofolder = builds["audioset_small"].audiofolder
+    env = {**os.environ, features.NUM_WORKERS_ENV: "0"}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tfds_builders",
+            "build",
+            "tfds_builders/audioset_small",
+            "--config=mel128",
+            f"--manual_dir={audiofolder}",
+            f"--data_dir={tmp_path}",
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    source = tfds.data_source("audioset_small/mel128", split="valid", data_dir=tmp_path)
+    example = source[0]
+    samples = audio.load_audio(audiofolder / "valid" / example["file_name"].decode())
+    assert example["mel"].shape == (128, 3000)
+    np.testing.assert_allclose(example["mel"], audio.log_mel(samples, n_mels=128)[0], rtol=0, atol=2**-10)
+
+
+def test_parallel_build_is_byte_identical_to_serial(builds, tmp_path):
+    serial = builds["clotho"].builder
+    parallel = features.build(
+        "clotho", manual_dir=builds["clotho"].audiofolder, data_dir=tmp_path, num_workers=2
+    )
+    serial_files = sorted(p.name for p in serial.data_path.glob("*.array_record*"))
+    assert serial_files == sorted(p.name for p in parallel.data_path.glob("*.array_record*"))
+    assert len(serial_files) == 4
+    for name in serial_files:
+        assert (serial.data_path / name).read_bytes() == (parallel.data_path / name).read_bytes(), name
+    assert features.build_report(serial.data_path) == features.build_report(parallel.data_path)
+
+
+def test_sharded_builds_partition_the_clips(builds, tmp_path):
+    audiofolder = builds["audioset_small"].audiofolder
+    names = []
+    for index in range(2):
+        shard = features.build(
+            "audioset_small",
+            manual_dir=audiofolder,
+            data_dir=tmp_path / str(index),
+            shard=f"{index}/2",
+            num_workers=0,
+        )
+        assert features.build_report(shard.data_path)["shard"] == [index, 2]
+        names.append(set(_examples(shard, "valid")))
+    assert names == [{"--iSerV5DbY.mp3", "-5Kk-m7BmiE.mp3"}, {"-0xzrMun0Rs.mp3"}]
+    assert names[0] | names[1] == set(_examples(builds["audioset_small"].builder, "valid"))
+    # The pipeline reads the shard builds as one dataset.
+    spec = pipeline.DatasetSpec("audioset", data_dir=(tmp_path / "0", tmp_path / "1"), split="valid")
+    [batch] = pipeline.eval_dataset(
+        spec, text.Tokenizer.from_assets(), global_batch_size=4, shard=grain.sharding.NoSharding()
+    )
+    assert sorted(batch["file_name"][batch["mask"]]) == sorted(names[0] | names[1])
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path):
+    (tmp_path / "not_prepared").mkdir()
+    (tmp_path / "not_prepared" / "clip.wav").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="Run `python -m audiocap_jax.data.prepare`"):
+        features.build("clotho", manual_dir=tmp_path / "not_prepared", data_dir=tmp_path / "data")
+    with pytest.raises(ValueError, match="known builders: audiocaps, audioset_small, clotho"):
+        features.load_builder_class("clothoo")
+    with pytest.raises(ValueError, match="INDEX/COUNT"):
+        features.parse_shard("3 of 16")
+    with pytest.raises(ValueError, match=r"shard index 16 must be in \[0, 16\)"):
+        features.parse_shard((16, 16))

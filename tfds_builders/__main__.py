@@ -1,0 +1,30 @@
+"""`tfds build` without TensorFlow: `python -m tfds_builders build tfds_builders/clotho --manual_dir=... ...`.
+
+The `tfds` console script imports TensorFlow at startup (its `convert_format` command evaluates
+`tf.train.Example` on import), although building our ArrayRecord datasets never touches TensorFlow. This entry
+point runs TFDS's own `build` command (same flags: --config, --manual_dir, --data_dir, --file_format, ...)
+and nothing else. With tensorflow installed, `tfds build tfds_builders/clotho ...` runs the same code.
+"""
+
+import sys
+
+from absl import app, logging
+from tensorflow_datasets.scripts.cli import build, cli_utils
+
+_USAGE = "usage: python -m tfds_builders build tfds_builders/<name> [tfds build flags, see build --help]"
+
+
+def _parse_flags(argv: list[str]) -> build.Args:
+    if len(argv) < 2 or argv[1] != "build":
+        sys.exit(f"{_USAGE}\n`build` is the only command.")
+    return cli_utils.make_flags_parser(build.Args, description="tfds build, TensorFlow-free")(argv[1:])
+
+
+def _main(args: build.Args) -> None:
+    logging.set_verbosity(logging.INFO)
+    logging.set_stderrthreshold(logging.INFO)
+    args.execute()
+
+
+if __name__ == "__main__":
+    app.run(_main, flags_parser=_parse_flags)

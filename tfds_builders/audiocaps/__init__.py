@@ -1,0 +1,1 @@
+"""TFDS builder `audiocaps` (`tfds build tfds_builders/audiocaps`)."""

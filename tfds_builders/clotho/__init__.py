@@ -1,0 +1,1 @@
+"""TFDS builder `clotho` (`tfds build tfds_builders/clotho`)."""
