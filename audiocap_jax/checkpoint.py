@@ -22,7 +22,9 @@ BEST_KEY = "best_score"  # the metric Orbax ranks checkpoints by (higher is bett
 class Checkpointer:
     """Thin policy layer over `ocp.CheckpointManager` with items `state` (pytree) and `data` (JSON)."""
 
-    def __init__(self, directory: str | Path, *, keep_last: int = 2, keep_best: int = 1, async_save: bool = True):
+    def __init__(
+        self, directory: str | Path, *, keep_last: int = 2, keep_best: int = 1, async_save: bool = True
+    ):
         self.directory = Path(directory).absolute()
         preservation = policies.AnyPreservationPolicy(
             [
@@ -42,7 +44,9 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, data_state: dict[str, Any], best_score: float | None = None) -> None:
+    def save(
+        self, step: int, state: Any, data_state: dict[str, Any], best_score: float | None = None
+    ) -> None:
         """Start an (async) save; `best_score` (higher is better) makes the step a candidate for best-N."""
         metrics = None if best_score is None or math.isnan(best_score) else {BEST_KEY: float(best_score)}
         self._manager.save(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from audiocap_jax import decode
 from audiocap_jax.model.sharding import logical_to_spec
 from audiocap_jax.text import Tokenizer
 
@@ -28,6 +30,23 @@ class Prediction:
     raw: str  # the whole decoded sequence with special tokens, as the original logged it
     score: float  # beam score of the returned sequence
     references: tuple[str, ...] = ()
+
+
+def decode_settings(config: Any, tokenizer: Tokenizer, checkpoint_dir: Path | None) -> decode.DecodeSettings:
+    """Beam settings from the config; suppress lists from a HF checkpoint's generation_config when asked."""
+    fields: dict[str, Any] = dict(
+        eos_id=tokenizer.specials.eot,
+        num_beams=config.num_beams,
+        max_length=config.max_length,
+        length_penalty=config.length_penalty,
+        length_penalty_form=config.length_penalty_form,
+        min_length=config.min_length,
+        num_return_sequences=config.num_return_sequences,
+    )
+    generation = checkpoint_dir / "generation_config.json" if checkpoint_dir is not None else None
+    if config.use_checkpoint_suppress_tokens and generation is not None and generation.exists():
+        return decode.DecodeSettings.from_generation_config(generation, **fields)
+    return decode.DecodeSettings(**fields)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

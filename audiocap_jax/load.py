@@ -40,7 +40,9 @@ def tokenizer_for(directory: Path | None, config: WhisperConfig) -> Tokenizer:
 def save_run_files(workdir: Path, config: WhisperConfig, tokenizer: Tokenizer) -> None:
     """What a workdir needs to be loadable without the training config."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / MODEL_CONFIG_FILE).write_text(json.dumps({"model_type": "whisper", **config.architecture()}, indent=1))
+    (workdir / MODEL_CONFIG_FILE).write_text(
+        json.dumps({"model_type": "whisper", **config.architecture()}, indent=1)
+    )
     tokenizer.save_pretrained(workdir / TOKENIZER_DIR)
 
 
@@ -62,7 +64,9 @@ def load_model(
             raise FileNotFoundError(f"{path / CHECKPOINT_DIR} has no finished checkpoint to load.")
         chosen = _choose_step(manager, steps, step, path)
         graphdef, params, frozen = split_model(model)
-        restored = manager.restore_subset(chosen, {"params": abstract_like(params), "frozen": abstract_like(frozen)})
+        restored = manager.restore_subset(
+            chosen, {"params": abstract_like(params), "frozen": abstract_like(frozen)}
+        )
         manager.close()
         logging.info("Loaded step %d of %s", chosen, path)
         model = nnx.merge(graphdef, restored["params"], restored["frozen"])

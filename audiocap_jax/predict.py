@@ -35,17 +35,6 @@ from audiocap_jax.data.prepare import AUDIO_EXTENSIONS
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
 
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A training workdir of ours, or a HF Whisper directory/hub id."
-)
-_DATA = flags.DEFINE_string("data", None, "Folder of audio files (wav, flac, mp3, ogg).")
-_RECURSIVE = flags.DEFINE_bool("recursive", False, "Also caption files in subfolders.")
-_OUTPUT = flags.DEFINE_string("output-file", None, "CSV to write: file_name,caption_predicted.")
-_TAKE = flags.DEFINE_integer("take-first-n", 0, "Caption only the first N files (sorted by path); 0 = all.")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config-file", "configs/predict.py", "Decoding settings.", lock_config=True
-)
-
 
 def list_audio(folder: str | Path, recursive: bool = False) -> list[Path]:
     folder = Path(folder)
@@ -55,25 +44,6 @@ def list_audio(folder: str | Path, recursive: bool = False) -> list[Path]:
     return sorted(
         p for p in folder.glob(pattern) if p.is_file() and p.name.lower().endswith(AUDIO_EXTENSIONS)
     )
-
-
-def decode_settings(
-    config: ml_collections.ConfigDict, tokenizer: text.Tokenizer, checkpoint_dir: Path | None
-) -> decode.DecodeSettings:
-    """Beam settings from the config; suppress lists from a HF checkpoint's generation_config when asked."""
-    fields: dict[str, Any] = dict(
-        eos_id=tokenizer.specials.eot,
-        num_beams=config.num_beams,
-        max_length=config.max_length,
-        length_penalty=config.length_penalty,
-        length_penalty_form=config.length_penalty_form,
-        min_length=config.min_length,
-        num_return_sequences=config.num_return_sequences,
-    )
-    generation = checkpoint_dir / "generation_config.json" if checkpoint_dir is not None else None
-    if config.use_checkpoint_suppress_tokens and generation is not None and generation.exists():
-        return decode.DecodeSettings.from_generation_config(generation, **fields)
-    return decode.DecodeSettings(**fields)
 
 
 def _segments(clip: np.ndarray, long_audio: str) -> list[tuple[float, np.ndarray]]:
@@ -155,7 +125,7 @@ def predict(
         checkpoint, mesh=mesh, step=config.step, dtype=config.dtype, attention_impl="auto"
     )
     checkpoint_dir = None if load.is_workdir(checkpoint) else resolve_checkpoint_dir(checkpoint)
-    settings = decode_settings(config, tokenizer, checkpoint_dir)
+    settings = inference.decode_settings(config, tokenizer, checkpoint_dir)
     prefix = text.parse_style(config.style)
     prompt = tokenizer.prompt_ids(prefix)
     loaded = time.perf_counter()
@@ -219,19 +189,31 @@ def predict(
     return log
 
 
+def _define_flags() -> None:
+    """Command-line flags, defined only when run as a program so the library functions import anywhere."""
+    flags.DEFINE_string("checkpoint", None, "A training workdir of ours, or a HF Whisper directory/hub id.")
+    flags.DEFINE_string("data", None, "Folder of audio files (wav, flac, mp3, ogg).")
+    flags.DEFINE_bool("recursive", False, "Also caption files in subfolders.")
+    flags.DEFINE_string("output-file", None, "CSV to write: file_name,caption_predicted.")
+    flags.DEFINE_integer("take-first-n", 0, "Caption only the first N files (sorted by path); 0 = all.")
+    config_flags.DEFINE_config_file(
+        "config-file", "configs/predict.py", "Decoding settings.", lock_config=True
+    )
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
-    for name, flag in (("--checkpoint", _CHECKPOINT), ("--data", _DATA), ("--output-file", _OUTPUT)):
-        if flag.value is None:
-            raise app.UsageError(f"{name} is required.")
+    for name in ("checkpoint", "data", "output-file"):
+        if flags.FLAGS[name].value is None:
+            raise app.UsageError(f"--{name} is required.")
     log = predict(
-        _CHECKPOINT.value,
-        _DATA.value,
-        _OUTPUT.value,
-        _CONFIG.value,
-        recursive=_RECURSIVE.value,
-        take_first_n=_TAKE.value,
+        flags.FLAGS["checkpoint"].value,
+        flags.FLAGS["data"].value,
+        flags.FLAGS["output-file"].value,
+        flags.FLAGS["config-file"].value,
+        recursive=flags.FLAGS["recursive"].value,
+        take_first_n=flags.FLAGS["take-first-n"].value,
     )
     if log["num_captioned"] == 0:
         print(
@@ -241,4 +223,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

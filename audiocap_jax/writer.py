@@ -16,7 +16,9 @@ SAMPLES_FILE = "samples.jsonl"
 
 
 class MetricWriter:
-    def __init__(self, workdir: str | Path, *, wandb_settings: Mapping[str, Any] | None = None, config: Any = None):
+    def __init__(
+        self, workdir: str | Path, *, wandb_settings: Mapping[str, Any] | None = None, config: Any = None
+    ):
         self.active = jax.process_index() == 0
         self.workdir = Path(workdir)
         self._wandb = None
