@@ -69,5 +69,6 @@ def _tiled_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     def tiles(x: jax.Array) -> jax.Array:  # [B, L, H, Dh] --> [B*H, L, Dh]
         return x.transpose(0, 2, 1, 3).reshape(b * h, x.shape[1], d)
 
-    out = jax.lax.map(one_tile, (tiles(q), tiles(k), tiles(v)))  # --> [B*H, T, Dh]
+    # Rematerialised: the backward pass recomputes a tile's scores instead of storing all B*H of them.
+    out = jax.lax.map(jax.checkpoint(one_tile), (tiles(q), tiles(k), tiles(v)))  # --> [B*H, T, Dh]
     return out.reshape(b, h, t, d).transpose(0, 2, 1, 3)

@@ -1,0 +1,155 @@
+"""Training-step speed and peak memory: our jitted train step vs transformers' PyTorch Whisper + AdamW.
+
+Run: `python -m benchmarks.bench_train [--variants tiny,base] [--batch 8] [--steps 3]` (~5 min on 2 CPU cores).
+Same work on both sides: random weights, 30 s log-mels (3000 frames), 32-token captions, AdamW, float32.
+Each measurement runs in its own process so peak RSS (resident memory) is that framework's alone.
+Prints examples/s, step time, peak memory, our compile time and the step's FLOPs from XLA's cost analysis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+TOKENS = 32
+
+
+def _peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
+
+
+def run_ours(variant: str, batch: int, steps: int) -> dict[str, float]:
+    import jax
+    import numpy as np
+
+    from audiocap_jax import training
+    from audiocap_jax.inference import batch_sharding
+    from audiocap_jax.model import sharding
+    from audiocap_jax.model.config import WhisperConfig
+    from audiocap_jax.model.whisper import create_model
+
+    config = WhisperConfig.from_variant(variant)
+    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    graphdef, params, frozen = training.split_model(create_model(config, mesh=mesh))
+    schedule = training.make_schedule(lr=1e-5, warmup_steps=1, total_steps=1000)
+    tx = training.make_optimizer(params, schedule)
+    state = training.init_train_state(params, frozen, tx, 0, mesh)
+    rng = np.random.default_rng(0)
+    batch_data = {
+        "mel": rng.standard_normal((batch, config.num_mel_bins, config.num_frames)).astype(np.float32),
+        "decoder_input_ids": rng.integers(0, config.vocab_size, (batch, TOKENS)).astype(np.int32),
+        "targets": rng.integers(0, config.vocab_size, (batch, TOKENS)).astype(np.int32),
+        "loss_mask": np.ones((batch, TOKENS), np.float32),
+    }
+    batch_data = {k: jax.device_put(v, batch_sharding(mesh)) for k, v in batch_data.items()}
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = jax.jit(
+        training.make_train_step(graphdef, tx, schedule),
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=(shardings, None),
+        donate_argnums=(0,),
+    )
+    start = time.perf_counter()
+    compiled = step.lower(state, batch_data).compile()
+    compile_seconds = time.perf_counter() - start
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
+    state, metrics = compiled(state, batch_data)  # warm-up
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch_data)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return {
+        "step_seconds": min(times),
+        "compile_seconds": compile_seconds,
+        "flops": float(analysis.get("flops", float("nan"))),
+        "peak_gib": _peak_gib(),
+    }
+
+
+def run_torch(variant: str, batch: int, steps: int) -> dict[str, float]:
+    import numpy as np
+    import torch
+    import transformers
+
+    from audiocap_jax.model.config import WhisperConfig
+
+    config = WhisperConfig.from_variant(variant)
+    torch.manual_seed(0)
+    model = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(**config.architecture()))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+    rng = np.random.default_rng(0)
+    mel = torch.from_numpy(
+        rng.standard_normal((batch, config.num_mel_bins, config.num_frames)).astype(np.float32)
+    )
+    ids = torch.from_numpy(rng.integers(0, config.vocab_size, (batch, TOKENS)))
+    labels = torch.from_numpy(rng.integers(0, config.vocab_size, (batch, TOKENS)))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(input_features=mel, decoder_input_ids=ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"step_seconds": min(times), "peak_gib": _peak_gib()}
+
+
+def _measure(framework: str, variant: str, batch: int, steps: int) -> dict[str, float]:
+    """One framework in a fresh process (clean peak-memory reading)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_train", "--worker", framework, "--variants", variant,
+         "--batch", str(batch), "--steps", str(steps)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="tiny,base")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run = run_ours if args.worker == "ours" else run_torch
+        print(json.dumps(run(args.variants, args.batch, args.steps)))
+        return
+    print(
+        f"{platform.machine()}, {os.cpu_count()} cores; batch {args.batch}, 30 s log-mels + {TOKENS}-token captions, "
+        f"AdamW, float32, best of {args.steps} steps\n"
+    )
+    print(
+        "| model | ours ex/s | PyTorch ex/s | ratio | ours GFLOP/s | peak GiB ours / PyTorch | compile s | TFLOP/step |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for variant in args.variants.split(","):
+        ours = _measure("ours", variant, args.batch, args.steps)
+        torch_result = _measure("torch", variant, args.batch, args.steps)
+        ours_rate, torch_rate = args.batch / ours["step_seconds"], args.batch / torch_result["step_seconds"]
+        print(
+            f"| whisper-{variant} | {ours_rate:.2f} | {torch_rate:.2f} | {ours_rate / torch_rate:.2f}x | "
+            f"{ours['flops'] / ours['step_seconds'] / 1e9:.0f} | {ours['peak_gib']:.2f} / {torch_result['peak_gib']:.2f} | "
+            f"{ours['compile_seconds']:.1f} | {ours['flops'] / 1e12:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
