@@ -105,13 +105,16 @@ def test_cached_decoding_equals_full_forward(tiny_dir):
 def test_gather_rows_reorders_self_cache_only(tiny_dir):
     path, _ = tiny_dir
     model, _ = load_hf_checkpoint(path)
-    mel, ids = _inputs(80, 51865, batch=1, tokens=4)
+    mel, ids = _inputs(80, 51865, batch=2, tokens=4)
     cache = model.init_cache(model.encode(jnp.asarray(mel)), num_beams=2, max_length=8)
-    rows = jnp.asarray(np.stack([ids[0], ids[0][::-1]]))
-    _, cache = model.decode_step(rows, cache, jnp.zeros(2, jnp.int32))
-    swapped = cache.gather_rows(jnp.array([1, 0]))
-    np.testing.assert_array_equal(swapped.self_k[:, 0], cache.self_k[:, 1])
-    np.testing.assert_array_equal(swapped.cross_k, cache.cross_k)
+    rows = jnp.asarray(
+        np.stack([ids[0], ids[0][::-1], ids[1], ids[1][::-1]])
+    )  # example 0: rows 0,1; 1: rows 2,3
+    _, cache = model.decode_step(rows, cache, jnp.zeros(4, jnp.int32))
+    reordered = cache.gather_rows(jnp.array([1, 1, 2, 3]))
+    np.testing.assert_array_equal(reordered.self_k[:, :2], cache.self_k[:, [1, 1]])
+    np.testing.assert_array_equal(reordered.self_v[:, 2:], cache.self_v[:, 2:])
+    np.testing.assert_array_equal(reordered.cross_k, cache.cross_k)
 
 
 def test_sharded_forward_equals_single_device(tiny_dir):

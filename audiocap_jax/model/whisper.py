@@ -280,10 +280,22 @@ class DecodeCache:
     cross_v: jax.Array  # compute dtype: [L, B, S', H, Dh]
 
     def gather_rows(self, idx: jax.Array) -> DecodeCache:
-        """Reorder decoder rows (beam reordering): int32 [N] row indices. [L, N, ...] --> [L, N, ...]"""
-        return self.replace(
-            self_k=jnp.take(self.self_k, idx, axis=1), self_v=jnp.take(self.self_v, idx, axis=1)
-        )
+        """Reorder decoder rows within each example (beam reordering): int32 [N] global row indices, row n
+        taking from a row of the same example. [L, N, ...] --> [L, N, ...]
+
+        Done as a per-example gather ([L, B, K, ...] along K) so a batch sharded over examples stays local:
+        a flat `take` over N makes XLA all-gather the whole cache onto every device at every step.
+        """
+        b = self.cross_k.shape[1]
+        k = idx.shape[0] // b
+        local = idx.reshape(b, k) - (jnp.arange(b) * k)[:, None]  # --> [B, K] beam index within the example
+
+        def take(x: jax.Array) -> jax.Array:
+            y = x.reshape(x.shape[0], b, k, *x.shape[2:])  # [L, N, ...] --> [L, B, K, ...]
+            index = local.reshape(1, b, k, *([1] * (x.ndim - 2)))
+            return jnp.take_along_axis(y, index, axis=2).reshape(x.shape)
+
+        return self.replace(self_k=take(self.self_k), self_v=take(self.self_v))
 
 
 class Encoder(nnx.Module):
