@@ -72,7 +72,11 @@ def predict_split(
     checkpoint_dir = None if load.is_workdir(checkpoint) else resolve_checkpoint_dir(checkpoint)
     settings = inference.decode_settings(config, tokenizer, checkpoint_dir)
     batches = pipeline.eval_dataset(
-        spec, tokenizer, global_batch_size=config.batch_size, max_length=config.max_length
+        spec,
+        tokenizer,
+        global_batch_size=config.batch_size,
+        max_length=config.max_length,
+        max_frames=model_config.num_frames,
     )
     decode_fn = decode.make_decode_fn(model, settings, mesh)
     predictions = inference.caption_batches(
@@ -117,7 +121,7 @@ def main(argv: list[str]) -> None:
             flags.FLAGS["dataset"].value,
             flags.FLAGS["split"].value,
             flags.FLAGS["data_dir"].value,
-            flags.FLAGS["mel_config"].value,
+            flags.FLAGS["config-file"].value,
             mel_config=flags.FLAGS["mel_config"].value,
             style=flags.FLAGS["style"].value,
         )

@@ -7,8 +7,11 @@ Writes `out.csv` (`file_name,caption_predicted`, UTF-8, CSV-quoted) and `out_log
 that could not be decoded); raw outputs (special tokens and prefix included) go to stdout. Files that fail to
 decode are listed and skipped; the exit code is non-zero only when nothing could be captioned.
 
-Clips longer than 30 s: `long_audio="truncate"` (default) captions the first 30 s, as Whisper's feature
-extractor and the original did; `"windows"` captions each consecutive 30 s window and names the rows
+The model's window is `num_frames / 100` seconds: 30 s for every released Whisper, shorter for models trained
+with a smaller `max_source_positions` (the demo's: 10 s). Features are computed exactly as the TFDS builds store
+them (log-mel of the clip padded to 30 s) and cropped to the model's frames, as the training pipeline does.
+Clips longer than the window: `long_audio="truncate"` (default) captions the first window, as Whisper's
+feature extractor and the original did; `"windows"` captions each consecutive window and names the rows
 `<file>#t=<start seconds>` (Media Fragments syntax), one row per window.
 """
 
@@ -46,13 +49,12 @@ def list_audio(folder: str | Path, recursive: bool = False) -> list[Path]:
     )
 
 
-def _segments(clip: np.ndarray, long_audio: str) -> list[tuple[float, np.ndarray]]:
-    """(start seconds, samples) pieces of one clip that each fit Whisper's 30 s window."""
-    if long_audio == "truncate" or len(clip) <= audio.N_SAMPLES:
-        return [(0.0, clip[: audio.N_SAMPLES])]
+def _segments(clip: np.ndarray, long_audio: str, window: int) -> list[tuple[float, np.ndarray]]:
+    """(start seconds, samples) pieces of one clip that each fit the model's window of `window` samples."""
+    if long_audio == "truncate" or len(clip) <= window:
+        return [(0.0, clip[:window])]
     return [
-        (start / audio.SAMPLE_RATE, clip[start : start + audio.N_SAMPLES])
-        for start in range(0, len(clip), audio.N_SAMPLES)
+        (start / audio.SAMPLE_RATE, clip[start : start + window]) for start in range(0, len(clip), window)
     ]
 
 
@@ -66,17 +68,27 @@ def audio_batches(
     long_audio: str,
     workers: int,
     failures: list[dict[str, str]],
+    num_frames: int = audio.N_FRAMES,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Decode files in parallel threads; yield padded, masked batches. Undecodable files go to `failures`."""
+    """Decode files in parallel threads; yield padded, masked batches. Undecodable files go to `failures`.
+
+    Batches hold mel `[B, M, num_frames]`: the model's window (`WhisperConfig.num_frames`, 3000 = 30 s for
+    released checkpoints), cut from the 30 s log-mel as the TFDS builds + training pipeline do.
+    """
     if long_audio not in ("truncate", "windows"):
         raise ValueError(f"long_audio {long_audio!r} unknown; choose 'truncate' or 'windows'.")
+    if not 0 < num_frames <= audio.N_FRAMES:
+        raise ValueError(f"num_frames {num_frames} must be in 1..{audio.N_FRAMES} (the 30 s log-mel).")
+    window = num_frames * audio.HOP_LENGTH
     pending: list[tuple[str, np.ndarray]] = []
 
     def flush(rows: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
         valid = len(rows)
         rows = rows + [("", np.zeros(0, np.float32))] * (batch_size - valid)
         return {
-            "mel": audio.log_mel(np.stack([audio.pad_or_trim(r[1]) for r in rows]), n_mels=n_mels),
+            "mel": audio.log_mel(np.stack([audio.pad_or_trim(r[1]) for r in rows]), n_mels=n_mels)[
+                ..., :num_frames
+            ],
             "decoder_prompt": np.tile(np.asarray(prompt, np.int32), (batch_size, 1)),
             "mask": np.arange(batch_size) < valid,
             "file_name": np.asarray([r[0] for r in rows], dtype=object),
@@ -95,7 +107,7 @@ def audio_batches(
                 logging.warning("Skipping %s: %s", name, result.reason)
                 failures.append({"file_name": name, "reason": result.reason})
                 continue
-            for start, samples in _segments(result, long_audio):
+            for start, samples in _segments(result, long_audio, window):
                 pending.append((name if long_audio == "truncate" else f"{name}#t={start:g}", samples))
                 if len(pending) == batch_size:
                     yield flush(pending)
@@ -140,6 +152,7 @@ def predict(
         long_audio=config.long_audio,
         workers=config.loader_workers,
         failures=failures,
+        num_frames=model_config.num_frames,
     )
     decode_fn = decode.make_decode_fn(model, settings, mesh)
     predictions = inference.caption_batches(

@@ -21,16 +21,17 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from audiocap_jax import checkpoint, decode, inference, load, metrics, text, training
-from audiocap_jax.data import pipeline
+from audiocap_jax import checkpoint, decode, inference, load, metrics, report, text, training
+from audiocap_jax.data import demo, pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint, resolve_checkpoint_dir
 from audiocap_jax.model.whisper import Whisper, create_model
-from audiocap_jax.writer import MetricWriter
+from audiocap_jax.writer import MetricWriter, read_metrics
 
 # Dense bf16 peak FLOP/s per device, for the MFU estimate.
 _PEAK_FLOPS = {
@@ -41,6 +42,8 @@ _PEAK_FLOPS = {
     "TPU v5 lite": 197e12,
     "TPU v5": 459e12,
 }
+
+PREDICTIONS_DIR = "predictions"  # final validation predictions and their scores, per dataset
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -70,6 +73,20 @@ def _runtime(config: ml_collections.ConfigDict) -> dict[str, Any]:
     )
 
 
+def _redraw_input_convs(model: Whisper, std: float, seed: int) -> None:
+    """Re-initialise the encoder's two input convolution kernels from N(0, std^2), in their shardings.
+
+    With HF's N(0, 0.02^2) for every weight, the convolutions' output at init varies ~100x less over time
+    than the frozen sinusoidal positions added to it, so a model trained from scratch is nearly deaf for its
+    first few hundred steps (measured in configs/demo.py).
+    """
+    key = jax.random.key(seed)
+    for index, conv in enumerate((model.encoder.conv1, model.encoder.conv2)):
+        kernel = conv.kernel.get_value()
+        fresh = std * jax.random.normal(jax.random.fold_in(key, index), kernel.shape, kernel.dtype)
+        conv.kernel.set_value(jax.device_put(fresh, kernel.sharding))
+
+
 def build_model(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, resuming: bool
 ) -> tuple[Whisper, text.Tokenizer]:
@@ -88,7 +105,10 @@ def build_model(
     if m.init == "scratch":
         model_config = WhisperConfig.from_variant(m.variant, **dict(m.arch_overrides), **runtime)
         tokenizer = text.Tokenizer.from_assets(text.num_languages_for_vocab_size(model_config.vocab_size))
-        return create_model(model_config, mesh=mesh, seed=config.seed), tokenizer
+        model = create_model(model_config, mesh=mesh, seed=config.seed)
+        if m.conv_init_std:
+            _redraw_input_convs(model, m.conv_init_std, config.seed)
+        return model, tokenizer
     if m.init == "ours":
         if not m.init_from:
             raise ValueError("config.model.init='ours' needs config.model.init_from=<a training workdir>.")
@@ -102,14 +122,43 @@ def build_model(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------------------------------------------
+def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> str:
+    """The TFDS data_dir to read; with `data.synthetic.enabled`, first makes the synthetic set there.
+
+    Only process 0 generates and builds (the others wait for it), so pods share one build on a shared disk.
+    """
+    synthetic = config.data.synthetic
+    if not synthetic.enabled:
+        return config.data.data_dir
+    data_dir = config.data.data_dir or str(workdir / "data" / "tfds")
+    if jax.process_index() == 0:
+        demo.ensure_demo_data(
+            synthetic.root or workdir / "data" / "synthetic",
+            data_dir,
+            num_train=synthetic.num_train,
+            num_valid=synthetic.num_valid,
+            num_test=synthetic.num_test,
+            seed=synthetic.seed,
+            max_events=synthetic.max_events,
+            config=config.data.mel_config,
+            workers=synthetic.workers,
+        )
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("synthetic data built")
+    return data_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Validation with the shared jitted beam search.
 # ---------------------------------------------------------------------------------------------------------------
-def _eval_specs(config: ml_collections.ConfigDict) -> list[pipeline.DatasetSpec]:
+def _eval_specs(config: ml_collections.ConfigDict, data_dir: str) -> list[pipeline.DatasetSpec]:
     """One spec per validation set (its first `eval.max_clips` clips; 0 = all)."""
     return [
         pipeline.DatasetSpec(
             name=name,
-            data_dir=config.data.data_dir,
+            data_dir=data_dir,
             split=split,
             config=config.data.mel_config,
             max_clips=config.eval.max_clips,
@@ -127,12 +176,23 @@ def validate(
     mesh: jax.sharding.Mesh,
     config: ml_collections.ConfigDict,
     writer: MetricWriter,
+    *,
+    max_frames: int = 0,
+    predictions_dir: Path | None = None,
 ) -> dict[str, float]:
-    """Caption each validation set with its own prefix and score it; returns `{dataset/metric: value}`."""
+    """Caption each validation set with its own prefix and score it; returns `{dataset/metric: value}`.
+
+    With `predictions_dir` (the final validation), process 0 also writes `<dataset>_<split>.csv` there
+    (`file_name,caption_predicted`) and `<dataset>_<split>_metrics.json` (corpus and per-clip scores).
+    """
     results: dict[str, float] = {}
     for spec in specs:
         batches = pipeline.eval_dataset(
-            spec, tokenizer, global_batch_size=config.eval.batch_size, max_length=config.eval.max_length
+            spec,
+            tokenizer,
+            global_batch_size=config.eval.batch_size,
+            max_length=config.eval.max_length,
+            max_frames=max_frames,
         )
         predictions = inference.caption_batches(
             decode_fn, model_state, batches, tokenizer, mesh, desc=f"validate {spec.name}"
@@ -156,6 +216,13 @@ def validate(
             ],
         )
         logging.info("step %d %s:\n%s", step, spec.name, metrics.format_table(scores))
+        if predictions_dir is not None and jax.process_index() == 0:
+            predictions_dir.mkdir(parents=True, exist_ok=True)
+            stem = f"{spec.name}_{spec.split}"
+            metrics.write_predictions_csv(predictions_dir / f"{stem}.csv", captions)
+            metrics.write_json(
+                predictions_dir / f"{stem}_metrics.json", scores, step=step, prefix=spec.prefix
+            )
     return results
 
 
@@ -252,6 +319,7 @@ def run(
     )
     resuming = bool(ckpt.all_steps())
     model, tokenizer = build_model(config, mesh, resuming)
+    model_frames = model.config.num_frames  # the stored 30 s log-mels are cropped to the model's window
     if is_main:
         load.save_run_files(workdir, model.config, tokenizer)
     graphdef, params, frozen = training.split_model(model)
@@ -281,7 +349,8 @@ def run(
     del model, params, frozen
 
     # --- Data -----------------------------------------------------------------------------------------------
-    mixture = pipeline.mixture_specs(dict(config.data.mixture), config.data.data_dir, config.data.mel_config)
+    data_dir = prepare_data(config, workdir)
+    mixture = pipeline.mixture_specs(dict(config.data.mixture), data_dir, config.data.mel_config)
     train_data = pipeline.train_dataset(
         mixture,
         tokenizer,
@@ -290,6 +359,7 @@ def run(
         seed=config.seed,
         train_prompt=config.data.train_prompt,
         augment_config=pipeline.AugmentConfig(**dict(config.data.augment)),
+        max_frames=model_frames,
         read=pipeline.ReadConfig(
             num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch_batches
         ),
@@ -332,7 +402,7 @@ def run(
         ),
         mesh,
     )
-    eval_specs = _eval_specs(config)
+    eval_specs = _eval_specs(config, data_dir)
 
     # --- Loop -----------------------------------------------------------------------------------------------
     preemption = _Preemption()
@@ -398,7 +468,18 @@ def run(
         if eval_specs and config.eval.every_steps > 0 and (step % config.eval.every_steps == 0 or is_last):
             eval_start = time.perf_counter()
             model_state = training.full_state(graphdef, state.params, state.frozen)
-            last_results = validate(step, eval_specs, decode_fn, model_state, tokenizer, mesh, config, writer)
+            last_results = validate(
+                step,
+                eval_specs,
+                decode_fn,
+                model_state,
+                tokenizer,
+                mesh,
+                config,
+                writer,
+                max_frames=model_frames,
+                predictions_dir=workdir / PREDICTIONS_DIR if is_last else None,
+            )
             last_results["eval_seconds"] = time.perf_counter() - eval_start
             writer.write(step, last_results)
             score = best_score(last_results, config.eval.best_metric, warned)
@@ -427,7 +508,10 @@ def run(
     ckpt.close()
     writer.close()
     if is_main:
-        (workdir / "final_metrics.json").write_text(json.dumps({"step": step, **last_results}, indent=1))
+        # A run resumed at its end validates nothing new: report its last validation from the log.
+        final = last_results or report.last_validation(read_metrics(workdir))
+        (workdir / report.FINAL_METRICS_FILE).write_text(json.dumps({"step": step, **final}, indent=1))
+        report.plot_metrics(workdir)
         logging.info("Done at step %d. Workdir: %s", step, workdir)
     return last_results
 
@@ -449,6 +533,8 @@ def main(argv: list[str]) -> None:
     _maybe_initialize_distributed()
     np.set_printoptions(precision=4)
     run(_CONFIG.value, _WORKDIR.value)
+    if jax.process_index() == 0:
+        print(report.summary(_WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from audiocap_jax.data import synthetic
 from configs.common import parse_arg
 
 
@@ -27,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.init_from = ""  # a workdir of ours; its latest checkpoint's parameters
     c.model.variant = arg.variant  # architecture for init="scratch"
     c.model.arch_overrides = ml_collections.ConfigDict()  # e.g. d_model, decoder_layers for "scratch"
+    c.model.conv_init_std = 0.0  # "scratch": std of the encoder's input convs' kernels; 0 = HF's 0.02
     c.model.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU (on CPU it is ~50% slower)
     c.model.param_dtype = "float32"  # master weights
     c.model.remat = False
@@ -35,13 +37,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Data: TFDS builds of tfds_builders/* under data_dir; mixture weights by dataset name.
     c.data = ml_collections.ConfigDict()
-    c.data.data_dir = "~/tensorflow_datasets"
+    c.data.data_dir = "~/tensorflow_datasets"  # with data.synthetic.enabled, "" = <workdir>/data/tfds
     c.data.mel_config = "mel80"  # "mel128" for large-v3
     c.data.mixture = ml_collections.ConfigDict({"clotho": 1.0, "audiocaps": 0.0, "audioset": 0.0})
     c.data.max_length = 80  # tokens per sequence counting the forced prompt (the original's 80)
     c.data.train_prompt = True  # the original trained the forced prompt/prefix tokens too
     c.data.num_threads = 8
     c.data.prefetch_batches = 4
+    # The synthetic sound-scene set (audiocap_jax/data/demo.py): when enabled, train.py generates, prepares and
+    # builds it into data_dir before training (each stage skipped when already done).
+    c.data.synthetic = ml_collections.ConfigDict(
+        dict(
+            enabled=False,
+            root="",  # raw layouts + AudioFolders; "" = <workdir>/data/synthetic
+            # Clips per split of each dataset (Clotho-style captions, AudioSet-style keywords).
+            num_train=synthetic.DEFAULT_NUM_TRAIN,
+            num_valid=synthetic.DEFAULT_NUM_VALID,
+            num_test=synthetic.DEFAULT_NUM_TEST,
+            seed=0,
+            max_events=synthetic.MAX_EVENTS,
+            workers=0,  # processes for generation and the TFDS builds; 0 = one per core
+        )
+    )
     c.data.augment = ml_collections.ConfigDict(
         dict(
             shift_probability=0.0,

@@ -1,6 +1,6 @@
 """The "slice" fine-tuning: only the MLP fc1 layers train, lr 4e-6 (finetune_*_small-lr_*_slice).
 
-    python -m audiocap_jax.train --config=configs/finetune_slice.py:variant=large-v2 --workdir=DIR ...
+python -m audiocap_jax.train --config=configs/finetune_slice.py:variant=large-v2 --workdir=DIR ...
 """
 
 from configs import base

@@ -21,7 +21,9 @@ def get_config(arg=None):
     c.data.mixture.clotho = clotho
     c.optim.warmup_steps = 1000 if not arg.runlocal else c.optim.warmup_steps
     c.total_steps = 1_000_000 if not arg.runlocal else c.total_steps
-    c.eval.datasets = {"audiocaps": "valid", "audioset": "valid"} | ({"clotho": "validation"} if clotho else {})
+    c.eval.datasets = {"audiocaps": "valid", "audioset": "valid"} | (
+        {"clotho": "validation"} if clotho else {}
+    )
     c.eval.max_clips = 200 if not arg.runlocal else c.eval.max_clips
     c.eval.best_metric = "clotho/spider" if clotho else "audiocaps/spider"
     return c

@@ -73,7 +73,9 @@ def test_predict_writes_csv_and_log_and_skips_broken_files(checkpoint, clips, tm
 def test_batch_padding_does_not_change_captions(checkpoint, clips, tmp_path):
     """The last, padded batch and a full batch caption a clip identically (padding rows are masked)."""
     predict.predict(str(checkpoint), clips, tmp_path / "a.csv", _config(batch_size=8))
-    predict.predict(str(checkpoint), clips, tmp_path / "b.csv", _config(batch_size=16), take_first_n=3)  # broken.wav, café, rain
+    predict.predict(
+        str(checkpoint), clips, tmp_path / "b.csv", _config(batch_size=16), take_first_n=3
+    )  # broken.wav, café, rain
     a = metrics.read_predictions_csv(tmp_path / "a.csv")
     b = metrics.read_predictions_csv(tmp_path / "b.csv")
     assert set(b) == {"café tone.flac", "rain, heavy.wav"}

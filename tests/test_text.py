@@ -296,7 +296,12 @@ def test_special_tokens_checks_whisper_layout():
 
 def test_decode_with_specials_keeps_prompt_and_stops_after_eot():
     tok = text.Tokenizer.from_assets()
-    ids = [*tok.prompt_ids(text.CLOTHO_CAPTION), *tok.encode("Rain falls."), tok.specials.eot, tok.specials.eot]
+    ids = [
+        *tok.prompt_ids(text.CLOTHO_CAPTION),
+        *tok.encode("Rain falls."),
+        tok.specials.eot,
+        tok.specials.eot,
+    ]
     assert (
         tok.decode_with_specials(ids)
         == "<|startoftranscript|><|en|><|transcribe|><|notimestamps|>clotho > caption: Rain falls.<|endoftext|>"

@@ -159,7 +159,7 @@ def test_bad_config_keys_and_paths_fail_fast(tmp_path, data_dir):
     missing = subprocess.run(
         _command(tmp_path / "c", tmp_path / "no_data"), cwd=REPO, env=_env(), capture_output=True, text=True
     )
-    assert missing.returncode != 0 and "tfds build tfds_builders/clotho" in missing.stderr
+    assert missing.returncode != 0 and "python -m tfds_builders build tfds_builders/clotho" in missing.stderr
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):

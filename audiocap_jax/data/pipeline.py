@@ -14,8 +14,9 @@ So N hosts together put exactly the examples one host would into every global ba
 
 Evaluation stream: one element per clip with all references, padded to a multiple of G with masked rows.
 
-Shape legend: G global batch, B per-process batch (G / process count), M mel bins, S frames (3000),
-T decoder tokens (max_length - 1), P prompt tokens, R references per clip (max in the split).
+Shape legend: G global batch, B per-process batch (G / process count), M mel bins, S frames (the stored 3000,
+or the model's `num_frames` when `max_frames` crops them), T decoder tokens (max_length - 1), P prompt tokens,
+R references per clip (max in the split).
 """
 
 from __future__ import annotations
@@ -221,8 +222,18 @@ def _decode(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def _mel(record: Mapping[str, Any], mel_dtype: np.dtype) -> np.ndarray:
-    return np.asarray(record["mel"]).astype(mel_dtype, copy=False)
+def _mel(record: Mapping[str, Any], mel_dtype: np.dtype, max_frames: int = 0) -> np.ndarray:
+    """The record's log-mel `[M, S]`, its first `max_frames` frames when > 0 (a model with a shorter window)."""
+    mel = np.asarray(record["mel"])
+    if max_frames:
+        if mel.shape[-1] < max_frames:
+            raise ValueError(
+                f"records hold {mel.shape[-1]} mel frames but max_frames is {max_frames}; the model expects "
+                "longer inputs than the build stores. Use a model with max_source_positions <= "
+                f"{mel.shape[-1] // 2}."
+            )
+        mel = mel[:, :max_frames]
+    return mel.astype(mel_dtype, copy=False)
 
 
 _SHUFFLE, _AUGMENT = 0, 1  # random stages, each with its own seed stream
@@ -329,6 +340,7 @@ def train_dataset(
     train_prompt: bool = False,
     augment_config: AugmentConfig | None = None,
     mel_dtype: Any = np.float32,
+    max_frames: int = 0,
     shard: grain.sharding.ShardOptions | None = None,
     read: ReadConfig = ReadConfig(),
 ) -> grain.IterDataset:
@@ -346,6 +358,8 @@ def train_dataset(
       train_prompt: also train on the forced prompt tokens (the original did).
       augment_config: feature-domain augmentation; None = off.
       mel_dtype: dtype of the `mel` leaf (records store float16).
+      max_frames: crop the stored 3000 frames (30 s) to the model's window, `WhisperConfig.num_frames`
+        (e.g. 1000 = 10 s for the demo's model); 0 = no crop. num_frames is clipped to it.
       shard: this process's shard; default `grain.sharding.ShardByJaxProcess()`.
       read: threads and prefetch.
 
@@ -386,6 +400,7 @@ def train_dataset(
             max_length,
             train_prompt,
             mel_dtype,
+            max_frames,
         )
         stream = _EpochShuffled(pairs, seed=_seed_for(seed, _SHUFFLE, index)).map(make_example)
         streams.append(stream)
@@ -412,15 +427,17 @@ class _TrainExample:
     max_length: int
     train_prompt: bool
     mel_dtype: Any
+    max_frames: int
 
     def __call__(self, pair: int) -> dict[str, Any]:
         clip, slot = divmod(pair, self.max_captions)
         record = self.records[clip]
         captions = record["captions"]
         caption = _decode(captions[slot % len(captions)])
+        mel = _mel(record, self.mel_dtype, self.max_frames)
         return {
-            "mel": _mel(record, self.mel_dtype),
-            "num_frames": np.int32(record["num_frames"]),
+            "mel": mel,
+            "num_frames": np.int32(min(record["num_frames"], mel.shape[-1])),
             **self.tokenizer.encode_target(self.prefix, caption, self.max_length, self.train_prompt),
             "dataset_index": np.int32(self.dataset_index),
         }
@@ -438,13 +455,15 @@ def eval_dataset(
     global_batch_size: int,
     max_length: int = 80,
     mel_dtype: Any = np.float32,
+    max_frames: int = 0,
     shard: grain.sharding.ShardOptions | None = None,
     read: ReadConfig = ReadConfig(),
 ) -> grain.IterDataset:
     """One pass over a split, one element per clip with all its references, in record order.
 
     The last global batch is padded with rows whose `mask` is False, so every batch has the static shape
-    and no clip is dropped; every process yields the same number of batches.
+    and no clip is dropped; every process yields the same number of batches. `max_frames` crops the mel as in
+    `train_dataset` (0 = no crop).
 
     Returns:
       IterDataset of dicts: mel `[B, M, S]`, num_frames `[B]` int32, mask `[B]` bool, file_name `[B]` object
@@ -461,7 +480,14 @@ def eval_dataset(
         raise ValueError(f"{spec.name} split {split} is empty; nothing to evaluate.")
     num_rows = math.ceil(num_clips / global_batch_size) * global_batch_size
     make_example = _EvalExample(
-        source.records, num_clips, max(source.max_captions, 1), spec.prefix, tokenizer, max_length, mel_dtype
+        source.records,
+        num_clips,
+        max(source.max_captions, 1),
+        spec.prefix,
+        tokenizer,
+        max_length,
+        mel_dtype,
+        max_frames,
     )
     rows = _ProcessRows(grain.MapDataset.range(num_rows).map(make_example), global_batch_size, shard)
     return _to_iter(rows.batch(local_batch_size, drop_remainder=True), read)
@@ -478,6 +504,7 @@ class _EvalExample:
     tokenizer: text.Tokenizer
     max_length: int
     mel_dtype: Any
+    max_frames: int
 
     def __call__(self, row: int) -> dict[str, Any]:
         valid = row < self.num_clips
@@ -485,10 +512,10 @@ class _EvalExample:
         references = [_decode(c) for c in record["captions"]] if valid else []
         padded_references = np.full(self.max_references, "", dtype=object)
         padded_references[: len(references)] = references
-        mel = _mel(record, self.mel_dtype)
+        mel = _mel(record, self.mel_dtype, self.max_frames)
         return {
             "mel": mel if valid else np.zeros_like(mel),
-            "num_frames": np.int32(record["num_frames"] if valid else 0),
+            "num_frames": np.int32(min(record["num_frames"], mel.shape[-1]) if valid else 0),
             "mask": np.bool_(valid),
             "file_name": np.asarray(_decode(record["file_name"]) if valid else "", dtype=object),
             "references": padded_references,
