@@ -15,11 +15,11 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from audiocap_jax import decode
-from audiocap_jax.model.sharding import logical_to_spec
+from audiocap_jax.data.pipeline import batch_sharding
 from audiocap_jax.text import Tokenizer
 
 
@@ -47,11 +47,6 @@ def decode_settings(config: Any, tokenizer: Tokenizer, checkpoint_dir: Path | No
     if config.use_checkpoint_suppress_tokens and generation is not None and generation.exists():
         return decode.DecodeSettings.from_generation_config(generation, **fields)
     return decode.DecodeSettings(**fields)
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Rows over the mesh's data-parallel axes (the `batch` logical rule)."""
-    return NamedSharding(mesh, PartitionSpec(*logical_to_spec(("batch",), mesh=mesh)))
 
 
 def _global(x: np.ndarray, mesh: Mesh) -> jax.Array:

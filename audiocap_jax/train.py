@@ -391,7 +391,7 @@ def run(
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     train_step = jax.jit(
         training.make_train_step(graphdef, tx, schedule, config.accum_steps),
-        in_shardings=(state_shardings, inference.batch_sharding(mesh)),
+        in_shardings=(state_shardings, pipeline.batch_sharding(mesh)),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )

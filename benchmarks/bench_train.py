@@ -29,7 +29,7 @@ def run_ours(variant: str, batch: int, steps: int) -> dict[str, float]:
     import numpy as np
 
     from audiocap_jax import training
-    from audiocap_jax.inference import batch_sharding
+    from audiocap_jax.data.pipeline import batch_sharding
     from audiocap_jax.model import sharding
     from audiocap_jax.model.config import WhisperConfig
     from audiocap_jax.model.whisper import create_model

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from audiocap_jax import decode, text, training
-from audiocap_jax.inference import batch_sharding
+from audiocap_jax.data.pipeline import batch_sharding
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.whisper import create_model
