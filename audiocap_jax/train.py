@@ -388,13 +388,7 @@ def run(
         start_step = 0
 
     # --- The jitted step ------------------------------------------------------------------------------------
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    train_step = jax.jit(
-        training.make_train_step(graphdef, tx, schedule, config.accum_steps),
-        in_shardings=(state_shardings, pipeline.batch_sharding(mesh)),
-        out_shardings=(state_shardings, None),
-        donate_argnums=(0,),
-    )
+    train_step = training.jit_train_step(graphdef, tx, schedule, state, mesh, config.accum_steps)
     decode_fn = decode.make_decode_fn(
         nnx.merge(graphdef, state.params, state.frozen),
         decode.DecodeSettings(

@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from audiocap_jax.data.pipeline import batch_sharding
 from audiocap_jax.model.whisper import FrozenParam, Whisper
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -180,6 +181,25 @@ def make_train_step(
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return step
+
+
+def jit_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    state: TrainState,
+    mesh: Mesh,
+    accum_steps: int = 1,
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The train step under `jax.jit`: state keeps its shardings (and is donated), the batch is split over
+    the mesh's data-parallel axes."""
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(
+        make_train_step(graphdef, tx, schedule, accum_steps),
+        in_shardings=(state_shardings, batch_sharding(mesh)),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
 
 
 def init_train_state(

@@ -48,13 +48,7 @@ def run_ours(variant: str, batch: int, steps: int) -> dict[str, float]:
         "loss_mask": np.ones((batch, TOKENS), np.float32),
     }
     batch_data = {k: jax.device_put(v, batch_sharding(mesh)) for k, v in batch_data.items()}
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = jax.jit(
-        training.make_train_step(graphdef, tx, schedule),
-        in_shardings=(shardings, batch_sharding(mesh)),
-        out_shardings=(shardings, None),
-        donate_argnums=(0,),
-    )
+    step = training.jit_train_step(graphdef, tx, schedule, state, mesh)
     start = time.perf_counter()
     compiled = step.lower(state, batch_data).compile()
     compile_seconds = time.perf_counter() - start

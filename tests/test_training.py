@@ -51,13 +51,7 @@ def _setup(mesh, lr=3e-3, total=200, **optim):
     schedule = training.make_schedule(lr=lr, warmup_steps=5, total_steps=total, decay="constant")
     tx = training.make_optimizer(params, schedule, **optim)
     state = training.init_train_state(params, frozen, tx, seed=0, mesh=mesh)
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = jax.jit(
-        training.make_train_step(graphdef, tx, schedule),
-        in_shardings=(shardings, batch_sharding(mesh)),
-        out_shardings=(shardings, None),
-        donate_argnums=(0,),
-    )
+    step = training.jit_train_step(graphdef, tx, schedule, state, mesh)
     return graphdef, state, step
 
 
