@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from audiocap_jax.model.attention import attention
+from audiocap_jax.model.attention import attention, cross_attention, heads_major
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.sharding import constrain, state_shardings
 
@@ -163,21 +163,29 @@ class Attention(nnx.Module):
         """Keys and values [B, S, H, Dh] of `x` [B, S, D]."""
         return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
 
+    def project_encoder_kv(self, encoder_states: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Cross-attention keys [B, H, Dh, S'] and values [B, H, S', Dh] (see `cross_attention`)."""
+        return heads_major(*self.project_kv(encoder_states))
+
     def __call__(
         self, x: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, impl: str
     ) -> jax.Array:
-        """Queries from x [N, T, D] attend to k, v [B, S, H, Dh].
+        """Self-attention: queries from x [N, T, D] attend to k, v [N, S, H, Dh]."""
+        q = self.split_heads(self.q_proj(x))  # [N, T, H, Dh]
+        out = attention(q, k, v, mask, impl=impl)
+        return self.out_proj(out.reshape(*x.shape))
 
-        When N = B*K (K beams share one example's keys, e.g. cross-attention to the encoder), the beams are
-        folded into the query axis instead of copying the keys K times.
+    def attend_encoder(self, x: jax.Array, encoder_kv: tuple[jax.Array, jax.Array]) -> jax.Array:
+        """Cross-attention: queries from x [N, T, D] attend to `project_encoder_kv`'s [B, ...] keys/values.
+
+        When N = B*K (K beams share one example's encoder states), the beams are folded into the query axis
+        instead of copying the keys K times.
         """
         q = self.split_heads(self.q_proj(x))  # [N, T, H, Dh]
         n, t, h, dh = q.shape
-        b = k.shape[0]
-        if n != b:
-            q = q.reshape(b, (n // b) * t, h, dh)  # --> [B, K*T, H, Dh]
-        out = attention(q, k, v, mask, impl=impl)
-        return self.out_proj(out.reshape(n, t, h * dh))
+        b = encoder_kv[0].shape[0]
+        out = cross_attention(q.reshape(b, (n // b) * t, h, dh), *encoder_kv)  # --> [B, K*T, H, Dh]
+        return self.out_proj(out.reshape(*x.shape))
 
 
 class EncoderLayer(nnx.Module):
@@ -211,7 +219,7 @@ class DecoderLayer(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        cross_kv: tuple[jax.Array, jax.Array],
+        encoder_kv: tuple[jax.Array, jax.Array],
         self_mask: jax.Array,
         impl: str,
         cache_kv: tuple[jax.Array, jax.Array] | None = None,
@@ -223,7 +231,7 @@ class DecoderLayer(nnx.Module):
         if cache_kv is not None:
             k, v = (_write_rows(c, new, write_positions) for c, new in zip(cache_kv, (k, v), strict=True))
         x = x + self.self_attn(h, k, v, self_mask, impl)
-        x = x + self.encoder_attn(self.encoder_attn_layer_norm(x), *cross_kv, None, impl)
+        x = x + self.encoder_attn.attend_encoder(self.encoder_attn_layer_norm(x), encoder_kv)
         x = x + self.fc2(jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False))
         return constrain(x, ("batch", "length", "embed")), (k, v)
 
@@ -276,8 +284,8 @@ class DecodeCache:
 
     self_k: jax.Array  # compute dtype: [L, N, T_max, H, Dh]
     self_v: jax.Array  # compute dtype: [L, N, T_max, H, Dh]
-    cross_k: jax.Array  # compute dtype: [L, B, S', H, Dh]
-    cross_v: jax.Array  # compute dtype: [L, B, S', H, Dh]
+    cross_k: jax.Array  # compute dtype: [L, B, H, Dh, S'] (heads-major: read at every step, never transposed)
+    cross_v: jax.Array  # compute dtype: [L, B, H, S', Dh]
 
     def gather_rows(self, idx: jax.Array) -> DecodeCache:
         """Reorder decoder rows within each example (beam reordering): int32 [N] global row indices, row n
@@ -385,8 +393,8 @@ class Whisper(nnx.Module):
         causal = jnp.tril(jnp.ones((t, t), bool))[None, None]  # [1, 1, T, T]
 
         def body(layer: DecoderLayer, x: jax.Array, _: Any) -> tuple[jax.Array, None]:
-            cross_kv = layer.encoder_attn.project_kv(encoder_states)
-            x, _ = layer(x, cross_kv, causal, cfg.attention_impl)
+            encoder_kv = layer.encoder_attn.project_encoder_kv(encoder_states)
+            x, _ = layer(x, encoder_kv, causal, cfg.attention_impl)
             return x, None
 
         x, _ = _run_layers(
@@ -403,7 +411,7 @@ class Whisper(nnx.Module):
             )
 
         def body(layer: DecoderLayer, carry: None, _: Any) -> tuple[None, tuple[jax.Array, jax.Array]]:
-            return None, layer.encoder_attn.project_kv(encoder_states)
+            return None, layer.encoder_attn.project_encoder_kv(encoder_states)
 
         _, (cross_k, cross_v) = _run_layers(
             self.decoder.layers, cfg.decoder_layers, body, None, None, scan=cfg.scan_layers, remat=False
