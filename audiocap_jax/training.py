@@ -21,10 +21,6 @@ from audiocap_jax.data.pipeline import batch_sharding
 from audiocap_jax.model.whisper import FrozenParam, Whisper
 
 SCHEDULES = ("linear", "cosine", "constant")
-# XLA:CPU's default scheduler runs independent ops concurrently at the price of keeping more buffers alive:
-# whisper-tiny's step at batch 8 needed 3.4 GiB of temporaries with it and 2.6 GiB without, at the same speed
-# (benchmarks/bench_train.py). Other backends ignore xla_cpu_* options.
-TRAIN_STEP_COMPILER_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
 # Leaves of a training batch that go to the device; the rest (file names, references) stays on the host.
 TRAIN_KEYS = ("mel", "decoder_input_ids", "targets", "loss_mask")
 
@@ -203,7 +199,6 @@ def jit_train_step(
         in_shardings=(state_shardings, batch_sharding(mesh)),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
-        compiler_options=TRAIN_STEP_COMPILER_OPTIONS,
     )
 
 

@@ -43,19 +43,23 @@ def attention(
 
 
 def heads_major(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """[B, S, H, Dh] keys and values --> keys [B, H, Dh, S], values [B, H, S, Dh] for `cross_attention`."""
+    """[B, S, H, Dh] keys and values --> keys [B, H, Dh, S], values [B, H, S, Dh] (`heads_major_attention`)."""
     return k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
 
 
-def cross_attention(q: jax.Array, k_heads_major: jax.Array, v_heads_major: jax.Array) -> jax.Array:
-    """softmax(q k^T / sqrt(Dh)) v for a few queries over many unmasked keys (decoder -> encoder states).
+def heads_major_attention(
+    q: jax.Array, k_heads_major: jax.Array, v_heads_major: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
+    """softmax(q k^T / sqrt(Dh) + mask) v for a few queries over keys kept for many steps (decoding).
 
-    q: [B, T, H, Dh]; keys [B, H, Dh, S] and values [B, H, S, Dh] from `heads_major`, made once per clip.
-    With that layout both products are plain batched matmuls; from [B, S, H, Dh], XLA transposed the
+    q: [B, T, H, Dh]; keys [B, H, Dh, S] and values [B, H, S, Dh] from `heads_major`; mask as `attention`.
+    With that layout both products are plain batched matmuls. From [B, S, H, Dh], XLA transposed the
     encoder's keys and values again at every decoding step (147 MB per token for whisper-tiny, 8 clips).
     """
     scale = q.shape[-1] ** -0.5
     scores = jnp.einsum("bthd,bhds->bhts", q, k_heads_major, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_heads_major.dtype)
     out = jnp.einsum("bhts,bhsd->bhtd", probs, v_heads_major)  # the plain product; then move the small output
     return out.transpose(0, 2, 1, 3)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from audiocap_jax.model.attention import attention, cross_attention, heads_major
+from audiocap_jax.model.attention import attention, heads_major, heads_major_attention
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.sharding import constrain, state_shardings
 
@@ -164,7 +164,7 @@ class Attention(nnx.Module):
         return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
 
     def project_encoder_kv(self, encoder_states: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Cross-attention keys [B, H, Dh, S'] and values [B, H, S', Dh] (see `cross_attention`)."""
+        """Cross-attention keys [B, H, Dh, S'] and values [B, H, S', Dh] (see `heads_major_attention`)."""
         return heads_major(*self.project_kv(encoder_states))
 
     def __call__(
@@ -175,16 +175,19 @@ class Attention(nnx.Module):
         out = attention(q, k, v, mask, impl=impl)
         return self.out_proj(out.reshape(*x.shape))
 
-    def attend_encoder(self, x: jax.Array, encoder_kv: tuple[jax.Array, jax.Array]) -> jax.Array:
-        """Cross-attention: queries from x [N, T, D] attend to `project_encoder_kv`'s [B, ...] keys/values.
+    def attend_heads_major(
+        self, x: jax.Array, kv: tuple[jax.Array, jax.Array], mask: jax.Array | None = None
+    ) -> jax.Array:
+        """Queries from x [N, T, D] attend to heads-major keys [B, H, Dh, S] / values [B, H, S, Dh]: the
+        encoder's (`project_encoder_kv`) or the decoding cache's.
 
         When N = B*K (K beams share one example's encoder states), the beams are folded into the query axis
         instead of copying the keys K times.
         """
         q = self.split_heads(self.q_proj(x))  # [N, T, H, Dh]
         n, t, h, dh = q.shape
-        b = encoder_kv[0].shape[0]
-        out = cross_attention(q.reshape(b, (n // b) * t, h, dh), *encoder_kv)  # --> [B, K*T, H, Dh]
+        b = kv[0].shape[0]
+        out = heads_major_attention(q.reshape(b, (n // b) * t, h, dh), *kv, mask)  # --> [B, K*T, H, Dh]
         return self.out_proj(out.reshape(*x.shape))
 
 
@@ -225,20 +228,29 @@ class DecoderLayer(nnx.Module):
         cache_kv: tuple[jax.Array, jax.Array] | None = None,
         write_positions: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x [N, T, D] -> (x, self-attention keys/values: [N, T, H, Dh], or the updated cache [N, T_max, H, Dh])."""
+        """x [N, T, D] -> (x, self-attention keys/values).
+
+        Without a cache (whole sequences) the keys/values returned are [N, T, H, Dh]. With one (decoding), the
+        new tokens' keys/values are written at `write_positions` and the updated cache is returned, heads-major
+        like the cross-attention's: keys [N, H, Dh, T_max], values [N, H, T_max, Dh].
+        """
         h = self.self_attn_layer_norm(x)
         k, v = self.self_attn.project_kv(h)
-        if cache_kv is not None:
-            k, v = (_write_rows(c, new, write_positions) for c, new in zip(cache_kv, (k, v), strict=True))
-        x = x + self.self_attn(h, k, v, self_mask, impl)
-        x = x + self.encoder_attn.attend_encoder(self.encoder_attn_layer_norm(x), encoder_kv)
+        if cache_kv is None:
+            x = x + self.self_attn(h, k, v, self_mask, impl)
+        else:
+            new_k, new_v = heads_major(k, v)
+            k = _write_rows(cache_kv[0], new_k, write_positions, axis=2)
+            v = _write_rows(cache_kv[1], new_v, write_positions, axis=1)
+            x = x + self.self_attn.attend_heads_major(h, (k, v), self_mask)
+        x = x + self.encoder_attn.attend_heads_major(self.encoder_attn_layer_norm(x), encoder_kv)
         x = x + self.fc2(jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False))
         return constrain(x, ("batch", "length", "embed")), (k, v)
 
 
-def _write_rows(cache: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
-    """Write new [N, T, ...] into cache [N, T_max, ...] at each row's own position (int32 [N])."""
-    return jax.vmap(lambda c, u, p: jax.lax.dynamic_update_slice_in_dim(c, u, p, axis=0))(
+def _write_rows(cache: jax.Array, new: jax.Array, positions: jax.Array, axis: int) -> jax.Array:
+    """Write new [N, ...] into cache [N, ...] at each row's own position (int32 [N]) along `axis` of a row."""
+    return jax.vmap(lambda c, u, p: jax.lax.dynamic_update_slice_in_dim(c, u, p, axis=axis))(
         cache, new, positions
     )
 
@@ -282,9 +294,10 @@ class DecodeCache:
     are computed once from the encoder output and shared by the K beams of an example.
     """
 
-    self_k: jax.Array  # compute dtype: [L, N, T_max, H, Dh]
-    self_v: jax.Array  # compute dtype: [L, N, T_max, H, Dh]
-    cross_k: jax.Array  # compute dtype: [L, B, H, Dh, S'] (heads-major: read at every step, never transposed)
+    # Heads-major: read at every step, so laid out for plain matmuls (attention.heads_major_attention).
+    self_k: jax.Array  # compute dtype: [L, N, H, Dh, T_max]
+    self_v: jax.Array  # compute dtype: [L, N, H, T_max, Dh]
+    cross_k: jax.Array  # compute dtype: [L, B, H, Dh, S']
     cross_v: jax.Array  # compute dtype: [L, B, H, S', Dh]
 
     def gather_rows(self, idx: jax.Array) -> DecodeCache:
@@ -418,9 +431,14 @@ class Whisper(nnx.Module):
         )
         b = encoder_states.shape[0]
         heads = cfg.decoder_attention_heads
-        shape = (cfg.decoder_layers, b * num_beams, max_length, heads, cfg.d_model // heads)
-        zeros = jnp.zeros(shape, _dtype(cfg.dtype))
-        return DecodeCache(self_k=zeros, self_v=zeros, cross_k=cross_k, cross_v=cross_v)
+        rows = (cfg.decoder_layers, b * num_beams, heads)
+        head_width, dtype = cfg.d_model // heads, _dtype(cfg.dtype)
+        return DecodeCache(
+            self_k=jnp.zeros((*rows, head_width, max_length), dtype),
+            self_v=jnp.zeros((*rows, max_length, head_width), dtype),
+            cross_k=cross_k,
+            cross_v=cross_v,
+        )
 
     def decode_step(
         self, ids: jax.Array, cache: DecodeCache, positions: jax.Array
@@ -435,7 +453,7 @@ class Whisper(nnx.Module):
         n, t = ids.shape
         token_positions = positions[:, None] + jnp.arange(t)[None, :]  # [N, T]
         x = self.decoder.embed(ids, token_positions)
-        max_len = cache.self_k.shape[2]
+        max_len = cache.self_k.shape[-1]
         mask = jnp.arange(max_len)[None, None, :] <= token_positions[:, :, None]  # [N, T, T_max]
         mask = mask[:, None]  # --> [N, 1, T, T_max]
 
