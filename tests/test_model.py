@@ -71,11 +71,12 @@ def test_scan_and_remat_match_layer_loop(tiny_dir):
         assert np.abs(_jit_forward(model, mel, ids) - ref).max() < 1e-4, runtime
 
 
-def test_cached_decoding_equals_full_forward(tiny_dir):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_cached_decoding_equals_full_forward(tiny_dir, scan_layers):
     """Token-by-token decoding with the KV cache gives the full forward's logits, also with per-row
     positions (rows at different lengths) and beams sharing one example's cross-attention keys."""
     path, _ = tiny_dir
-    model, _ = load_hf_checkpoint(path)
+    model, _ = load_hf_checkpoint(path, scan_layers=scan_layers)
     mel, ids = _inputs(80, 51865, batch=2, tokens=8)
     full = _jit_forward(model, mel, ids)
     enc = model.encode(jnp.asarray(mel))
@@ -92,7 +93,9 @@ def test_cached_decoding_equals_full_forward(tiny_dir):
     # row r continues the sequence of its example from position 3 + r % 2.
     beams = 2
     cache = model.init_cache(enc, num_beams=beams, max_length=12)
-    assert cache.cross_k.shape[1] == 2 and cache.self_k.shape[1] == 4  # cross K/V are not tiled per beam
+    assert (
+        cache.cross_k[0].shape[0] == 2 and cache.self_k[0].shape[0] == 4
+    )  # cross K/V are not tiled per beam
     rows = np.repeat(ids, beams, axis=0)  # [N, T]
     _, cache = model.decode_step(jnp.asarray(rows[:, :5]), cache, jnp.zeros(4, jnp.int32))
     start = np.array([3, 4, 3, 4], np.int32)
@@ -112,9 +115,10 @@ def test_gather_rows_reorders_self_cache_only(tiny_dir):
     )  # example 0: rows 0,1; 1: rows 2,3
     _, cache = model.decode_step(rows, cache, jnp.zeros(4, jnp.int32))
     reordered = cache.gather_rows(jnp.array([1, 1, 2, 3]))
-    np.testing.assert_array_equal(reordered.self_k[:, :2], cache.self_k[:, [1, 1]])
-    np.testing.assert_array_equal(reordered.self_v[:, 2:], cache.self_v[:, 2:])
-    np.testing.assert_array_equal(reordered.cross_k, cache.cross_k)
+    for layer in range(len(cache.self_k)):
+        np.testing.assert_array_equal(reordered.self_k[layer][:2], np.asarray(cache.self_k[layer])[[1, 1]])
+        np.testing.assert_array_equal(reordered.self_v[layer][2:], cache.self_v[layer][2:])
+        np.testing.assert_array_equal(reordered.cross_k[layer], cache.cross_k[layer])
 
 
 def test_sharded_forward_equals_single_device(tiny_dir):

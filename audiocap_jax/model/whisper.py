@@ -260,16 +260,19 @@ def _run_layers(
     num_layers: int,
     body: Callable[[nnx.Module, Any, Any], tuple[Any, Any]],
     carry: Any,
-    per_layer: Any,
+    per_layer: list[Any] | None,
     *,
     scan: bool,
     remat: bool,
-) -> tuple[Any, Any]:
+) -> tuple[Any, list[Any]]:
     """Apply `body(layer, carry, per_layer[l]) -> (carry, out_l)` for each layer of a stacked module.
 
-    Returns the final carry and the per-layer outputs stacked on a leading [L] axis.
+    Per-layer inputs and outputs are lists of L pytrees (the decoding cache keeps one array per layer: slicing
+    and re-stacking [L, ...] arrays cost a copy of the whole cache at every decoding step). Under `scan` they
+    are stacked for `lax.scan` and split again. Returns the final carry and the list of per-layer outputs.
     """
     graphdef, state = nnx.split(layers)
+    per_layer = [None] * num_layers if per_layer is None else per_layer
 
     def step(carry: Any, inputs: Any) -> tuple[Any, Any]:
         layer_state, inputs_l = inputs
@@ -278,12 +281,14 @@ def _run_layers(
     if remat:
         step = jax.checkpoint(step)
     if scan:
-        return jax.lax.scan(step, carry, (state, per_layer))
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if per_layer[0] is not None else None
+        carry, outs = jax.lax.scan(step, carry, (state, stacked))
+        return carry, [jax.tree.map(lambda a, i=i: a[i], outs) for i in range(num_layers)]
     outs = []
     for i in range(num_layers):
-        carry, out = step(carry, jax.tree.map(lambda a, i=i: a[i], (state, per_layer)))
+        carry, out = step(carry, (jax.tree.map(lambda a, i=i: a[i], state), per_layer[i]))
         outs.append(out)
-    return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    return carry, outs
 
 
 @flax.struct.dataclass
@@ -294,29 +299,30 @@ class DecodeCache:
     are computed once from the encoder output and shared by the K beams of an example.
     """
 
-    # Heads-major: read at every step, so laid out for plain matmuls (attention.heads_major_attention).
-    self_k: jax.Array  # compute dtype: [L, N, H, Dh, T_max]
-    self_v: jax.Array  # compute dtype: [L, N, H, T_max, Dh]
-    cross_k: jax.Array  # compute dtype: [L, B, H, Dh, S']
-    cross_v: jax.Array  # compute dtype: [L, B, H, S', Dh]
+    # One array per layer (see _run_layers), heads-major: read at every step, so laid out for plain matmuls
+    # (attention.heads_major_attention).
+    self_k: tuple[jax.Array, ...]  # compute dtype: L x [N, H, Dh, T_max]
+    self_v: tuple[jax.Array, ...]  # compute dtype: L x [N, H, T_max, Dh]
+    cross_k: tuple[jax.Array, ...]  # compute dtype: L x [B, H, Dh, S']
+    cross_v: tuple[jax.Array, ...]  # compute dtype: L x [B, H, S', Dh]
 
     def gather_rows(self, idx: jax.Array) -> DecodeCache:
         """Reorder decoder rows within each example (beam reordering): int32 [N] global row indices, row n
-        taking from a row of the same example. [L, N, ...] --> [L, N, ...]
+        taking from a row of the same example. [N, ...] --> [N, ...] in every layer.
 
-        Done as a per-example gather ([L, B, K, ...] along K) so a batch sharded over examples stays local:
+        Done as a per-example gather ([B, K, ...] along K) so a batch sharded over examples stays local:
         a flat `take` over N makes XLA all-gather the whole cache onto every device at every step.
         """
-        b = self.cross_k.shape[1]
+        b = self.cross_k[0].shape[0]
         k = idx.shape[0] // b
         local = idx.reshape(b, k) - (jnp.arange(b) * k)[:, None]  # --> [B, K] beam index within the example
 
         def take(x: jax.Array) -> jax.Array:
-            y = x.reshape(x.shape[0], b, k, *x.shape[2:])  # [L, N, ...] --> [L, B, K, ...]
-            index = local.reshape(1, b, k, *([1] * (x.ndim - 2)))
-            return jnp.take_along_axis(y, index, axis=2).reshape(x.shape)
+            y = x.reshape(b, k, *x.shape[1:])  # [N, ...] --> [B, K, ...]
+            index = local.reshape(b, k, *([1] * (x.ndim - 1)))
+            return jnp.take_along_axis(y, index, axis=1).reshape(x.shape)
 
-        return self.replace(self_k=take(self.self_k), self_v=take(self.self_v))
+        return self.replace(self_k=tuple(map(take, self.self_k)), self_v=tuple(map(take, self.self_v)))
 
 
 class Encoder(nnx.Module):
@@ -426,18 +432,19 @@ class Whisper(nnx.Module):
         def body(layer: DecoderLayer, carry: None, _: Any) -> tuple[None, tuple[jax.Array, jax.Array]]:
             return None, layer.encoder_attn.project_encoder_kv(encoder_states)
 
-        _, (cross_k, cross_v) = _run_layers(
+        _, cross_kv = _run_layers(
             self.decoder.layers, cfg.decoder_layers, body, None, None, scan=cfg.scan_layers, remat=False
         )
         b = encoder_states.shape[0]
         heads = cfg.decoder_attention_heads
-        rows = (cfg.decoder_layers, b * num_beams, heads)
+        rows = (b * num_beams, heads)
         head_width, dtype = cfg.d_model // heads, _dtype(cfg.dtype)
+        layers = range(cfg.decoder_layers)
         return DecodeCache(
-            self_k=jnp.zeros((*rows, head_width, max_length), dtype),
-            self_v=jnp.zeros((*rows, max_length, head_width), dtype),
-            cross_k=cross_k,
-            cross_v=cross_v,
+            self_k=tuple(jnp.zeros((*rows, head_width, max_length), dtype) for _ in layers),
+            self_v=tuple(jnp.zeros((*rows, max_length, head_width), dtype) for _ in layers),
+            cross_k=tuple(k for k, _ in cross_kv),
+            cross_v=tuple(v for _, v in cross_kv),
         )
 
     def decode_step(
@@ -453,7 +460,7 @@ class Whisper(nnx.Module):
         n, t = ids.shape
         token_positions = positions[:, None] + jnp.arange(t)[None, :]  # [N, T]
         x = self.decoder.embed(ids, token_positions)
-        max_len = cache.self_k.shape[-1]
+        max_len = cache.self_k[0].shape[-1]
         mask = jnp.arange(max_len)[None, None, :] <= token_positions[:, :, None]  # [N, T, T_max]
         mask = mask[:, None]  # --> [N, 1, T, T_max]
 
@@ -461,10 +468,11 @@ class Whisper(nnx.Module):
             self_k, self_v, cross_k, cross_v = kv
             return layer(x, (cross_k, cross_v), mask, cfg.attention_impl, (self_k, self_v), positions)
 
-        per_layer = (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v)
-        x, (self_k, self_v) = _run_layers(
+        per_layer = list(zip(cache.self_k, cache.self_v, cache.cross_k, cache.cross_v, strict=True))
+        x, self_kv = _run_layers(
             self.decoder.layers, cfg.decoder_layers, body, x, per_layer, scan=cfg.scan_layers, remat=False
         )
+        self_k, self_v = (tuple(layer_kv) for layer_kv in zip(*self_kv, strict=True))
         return self.decoder.logits(x), cache.replace(self_k=self_k, self_v=self_v)
 
 
