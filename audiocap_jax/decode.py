@@ -433,7 +433,7 @@ def make_decode_fn(
     ) -> tuple[jax.Array, jax.Array]:
         whisper = nnx.merge(graphdef, state)
         mel = constrain(mel, ("batch", None, None))
-        encoder_states = whisper.encode(mel)
+        encoder_states = whisper.encode(mel, inference=True)
         cache = whisper.init_cache(encoder_states, settings.num_beams, settings.max_length)
         sequences, scores = beam_search(whisper.decode_step, cache, prompt_ids, prompt_lengths, settings)
         return constrain(sequences, ("batch", None, None)), constrain(scores, ("batch", None))

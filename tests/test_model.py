@@ -272,3 +272,17 @@ def test_make_mesh_errors():
         sharding.make_mesh({"data": 3, "tensor": 2})
     with pytest.raises(ValueError, match="unknown axes"):
         sharding.make_mesh({"model": 2})
+
+
+def test_inference_encoder_equals_training_encoder(tiny_dir, monkeypatch):
+    """`encode(inference=True)` (the MLPs in sequence chunks on CPU, used by decoding) gives the same states."""
+    from audiocap_jax.model import whisper
+
+    path, _ = tiny_dir
+    model, _ = load_hf_checkpoint(path)
+    mel, _ = _inputs(80, 51865, batch=2, tokens=4)
+    plain = np.asarray(jax.jit(lambda m: model.encode(m))(mel))
+    monkeypatch.setattr(whisper, "_MLP_CHUNK_ROWS", 50)  # the test model's 2 x 100 positions -> 4 chunks
+    assert whisper._inference_mlp_chunks((2, 100, 64)) == 4
+    chunked = np.asarray(jax.jit(lambda m: model.encode(m, inference=True))(mel))
+    assert np.abs(chunked - plain).max() < 1e-5

@@ -200,12 +200,42 @@ class EncoderLayer(nnx.Module):
         self.fc2 = Dense(f, d, ("mlp", "embed"), config=config, rngs=rngs, stack=stack)
         self.final_layer_norm = LayerNorm(d, config=config, stack=stack)
 
-    def __call__(self, x: jax.Array, impl: str) -> jax.Array:
+    def __call__(self, x: jax.Array, impl: str, inference: bool = False) -> jax.Array:
         h = self.self_attn_layer_norm(x)
         k, v = self.self_attn.project_kv(h)
         x = x + self.self_attn(h, k, v, None, impl)
-        x = x + self.fc2(jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False))
+        chunks = _inference_mlp_chunks(x.shape) if inference else 1
+        x = x + (self.mlp(x) if chunks == 1 else _map_sequence_chunks(self.mlp, x, chunks))
         return constrain(x, ("batch", "length", "embed"))
+
+    def mlp(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False))
+
+
+_MLP_CHUNK_ROWS = 2048
+
+
+def _inference_mlp_chunks(shape: tuple[int, ...]) -> int:
+    """How many sequence chunks the encoder MLP runs in when only its forward pass is needed.
+
+    On CPU the [B*S', F] hidden activations (74 MB for tiny at B=8) fall out of cache between fc1, GELU and
+    fc2; chunks of at most 2048 rows stay in it, which made the MLP forward 25% faster. Chunked, the backward
+    pass was 20% slower, so training never chunks; neither do GPUs and TPUs.
+    """
+    if jax.default_backend() != "cpu":
+        return 1
+    batch, length = shape[0], shape[1]
+    return next(n for n in range(1, length + 1) if length % n == 0 and batch * length // n <= _MLP_CHUNK_ROWS)
+
+
+def _map_sequence_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunks: int) -> jax.Array:
+    """fn applied to `chunks` consecutive pieces of the sequence axis, one at a time. [B, S, D] --> [B, S, D]
+
+    The batch axis stays whole, so a batch sharded over the mesh stays local.
+    """
+    b, length, d = x.shape
+    pieces = x.reshape(b, chunks, length // chunks, d).transpose(1, 0, 2, 3)  # --> [C, B, S/C, D]
+    return jax.lax.map(fn, pieces).transpose(1, 0, 2, 3).reshape(b, length, -1)
 
 
 class DecoderLayer(nnx.Module):
@@ -336,7 +366,7 @@ class Encoder(nnx.Module):
         self.layer_norm = LayerNorm(d, config=config)
         self.config = config
 
-    def __call__(self, mel: jax.Array) -> jax.Array:
+    def __call__(self, mel: jax.Array, inference: bool = False) -> jax.Array:
         cfg = self.config
         expected = (cfg.num_mel_bins, cfg.num_frames)
         if mel.ndim != 3 or tuple(mel.shape[1:]) != expected:
@@ -352,7 +382,7 @@ class Encoder(nnx.Module):
         x = constrain(x, ("batch", "length", "embed"))
 
         def body(layer: EncoderLayer, x: jax.Array, _: Any) -> tuple[jax.Array, None]:
-            return layer(x, cfg.attention_impl), None
+            return layer(x, cfg.attention_impl, inference), None
 
         x, _ = _run_layers(
             self.layers, cfg.encoder_layers, body, x, None, scan=cfg.scan_layers, remat=cfg.remat
@@ -395,9 +425,13 @@ class Whisper(nnx.Module):
         self.decoder = Decoder(config, rngs=rngs)
         self.config = config
 
-    def encode(self, mel: jax.Array) -> jax.Array:
-        """[B, M, S] log-mel --> [B, S', D] encoder states (compute dtype)."""
-        return self.encoder(mel)
+    def encode(self, mel: jax.Array, *, inference: bool = False) -> jax.Array:
+        """[B, M, S] log-mel --> [B, S', D] encoder states (compute dtype).
+
+        `inference=True` when no gradient will be taken (decoding): the CPU may then run the MLPs in chunks
+        (see `_inference_mlp_chunks`); the result is the same.
+        """
+        return self.encoder(mel, inference)
 
     def __call__(self, mel: jax.Array, decoder_input_ids: jax.Array) -> jax.Array:
         """Teacher-forced forward: [B, M, S], int32 [B, T] --> float32 logits [B, T, V]."""
