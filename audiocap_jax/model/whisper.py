@@ -191,7 +191,18 @@ class Attention(nnx.Module):
         return self.out_proj(out.reshape(*x.shape))
 
 
-class EncoderLayer(nnx.Module):
+class _PreNormMLP:
+    """The feed-forward block both layer kinds share (their fc1, fc2 and final_layer_norm)."""
+
+    fc1: Dense
+    fc2: Dense
+    final_layer_norm: LayerNorm
+
+    def mlp(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False))
+
+
+class EncoderLayer(nnx.Module, _PreNormMLP):
     def __init__(self, config: WhisperConfig, *, rngs: nnx.Rngs, stack: int | None = None):
         d, f = config.d_model, config.encoder_ffn_dim
         self.self_attn = Attention(config, config.encoder_attention_heads, rngs=rngs, stack=stack)
@@ -207,9 +218,6 @@ class EncoderLayer(nnx.Module):
         chunks = _inference_mlp_chunks(x.shape) if inference else 1
         x = x + (self.mlp(x) if chunks == 1 else _map_sequence_chunks(self.mlp, x, chunks))
         return constrain(x, ("batch", "length", "embed"))
-
-    def mlp(self, x: jax.Array) -> jax.Array:
-        return self.fc2(jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False))
 
 
 _MLP_CHUNK_ROWS = 2048
@@ -238,7 +246,7 @@ def _map_sequence_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chu
     return jax.lax.map(fn, pieces).transpose(1, 0, 2, 3).reshape(b, length, -1)
 
 
-class DecoderLayer(nnx.Module):
+class DecoderLayer(nnx.Module, _PreNormMLP):
     def __init__(self, config: WhisperConfig, *, rngs: nnx.Rngs, stack: int | None = None):
         d, f, heads = config.d_model, config.decoder_ffn_dim, config.decoder_attention_heads
         self.self_attn = Attention(config, heads, rngs=rngs, stack=stack)
@@ -274,7 +282,7 @@ class DecoderLayer(nnx.Module):
             v = _write_rows(cache_kv[1], new_v, write_positions, axis=1)
             x = x + self.self_attn.attend_heads_major(h, (k, v), self_mask)
         x = x + self.encoder_attn.attend_heads_major(self.encoder_attn_layer_norm(x), encoder_kv)
-        x = x + self.fc2(jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False))
+        x = x + self.mlp(x)
         return constrain(x, ("batch", "length", "embed")), (k, v)
 
 
