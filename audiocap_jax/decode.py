@@ -35,6 +35,7 @@ an order, so exact ties are the one place results may legitimately differ from H
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -220,10 +221,35 @@ def top_k_per_example(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     mesh = jax.sharding.get_abstract_mesh()
     spec = None if mesh.empty else logical_to_spec(("batch", None), x.shape, mesh)
     if spec is None or spec[0] is None:
-        return jax.lax.top_k(x, k)
-    return jax.shard_map(
-        lambda a: tuple(jax.lax.top_k(a, k)), mesh=mesh, in_specs=spec, out_specs=(spec, spec)
-    )(x)
+        return blocked_top_k(x, k)
+    return jax.shard_map(lambda a: blocked_top_k(a, k), mesh=mesh, in_specs=spec, out_specs=(spec, spec))(x)
+
+
+_TOP_K_BLOCK = 256
+
+
+def blocked_top_k(x: jax.Array, k: int, block: int = _TOP_K_BLOCK) -> tuple[jax.Array, jax.Array]:
+    """Exactly `lax.top_k(x, k)` (ties included), for rows much longer than k. [B, C] --> [B, k], [B, k]
+
+    `lax.top_k` over a beam step's K*V candidates cost 2.3 ms of a 32 ms step (whisper-tiny, 8 clips,
+    4 beams) on CPU. The k largest values lie in the k blocks with the largest maxima, so one cheap
+    max-reduction picks k blocks and the exact top-k runs over their k*block values only.
+    Blocks are taken in index order, so equal values resolve towards the lower index, as in `lax.top_k`.
+    (A reduce_window and a gather rather than a padded reshape: XLA fused the candidates' computation into
+    the pad twice over.)
+    """
+    b, c = x.shape
+    num_blocks = -(-c // block)
+    if num_blocks <= 4 * k:
+        return tuple(jax.lax.top_k(x, k))
+    padding = ((0, 0), (0, num_blocks * block - c))
+    maxima = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, block), (1, block), padding)
+    _, chosen = jax.lax.top_k(maxima, k)
+    chosen = jnp.sort(chosen, axis=-1)  # --> [B, k] in index order
+    columns = (chosen[:, :, None] * block + jnp.arange(block)).reshape(b, k * block)
+    candidates = jnp.take_along_axis(x, columns, axis=1, mode="fill", fill_value=-jnp.inf)
+    values, pick = jax.lax.top_k(candidates, k)
+    return values, jnp.take_along_axis(columns, pick, axis=1)
 
 
 def _token_mask(token_ids: tuple[int, ...], vocab_size: int, what: str) -> np.ndarray:
@@ -435,7 +461,8 @@ def make_decode_fn(
         mel = constrain(mel, ("batch", None, None))
         encoder_states = whisper.encode(mel, inference=True)
         cache = whisper.init_cache(encoder_states, settings.num_beams, settings.max_length)
-        sequences, scores = beam_search(whisper.decode_step, cache, prompt_ids, prompt_lengths, settings)
+        step = functools.partial(whisper.decode_step, layers=whisper.decoding_layers())
+        sequences, scores = beam_search(step, cache, prompt_ids, prompt_lengths, settings)
         return constrain(sequences, ("batch", None, None)), constrain(scores, ("batch", None))
 
     if mesh is None:

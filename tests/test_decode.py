@@ -243,6 +243,20 @@ def test_wide_beam_equals_exhaustive_search_on_a_second_order_chain():
     np.testing.assert_allclose(scores[0], [s for _, s in expected], rtol=1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 8, 10])
+def test_blocked_top_k_equals_lax_top_k_ties_included(k):
+    rng = np.random.default_rng(k)
+    columns = 5 * 51865  # a 5-beam step's candidates: not a multiple of the block
+    continuous = rng.standard_normal((4, columns)).astype(np.float32)
+    tied = np.round(2 * rng.standard_normal((4, columns))).astype(np.float32)  # thousands of equal values
+    tied[1, : columns // 2] = -np.inf  # suppressed tokens
+    for x in (continuous, tied):
+        values, idx = jax.jit(decode.blocked_top_k, static_argnums=1)(jnp.asarray(x), k)
+        want_values, want_idx = jax.lax.top_k(jnp.asarray(x), k)
+        np.testing.assert_array_equal(values, want_values)
+        np.testing.assert_array_equal(idx, want_idx)
+
+
 def test_settings_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="num_return_sequences 3 must be between 1 and num_beams 2"):
         DecodeSettings(eos_id=0, num_beams=2, num_return_sequences=3)
