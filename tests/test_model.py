@@ -286,3 +286,19 @@ def test_inference_encoder_equals_training_encoder(tiny_dir, monkeypatch):
     assert whisper._inference_mlp_chunks((2, 100, 64)) == 4
     chunked = np.asarray(jax.jit(lambda m: model.encode(m, inference=True))(mel))
     assert np.abs(chunked - plain).max() < 1e-5
+
+
+def test_vocab_major_logits_equal_plain_logits(tiny_dir, monkeypatch):
+    """The output projection's two forms (`_vocab_major_logits`: few rows on CPU) give the same logits."""
+    from audiocap_jax.model import whisper
+
+    path, _ = tiny_dir
+    model, _ = load_hf_checkpoint(path)
+    states = jnp.asarray(np.random.default_rng(0).standard_normal((4, 3, model.config.d_model)), jnp.float32)
+    assert whisper._vocab_major_logits(12)
+    vocab_major = np.asarray(jax.jit(model.decoder.logits)(states))
+    monkeypatch.setattr(whisper, "_VOCAB_MAJOR_MAX_ROWS", 0)
+    assert not whisper._vocab_major_logits(12)
+    plain = np.asarray(jax.jit(model.decoder.logits)(states))
+    assert vocab_major.shape == plain.shape == (4, 3, 51865)
+    np.testing.assert_allclose(vocab_major, plain, rtol=1e-5, atol=1e-5)

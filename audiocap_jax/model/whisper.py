@@ -433,7 +433,23 @@ class Decoder(nnx.Module):
         """Tied output projection: [N, T, D] --> float32 [N, T, V]."""
         x = self.layer_norm(x)
         table = self.embed_tokens.embedding[...].astype(x.dtype)
+        if _vocab_major_logits(x.shape[0] * x.shape[1]):
+            logits = jnp.einsum("vd,ntd->vnt", table, x, preferred_element_type=jnp.float32)
+            return logits.transpose(1, 2, 0)
         return jnp.einsum("ntd,vd->ntv", x, table, preferred_element_type=jnp.float32)
+
+
+_VOCAB_MAJOR_MAX_ROWS = 32
+
+
+def _vocab_major_logits(rows: int) -> bool:
+    """Whether to compute the output projection as [V, D] x [D, rows] (then transpose the result).
+
+    On CPU, for a decoding step's few rows, XLA's dot library runs that form 10-20% faster than
+    [rows, D] x [D, V] (whisper-tiny's 51865 x 384 table: 8.1 vs 9.9 ms at 32 rows, 4.5 vs 5.4 ms at 8);
+    from 40 rows on it is slower. GPUs and TPUs keep the plain form.
+    """
+    return jax.default_backend() == "cpu" and rows <= _VOCAB_MAJOR_MAX_ROWS
 
 
 class Whisper(nnx.Module):
