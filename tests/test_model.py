@@ -282,8 +282,8 @@ def test_inference_encoder_equals_training_encoder(tiny_dir, monkeypatch):
     model, _ = load_hf_checkpoint(path)
     mel, _ = _inputs(80, 51865, batch=2, tokens=4)
     plain = np.asarray(jax.jit(lambda m: model.encode(m))(mel))
-    monkeypatch.setattr(whisper, "_MLP_CHUNK_ROWS", 50)  # the test model's 2 x 100 positions -> 4 chunks
-    assert whisper._inference_mlp_chunks((2, 100, 64)) == 4
+    monkeypatch.setattr(whisper, "_CHUNK_ROWS", 50)  # the test model's 2 x 100 positions -> 4 chunks
+    assert whisper._inference_chunks((2, 100, 64)) == 4
     chunked = np.asarray(jax.jit(lambda m: model.encode(m, inference=True))(mel))
     assert np.abs(chunked - plain).max() < 1e-5
 

@@ -212,38 +212,58 @@ class EncoderLayer(nnx.Module, _PreNormMLP):
         self.final_layer_norm = LayerNorm(d, config=config, stack=stack)
 
     def __call__(self, x: jax.Array, impl: str, inference: bool = False) -> jax.Array:
-        h = self.self_attn_layer_norm(x)
-        k, v = self.self_attn.project_kv(h)
-        x = x + self.self_attn(h, k, v, None, impl)
-        chunks = _inference_mlp_chunks(x.shape) if inference else 1
-        x = x + (self.mlp(x) if chunks == 1 else _map_sequence_chunks(self.mlp, x, chunks))
+        chunks = _inference_chunks(x.shape) if inference else 1
+        if chunks == 1:
+            q, k, v = self.project_qkv(x)
+            x = self.finish(x, attention(q, k, v, None, impl=impl))
+        else:
+            q, k, v = _map_sequence_chunks(self.project_qkv, (x,), chunks)
+            x = _map_sequence_chunks(self.finish, (x, attention(q, k, v, None, impl=impl)), chunks)
         return constrain(x, ("batch", "length", "embed"))
 
+    def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Layer norm, then queries, keys and values: [B, S, D] --> 3 x [B, S, H, Dh]."""
+        h = self.self_attn_layer_norm(x)
+        return (self.self_attn.split_heads(self.self_attn.q_proj(h)), *self.self_attn.project_kv(h))
 
-_MLP_CHUNK_ROWS = 2048
+    def finish(self, x: jax.Array, attended: jax.Array) -> jax.Array:
+        """Output projection and residual, then the MLP block: [B, S, D], [B, S, H, Dh] --> [B, S, D]."""
+        x = x + self.self_attn.out_proj(attended.reshape(x.shape))
+        return x + self.mlp(x)
 
 
-def _inference_mlp_chunks(shape: tuple[int, ...]) -> int:
-    """How many sequence chunks the encoder MLP runs in when only its forward pass is needed.
+_CHUNK_ROWS = 2048
 
-    On CPU the [B*S', F] hidden activations (74 MB for tiny at B=8) fall out of cache between fc1, GELU and
-    fc2; chunks of at most 2048 rows stay in it, which made the MLP forward 25% faster. Chunked, the backward
-    pass was 20% slower, so training never chunks; neither do GPUs and TPUs.
+
+def _inference_chunks(shape: tuple[int, ...]) -> int:
+    """How many sequence chunks an encoder layer's row-wise parts (layer norms, projections, MLP: all but the
+    attention itself) run in when only its forward pass is needed.
+
+    On CPU the [B*S', F] MLP activations (74 MB for tiny at B=8) fall out of cache between fc1, GELU and fc2;
+    chunks of at most 2048 rows stay in it, which made the MLP forward 25% faster (and the projections a
+    further 2% of the encoder). Chunked, the backward pass was 20% slower, so training never chunks; neither
+    do GPUs and TPUs.
     """
     if jax.default_backend() != "cpu":
         return 1
     batch, length = shape[0], shape[1]
-    return next(n for n in range(1, length + 1) if length % n == 0 and batch * length // n <= _MLP_CHUNK_ROWS)
+    return next(n for n in range(1, length + 1) if length % n == 0 and batch * length // n <= _CHUNK_ROWS)
 
 
-def _map_sequence_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunks: int) -> jax.Array:
-    """fn applied to `chunks` consecutive pieces of the sequence axis, one at a time. [B, S, D] --> [B, S, D]
+def _map_sequence_chunks(fn: Callable[..., Any], inputs: tuple[jax.Array, ...], chunks: int) -> Any:
+    """fn applied to `chunks` consecutive pieces of the sequence axis of its [B, S, ...] inputs, one piece at
+    a time; its [B, S/C, ...] outputs are joined again.
 
     The batch axis stays whole, so a batch sharded over the mesh stays local.
     """
-    b, length, d = x.shape
-    pieces = x.reshape(b, chunks, length // chunks, d).transpose(1, 0, 2, 3)  # --> [C, B, S/C, D]
-    return jax.lax.map(fn, pieces).transpose(1, 0, 2, 3).reshape(b, length, -1)
+
+    def split(a: jax.Array) -> jax.Array:  # [B, S, ...] --> [C, B, S/C, ...]
+        return a.reshape(a.shape[0], chunks, a.shape[1] // chunks, *a.shape[2:]).swapaxes(0, 1)
+
+    def join(a: jax.Array) -> jax.Array:  # [C, B, S/C, ...] --> [B, S, ...]
+        return a.swapaxes(0, 1).reshape(a.shape[1], -1, *a.shape[3:])
+
+    return jax.tree.map(join, jax.lax.map(lambda pieces: fn(*pieces), tuple(map(split, inputs))))
 
 
 class DecoderLayer(nnx.Module, _PreNormMLP):
@@ -463,8 +483,8 @@ class Whisper(nnx.Module):
     def encode(self, mel: jax.Array, *, inference: bool = False) -> jax.Array:
         """[B, M, S] log-mel --> [B, S', D] encoder states (compute dtype).
 
-        `inference=True` when no gradient will be taken (decoding): the CPU may then run the MLPs in chunks
-        (see `_inference_mlp_chunks`); the result is the same.
+        `inference=True` when no gradient will be taken (decoding): the CPU may then run each layer's row-wise
+        parts in sequence chunks (see `_inference_chunks`); the result is the same.
         """
         return self.encoder(mel, inference)
 
