@@ -213,12 +213,8 @@ class EncoderLayer(nnx.Module, _PreNormMLP):
 
     def __call__(self, x: jax.Array, impl: str, inference: bool = False) -> jax.Array:
         chunks = _inference_chunks(x.shape) if inference else 1
-        if chunks == 1:
-            q, k, v = self.project_qkv(x)
-            x = self.finish(x, attention(q, k, v, None, impl=impl))
-        else:
-            q, k, v = _map_sequence_chunks(self.project_qkv, (x,), chunks)
-            x = _map_sequence_chunks(self.finish, (x, attention(q, k, v, None, impl=impl)), chunks)
+        q, k, v = _map_sequence_chunks(self.project_qkv, (x,), chunks)
+        x = _map_sequence_chunks(self.finish, (x, attention(q, k, v, None, impl=impl)), chunks)
         return constrain(x, ("batch", "length", "embed"))
 
     def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -254,8 +250,10 @@ def _map_sequence_chunks(fn: Callable[..., Any], inputs: tuple[jax.Array, ...], 
     """fn applied to `chunks` consecutive pieces of the sequence axis of its [B, S, ...] inputs, one piece at
     a time; its [B, S/C, ...] outputs are joined again.
 
-    The batch axis stays whole, so a batch sharded over the mesh stays local.
+    The batch axis stays whole, so a batch sharded over the mesh stays local. One chunk is a plain call.
     """
+    if chunks == 1:
+        return fn(*inputs)
 
     def split(a: jax.Array) -> jax.Array:  # [B, S, ...] --> [C, B, S/C, ...]
         return a.reshape(a.shape[0], chunks, a.shape[1] // chunks, *a.shape[2:]).swapaxes(0, 1)
