@@ -85,7 +85,7 @@ def run_ours(variant: str, batch: int, steps: int) -> dict[str, float]:
     }
 
 
-def run_torch(variant: str, batch: int, steps: int) -> dict[str, float]:
+def run_torch(variant: str, batch: int, steps: int, attention: str = "sdpa") -> dict[str, float]:
     import numpy as np
     import torch
     import transformers
@@ -95,6 +95,7 @@ def run_torch(variant: str, batch: int, steps: int) -> dict[str, float]:
     config = WhisperConfig.from_variant(variant)
     torch.manual_seed(0)
     model = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(**config.architecture()))
+    model.set_attn_implementation(attention)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
     rng = np.random.default_rng(0)
@@ -120,11 +121,11 @@ def run_torch(variant: str, batch: int, steps: int) -> dict[str, float]:
     return {"step_seconds": min(times), "peak_gib": _peak_gib()}
 
 
-def _measure(framework: str, variant: str, batch: int, steps: int) -> dict[str, float]:
+def _measure(framework: str, variant: str, args: argparse.Namespace) -> dict[str, float]:
     """One framework in a fresh process (clean peak-memory reading)."""
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_train", "--worker", framework, "--variants", variant,
-         "--batch", str(batch), "--steps", str(steps)],
+         "--batch", str(args.batch), "--steps", str(args.steps), "--torch-attention", args.torch_attention],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -135,15 +136,24 @@ def main() -> None:
     parser.add_argument("--variants", default="tiny,base")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--torch-attention",
+        choices=["sdpa", "eager"],
+        default="sdpa",
+        help="PyTorch's attention: sdpa (transformers' default; a fused flash kernel on CPU) or eager "
+        "(materialised [B, H, T, S] scores)",
+    )
     parser.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        run = run_ours if args.worker == "ours" else run_torch
-        print(json.dumps(run(args.variants, args.batch, args.steps)))
+    if args.worker == "ours":
+        print(json.dumps(run_ours(args.variants, args.batch, args.steps)))
+        return
+    if args.worker == "torch":
+        print(json.dumps(run_torch(args.variants, args.batch, args.steps, args.torch_attention)))
         return
     print(
         f"{platform.machine()}, {os.cpu_count()} cores; batch {args.batch}, 30 s log-mels + {TOKENS}-token captions, "
-        f"AdamW, float32, best of {args.steps} steps\n"
+        f"AdamW, float32, best of {args.steps} steps; PyTorch attention: {args.torch_attention}\n"
     )
     print(
         "| model | ours ex/s | PyTorch ex/s | ratio | GFLOP/s ours / PyTorch | peak GiB ours / PyTorch | compile s "
@@ -151,8 +161,8 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for variant in args.variants.split(","):
-        ours = _measure("ours", variant, args.batch, args.steps)
-        torch_result = _measure("torch", variant, args.batch, args.steps)
+        ours = _measure("ours", variant, args)
+        torch_result = _measure("torch", variant, args)
         ours_rate, torch_rate = args.batch / ours["step_seconds"], args.batch / torch_result["step_seconds"]
         print(
             f"| whisper-{variant} | {ours_rate:.2f} | {torch_rate:.2f} | {ours_rate / torch_rate:.2f}x | "
