@@ -35,6 +35,9 @@ EOT, SOT, A, B, C, D, E = range(7)
 class HistoryCache:
     tokens: jax.Array  # int32: [N, L] tokens written so far per row
 
+    def repeat_rows(self, repeats: int) -> "HistoryCache":
+        return self.replace(tokens=jnp.repeat(self.tokens, repeats, axis=0))
+
     def gather_rows(self, idx: jax.Array) -> "HistoryCache":
         return self.replace(tokens=self.tokens[idx])
 
@@ -74,7 +77,7 @@ def run(log_probs, prompts, **settings):
     prompt_ids = np.full((len(prompts), width), EOT, np.int32)
     for i, p in enumerate(prompts):
         prompt_ids[i, : len(p)] = p
-    cache = HistoryCache(jnp.zeros((len(prompts) * settings.num_beams, settings.max_length), jnp.int32))
+    cache = HistoryCache(jnp.zeros((len(prompts), settings.max_length), jnp.int32))
     search = jax.jit(functools.partial(decode.beam_search, markov_scorer(log_probs), settings=settings))
     seqs, scores = search(cache, jnp.asarray(prompt_ids), jnp.asarray([len(p) for p in prompts]))
     return np.asarray(seqs), np.asarray(scores)
@@ -192,7 +195,7 @@ def test_loop_exits_when_every_example_is_done():
         return markov_scorer(CHAIN)(ids, cache, positions)
 
     settings = DecodeSettings(eos_id=EOT, num_beams=2, max_length=40)
-    cache = HistoryCache(jnp.zeros((2, 40), jnp.int32))
+    cache = HistoryCache(jnp.zeros((1, 40), jnp.int32))
     search = jax.jit(functools.partial(decode.beam_search, counting, settings=settings))
     seqs, _ = jax.block_until_ready(search(cache, jnp.asarray([[SOT]]), jnp.asarray([1])))
     assert seqs[0, 0, :4].tolist() == [SOT, A, C, EOT]

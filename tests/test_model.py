@@ -81,7 +81,7 @@ def test_cached_decoding_equals_full_forward(tiny_dir, scan_layers):
     full = _jit_forward(model, mel, ids)
     enc = model.encode(jnp.asarray(mel))
 
-    cache = model.init_cache(enc, num_beams=1, max_length=12)
+    cache = model.init_cache(enc, max_length=12)
     logits, cache = model.decode_step(jnp.asarray(ids[:, :3]), cache, jnp.zeros(2, jnp.int32))
     steps = [logits]
     for t in range(3, 8):
@@ -92,7 +92,7 @@ def test_cached_decoding_equals_full_forward(tiny_dir, scan_layers):
     # Two beams per example (rows 0,1 -> example 0; rows 2,3 -> example 1), rows at different positions:
     # row r continues the sequence of its example from position 3 + r % 2.
     beams = 2
-    cache = model.init_cache(enc, num_beams=beams, max_length=12)
+    cache = model.init_cache(enc, max_length=12).repeat_rows(beams)
     assert (
         cache.cross_k[0].shape[0] == 2 and cache.self_k[0].shape[0] == 4
     )  # cross K/V are not tiled per beam
@@ -105,16 +105,21 @@ def test_cached_decoding_equals_full_forward(tiny_dir, scan_layers):
     assert np.abs(np.asarray(logits[:, 0]) - expected).max() < 1e-4
 
 
-def test_gather_rows_reorders_self_cache_only(tiny_dir):
+def test_repeat_and_gather_rows_touch_self_cache_only(tiny_dir):
     path, _ = tiny_dir
     model, _ = load_hf_checkpoint(path)
     mel, ids = _inputs(80, 51865, batch=2, tokens=4)
-    cache = model.init_cache(model.encode(jnp.asarray(mel)), num_beams=2, max_length=8)
+    cache = model.init_cache(model.encode(jnp.asarray(mel)), max_length=8).repeat_rows(2)
     rows = jnp.asarray(
         np.stack([ids[0], ids[0][::-1], ids[1], ids[1][::-1]])
     )  # example 0: rows 0,1; 1: rows 2,3
     _, cache = model.decode_step(rows, cache, jnp.zeros(4, jnp.int32))
     reordered = cache.gather_rows(jnp.array([1, 1, 2, 3]))
+    repeated = cache.repeat_rows(3)  # [4, ...] --> [12, ...]: row r to rows 3r..3r+2
+    for layer in range(len(cache.self_k)):
+        np.testing.assert_array_equal(repeated.self_k[layer], np.repeat(cache.self_k[layer], 3, axis=0))
+        np.testing.assert_array_equal(repeated.self_v[layer][3:6], np.stack([cache.self_v[layer][1]] * 3))
+        assert repeated.cross_k[layer] is cache.cross_k[layer]
     for layer in range(len(cache.self_k)):
         np.testing.assert_array_equal(reordered.self_k[layer][:2], np.asarray(cache.self_k[layer])[[1, 1]])
         np.testing.assert_array_equal(reordered.self_v[layer][2:], cache.self_v[layer][2:])

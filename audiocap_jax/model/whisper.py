@@ -373,6 +373,15 @@ class DecodeCache:
     cross_k: tuple[jax.Array, ...]  # compute dtype: L x [B, H, Dh, S']
     cross_v: tuple[jax.Array, ...]  # compute dtype: L x [B, H, S', Dh]
 
+    def repeat_rows(self, repeats: int) -> DecodeCache:
+        """Copy each row's self-attention state to `repeats` consecutive rows (an example's beams).
+        [B, ...] --> [B*K, ...] in every layer; a batch sharded over examples stays local."""
+
+        def repeat(x: jax.Array) -> jax.Array:
+            return jnp.repeat(x, repeats, axis=0, total_repeat_length=x.shape[0] * repeats)
+
+        return self.replace(self_k=tuple(map(repeat, self.self_k)), self_v=tuple(map(repeat, self.self_v)))
+
     def gather_rows(self, idx: jax.Array) -> DecodeCache:
         """Reorder decoder rows within each example (beam reordering): int32 [N] global row indices, row n
         taking from a row of the same example. [N, ...] --> [N, ...] in every layer.
@@ -508,8 +517,9 @@ class Whisper(nnx.Module):
         )
         return self.decoder.logits(x)
 
-    def init_cache(self, encoder_states: jax.Array, num_beams: int, max_length: int) -> DecodeCache:
-        """Cross-attention K/V from [B, S', D] once per example; empty self-attention cache for B*K rows."""
+    def init_cache(self, encoder_states: jax.Array, max_length: int) -> DecodeCache:
+        """Cross-attention K/V from [B, S', D] once per example; empty self-attention cache for B rows
+        (`DecodeCache.repeat_rows` gives each example's beams their rows)."""
         cfg = self.config
         if max_length > cfg.max_target_positions:
             raise ValueError(
@@ -522,9 +532,8 @@ class Whisper(nnx.Module):
         _, cross_kv = _run_layers(
             self.decoder.layers, cfg.decoder_layers, body, None, None, scan=cfg.scan_layers, remat=False
         )
-        b = encoder_states.shape[0]
         heads = cfg.decoder_attention_heads
-        rows = (b * num_beams, heads)
+        rows = (encoder_states.shape[0], heads)
         head_width, dtype = cfg.d_model // heads, _dtype(cfg.dtype)
         layers = range(cfg.decoder_layers)
         return DecodeCache(
