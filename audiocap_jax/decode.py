@@ -407,8 +407,7 @@ def beam_search(
     # The logits are not used (XLA drops their [B, P, V] projection): the loop's first step feeds each row's
     # last prompt token again, at its own position, and takes the first generated token's logits from there.
     _, cache = tokens_to_logits(prompt, cache, jnp.zeros_like(prompt_lengths))
-    if num_beams > 1:
-        cache = cache.repeat_rows(num_beams)
+    cache = cache.repeat_rows(num_beams)
     last_prompt_token = jnp.take_along_axis(prompt, (prompt_lengths - 1)[:, None], axis=1)  # [B, 1]
 
     state = BeamState(

@@ -120,7 +120,6 @@ def test_repeat_and_gather_rows_touch_self_cache_only(tiny_dir):
         np.testing.assert_array_equal(repeated.self_k[layer], np.repeat(cache.self_k[layer], 3, axis=0))
         np.testing.assert_array_equal(repeated.self_v[layer][3:6], np.stack([cache.self_v[layer][1]] * 3))
         assert repeated.cross_k[layer] is cache.cross_k[layer]
-    for layer in range(len(cache.self_k)):
         np.testing.assert_array_equal(reordered.self_k[layer][:2], np.asarray(cache.self_k[layer])[[1, 1]])
         np.testing.assert_array_equal(reordered.self_v[layer][2:], cache.self_v[layer][2:])
         np.testing.assert_array_equal(reordered.cross_k[layer], cache.cross_k[layer])

@@ -378,7 +378,7 @@ class DecodeCache:
         [B, ...] --> [B*K, ...] in every layer; a batch sharded over examples stays local."""
 
         def repeat(x: jax.Array) -> jax.Array:
-            return jnp.repeat(x, repeats, axis=0, total_repeat_length=x.shape[0] * repeats)
+            return jnp.repeat(x, repeats, axis=0)
 
         return self.replace(self_k=tuple(map(repeat, self.self_k)), self_v=tuple(map(repeat, self.self_v)))
 
