@@ -2,13 +2,15 @@
 
 Run: `python -m benchmarks.bench_train [--variants tiny,base] [--batch 8] [--steps 3]` (~5 min on 2 CPU cores).
 Same work on both sides: random weights, 30 s log-mels (3000 frames), 32-token captions, AdamW, float32.
-Each measurement runs in its own process so peak RSS (resident memory) is that framework's alone.
+Each measurement runs in its own process so peak RSS (resident memory) is that framework's alone, and both
+processes get the same memory allocator (`--allocator`).
 Prints examples/s, step time, peak memory, our compile time and the step's FLOPs from XLA's cost analysis.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
 import os
 import platform
@@ -19,10 +21,19 @@ import time
 from typing import Any
 
 TOKENS = 32
+# Preloadable allocators that keep freed memory mapped: XLA:CPU allocates a step's working memory (2.4 GiB for
+# whisper-tiny at batch 8) afresh at every step, and glibc maps blocks that large anew each time, so the kernel
+# faults in and zeroes every page again (1.4 s of system time per tiny step).
+ALLOCATORS = {"tcmalloc": ("tcmalloc_minimal", "apt-get install libtcmalloc-minimal4")}
 
 
 def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
+
+
+def _page_faults() -> int:
+    """Minor page faults so far: each is a fresh page the kernel mapped and zeroed for this process."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _step_and_batch(config: Any, batch: int, mesh: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -63,12 +74,13 @@ def run_ours(variant: str, batch: int, steps: int) -> dict[str, float]:
     compile_seconds = time.perf_counter() - start
     state, metrics = compiled(state, batch_data)  # warm-up
     jax.block_until_ready(metrics)
-    times = []
+    times, faults = [], _page_faults()
     for _ in range(steps):
         start = time.perf_counter()
         state, metrics = compiled(state, batch_data)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
+    faults_per_step = (_page_faults() - faults) / steps
     peak_gib = _peak_gib()  # before the FLOP count below, which compiles a second step
     del step, compiled, state, batch_data
 
@@ -82,6 +94,7 @@ def run_ours(variant: str, batch: int, steps: int) -> dict[str, float]:
         "compile_seconds": compile_seconds,
         "flops": float(analysis.get("flops", float("nan"))),
         "peak_gib": peak_gib,
+        "faults_per_step": faults_per_step,
     }
 
 
@@ -113,12 +126,29 @@ def run_torch(variant: str, batch: int, steps: int, attention: str = "sdpa") -> 
         optimizer.step()
 
     step()  # warm-up
-    times = []
+    times, faults = [], _page_faults()
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return {"step_seconds": min(times), "peak_gib": _peak_gib()}
+    return {
+        "step_seconds": min(times),
+        "peak_gib": _peak_gib(),
+        "faults_per_step": (_page_faults() - faults) / steps,
+    }
+
+
+def _allocator_env(allocator: str) -> dict[str, str]:
+    """The environment for a worker process that runs with `allocator` ("system": the C library's malloc)."""
+    env = dict(os.environ)
+    if allocator == "system":
+        return env
+    library, install = ALLOCATORS[allocator]
+    path = ctypes.util.find_library(library)
+    if path is None:
+        raise SystemExit(f"--allocator {allocator}: lib{library} not found; install it ({install}).")
+    env["LD_PRELOAD"] = " ".join(filter(None, [path, env.get("LD_PRELOAD")]))
+    return env
 
 
 def _measure(framework: str, variant: str, args: argparse.Namespace) -> dict[str, float]:
@@ -126,7 +156,7 @@ def _measure(framework: str, variant: str, args: argparse.Namespace) -> dict[str
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_train", "--worker", framework, "--variants", variant,
          "--batch", str(args.batch), "--steps", str(args.steps), "--torch-attention", args.torch_attention],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=_allocator_env(args.allocator),
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -143,6 +173,13 @@ def main() -> None:
         help="PyTorch's attention: sdpa (transformers' default; a fused flash kernel on CPU) or eager "
         "(materialised [B, H, T, S] scores)",
     )
+    parser.add_argument(
+        "--allocator",
+        choices=["system", *ALLOCATORS],
+        default="system",
+        help="memory allocator for both sides: system (glibc malloc) or tcmalloc (preloaded; keeps freed "
+        "memory mapped, so a step's working memory is not faulted in again)",
+    )
     parser.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "ours":
@@ -153,13 +190,14 @@ def main() -> None:
         return
     print(
         f"{platform.machine()}, {os.cpu_count()} cores; batch {args.batch}, 30 s log-mels + {TOKENS}-token captions, "
-        f"AdamW, float32, best of {args.steps} steps; PyTorch attention: {args.torch_attention}\n"
+        f"AdamW, float32, best of {args.steps} steps; PyTorch attention: {args.torch_attention}; "
+        f"allocator: {args.allocator}\n"
     )
     print(
-        "| model | ours ex/s | PyTorch ex/s | ratio | GFLOP/s ours / PyTorch | peak GiB ours / PyTorch | compile s "
-        "| TFLOP/step |"
+        "| model | ours ex/s | PyTorch ex/s | ratio | GFLOP/s ours / PyTorch | peak GiB ours / PyTorch "
+        "| page faults/step ours / PyTorch | compile s | TFLOP/step |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant in args.variants.split(","):
         ours = _measure("ours", variant, args)
         torch_result = _measure("torch", variant, args)
@@ -168,6 +206,7 @@ def main() -> None:
             f"| whisper-{variant} | {ours_rate:.2f} | {torch_rate:.2f} | {ours_rate / torch_rate:.2f}x | "
             f"{ours['flops'] / ours['step_seconds'] / 1e9:.0f} / {ours['flops'] / torch_result['step_seconds'] / 1e9:.0f} | "
             f"{ours['peak_gib']:.2f} / {torch_result['peak_gib']:.2f} | "
+            f"{ours['faults_per_step'] / 1e3:.0f}k / {torch_result['faults_per_step'] / 1e3:.0f}k | "
             f"{ours['compile_seconds']:.1f} | {ours['flops'] / 1e12:.2f} |"
         )
 
