@@ -18,6 +18,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 TOKENS = 32
@@ -34,6 +35,17 @@ def _peak_gib() -> float:
 def _page_faults() -> int:
     """Minor page faults so far: each is a fresh page the kernel mapped and zeroed for this process."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _time_steps(step: Callable[[], None], steps: int) -> dict[str, float]:
+    """Best time and page faults per step of `steps` calls to `step`, after one warm-up call."""
+    step()
+    times, faults = [], _page_faults()
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"step_seconds": min(times), "faults_per_step": (_page_faults() - faults) / steps}
 
 
 def _step_and_batch(config: Any, batch: int, mesh: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -60,6 +72,18 @@ def _step_and_batch(config: Any, batch: int, mesh: Any) -> tuple[Any, Any, dict[
     return training.jit_train_step(graphdef, tx, schedule, state, mesh), state, batch_data
 
 
+def _advancing_step(compiled: Any, state: Any, batch_data: dict[str, Any]) -> Callable[[], None]:
+    """A call that runs one train step from the state the previous call left (each step donates its input)."""
+    import jax
+
+    def train_step() -> None:
+        nonlocal state
+        state, metrics = compiled(state, batch_data)
+        jax.block_until_ready(metrics)
+
+    return train_step
+
+
 def run_ours(variant: str, batch: int, steps: int) -> dict[str, float]:
     import jax
 
@@ -72,15 +96,7 @@ def run_ours(variant: str, batch: int, steps: int) -> dict[str, float]:
     start = time.perf_counter()
     compiled = step.lower(state, batch_data).compile()
     compile_seconds = time.perf_counter() - start
-    state, metrics = compiled(state, batch_data)  # warm-up
-    jax.block_until_ready(metrics)
-    times, faults = [], _page_faults()
-    for _ in range(steps):
-        start = time.perf_counter()
-        state, metrics = compiled(state, batch_data)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    faults_per_step = (_page_faults() - faults) / steps
+    timing = _time_steps(_advancing_step(compiled, state, batch_data), steps)
     peak_gib = _peak_gib()  # before the FLOP count below, which compiles a second step
     del step, compiled, state, batch_data
 
@@ -90,11 +106,10 @@ def run_ours(variant: str, batch: int, steps: int) -> dict[str, float]:
     analysis = step.lower(state, batch_data).compile().cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
     return {
-        "step_seconds": min(times),
+        **timing,
         "compile_seconds": compile_seconds,
         "flops": float(analysis.get("flops", float("nan"))),
         "peak_gib": peak_gib,
-        "faults_per_step": faults_per_step,
     }
 
 
@@ -125,17 +140,7 @@ def run_torch(variant: str, batch: int, steps: int, attention: str = "sdpa") -> 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
-    step()  # warm-up
-    times, faults = [], _page_faults()
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return {
-        "step_seconds": min(times),
-        "peak_gib": _peak_gib(),
-        "faults_per_step": (_page_faults() - faults) / steps,
-    }
+    return {**_time_steps(step, steps), "peak_gib": _peak_gib()}
 
 
 def _allocator_env(allocator: str) -> dict[str, str]:
