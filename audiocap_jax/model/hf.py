@@ -307,7 +307,9 @@ def load_hf_checkpoint(
     def read(path: tuple[str, ...], names: list[str], dtype: np.dtype) -> Callable[[Any], np.ndarray]:
         def callback(index: tuple[slice, ...] = ()) -> np.ndarray:
             if path == _TOKEN_TABLE:
-                return _zero_padded_rows(tensors.array(names[0]), config.padded_vocab_size, index).astype(dtype)
+                return _zero_padded_rows(tensors.array(names[0]), config.padded_vocab_size, index).astype(
+                    dtype
+                )
             if _num_layers(path, config) is None:
                 return np.asarray(_to_ours(path, tensors.array(names[0]))[index]).astype(dtype)
             layer_index, rest = (index[0], index[1:]) if index else (slice(None), ())
