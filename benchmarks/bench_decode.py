@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_decode                       # tiny and base, beams 1 and 5, batch 8
     python -m benchmarks.bench_decode --variants=tiny --beams=5 --repeats=1
+    python -m benchmarks.bench_decode --beams=5 --scan_layers   # + the scanned-layers search, per token
 
 Both sides decode the same 30 s clips from the same forced prompt (`clotho > caption: `, 11 tokens) and are
 forced to generate exactly `--new_tokens` tokens (min_length = max_length, so eot is never allowed): the same
@@ -36,6 +37,9 @@ _BEAMS = flags.DEFINE_list("beams", ["1", "5"], "Beam counts to time.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Clips per batch.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 30, "Tokens generated after the prompt, exactly.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per measurement (the best is reported).")
+_SCAN_LAYERS = flags.DEFINE_bool(
+    "scan_layers", False, "Also time our search with scan_layers=True (stacked cache in the scan's carry)."
+)
 
 
 @dataclasses.dataclass
@@ -48,6 +52,7 @@ class Row:
     hf_encoder_s: float
     ours_compile_s: float
     same_tokens: float  # share of clips whose best sequence is identical on both sides
+    scanned_s: float | None = None  # one batch, end to end, with scan_layers=True
 
 
 # (header, cell) pairs: one place defines the table.
@@ -65,6 +70,15 @@ COLUMNS: tuple[tuple[str, Callable[[Row, int], str]], ...] = (
     ),
     ("ours compile s", lambda r, b: f"{r.ours_compile_s:.1f}"),
     ("same tokens", lambda r, b: f"{r.same_tokens:.0%}"),
+    # Per generated token, decoding alone (the encoder is the same computation either way).
+    (
+        "scanned / unscanned per token",
+        lambda r, b: (
+            "-"
+            if r.scanned_s is None
+            else f"{(r.scanned_s - r.ours_encoder_s) / max(r.ours_s - r.ours_encoder_s, 1e-9):.2f}x"
+        ),
+    ),
 )
 
 
@@ -84,6 +98,7 @@ def bench_variant(
     torch_model = save_tiny_hf_whisper(checkpoint_dir, seed=0, **arch)
     model, config = load_hf_checkpoint(checkpoint_dir)
     graphdef, state = nnx.split(model)
+    scanned_model = load_hf_checkpoint(checkpoint_dir, scan_layers=True)[0] if _SCAN_LAYERS.value else None
 
     batch, repeats = _BATCH.value, _REPEATS.value
     mel = np.random.default_rng(0).standard_normal((batch, config.num_mel_bins, config.num_frames))
@@ -104,7 +119,7 @@ def bench_variant(
                 generation_config=config,
             ).numpy()
 
-    encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x, inference=True))  # as decoding runs it
+    encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))  # as decoding runs it
     jax.block_until_ready(encode(state, mel))
     ours_encoder_s, _ = best_time(lambda: jax.block_until_ready(encode(state, mel)), repeats)
     with torch.inference_mode():
@@ -119,20 +134,34 @@ def bench_variant(
             max_length=length,
             min_length=length,
         )
-        start = time.perf_counter()
-        compiled = (
-            decode.make_decode_fn(model, settings).lower(state, mel, prompt_ids, prompt_lengths).compile()
-        )
-        compile_s = time.perf_counter() - start
-        ours_s, ours = best_time(
-            lambda c=compiled: np.asarray(c(state, mel, prompt_ids, prompt_lengths)[0][:, 0]), repeats
-        )
+
+        def time_ours(
+            model: nnx.Module, settings: decode.DecodeSettings = settings
+        ) -> tuple[float, float, np.ndarray]:
+            """(compile s, best s per batch, best sequences) of our search on `model`."""
+            state = nnx.state(model)
+            start = time.perf_counter()
+            compiled = (
+                decode.make_decode_fn(model, settings).lower(state, mel, prompt_ids, prompt_lengths).compile()
+            )
+            compile_s = time.perf_counter() - start
+            run = lambda: np.asarray(compiled(state, mel, prompt_ids, prompt_lengths)[0][:, 0])  # noqa: E731
+            return (compile_s, *best_time(run, repeats))
+
+        compile_s, ours_s, ours = time_ours(model)
+        scanned_s = None
+        if scanned_model is not None:
+            _, scanned_s, scanned = time_ours(scanned_model)
+            if not (scanned == ours).all():
+                raise RuntimeError("The scanned and unscanned models decoded different tokens.")
         hf_generate(dataclasses.replace(settings, max_length=len(prompt) + 1, min_length=0))  # warm-up
         hf_s, hf = best_time(lambda s=settings: hf_generate(s), repeats)
         if hf.shape != ours.shape:
             raise RuntimeError(f"HF returned {hf.shape}, ours {ours.shape}: the runs did different work.")
         same = float((hf == ours).all(axis=1).mean())
-        rows.append(Row(variant, num_beams, ours_s, hf_s, ours_encoder_s, hf_encoder_s, compile_s, same))
+        rows.append(
+            Row(variant, num_beams, ours_s, hf_s, ours_encoder_s, hf_encoder_s, compile_s, same, scanned_s)
+        )
         logging.info("%s", rows[-1])
     return rows
 

@@ -29,11 +29,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.variant = arg.variant  # architecture for init="scratch"
     c.model.arch_overrides = ml_collections.ConfigDict()  # e.g. d_model, decoder_layers for "scratch"
     c.model.conv_init_std = 0.0  # "scratch": std of the encoder's input convs' kernels; 0 = HF's 0.02
-    c.model.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU (on CPU it is ~50% slower)
+    # How the model runs (model/backend.py resolves "auto" from the devices: bfloat16 compute on GPU/TPU with
+    # float32 master weights and optimizer state; float32 on CPU, where bfloat16 matmuls are ~50% slower).
+    c.model.dtype = "auto"  # compute dtype: auto | float32 | bfloat16 | float16
     c.model.param_dtype = "float32"  # master weights
-    c.model.remat = False
+    c.model.remat = "none"  # per layer: none | full | dots (keep matmul outputs, recompute the rest)
     c.model.scan_layers = False
-    c.model.attention_impl = "auto"
+    c.model.attention_impl = "auto"  # auto | xla | cudnn (NVIDIA) | splash (TPU) | cpu
 
     # Data: TFDS builds of tfds_builders/* under data_dir; mixture weights by dataset name.
     c.data = ml_collections.ConfigDict()

@@ -7,6 +7,7 @@ import functools
 import itertools
 import json
 import math
+import re
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -473,3 +474,88 @@ def test_sharded_decode_equals_transformers(whisper_pair):
     expected_seqs, expected_scores = hf_generate(pair.torch_model, pair.inputs, settings)
     np.testing.assert_array_equal(seqs, expected_seqs)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+
+
+def test_scanned_layers_decode_like_transformers(whisper_pair):
+    """With scan_layers the decoding loop runs the layer scan over a stacked self-attention cache."""
+    pair = whisper_pair
+    scanned, _ = load_hf_checkpoint(pair.path, scan_layers=True)
+    settings = DecodeSettings(eos_id=pair.eot, max_length=MAX_LENGTH, num_beams=4, num_return_sequences=2)
+    seqs, scores = our_generate(scanned, pair.inputs, settings)
+    expected_seqs, expected_scores = hf_generate(pair.torch_model, pair.inputs, settings)
+    np.testing.assert_array_equal(seqs, expected_seqs)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+
+
+def _hlo_computations(hlo: str) -> dict[str, list[str]]:
+    """Optimised HLO text --> {computation name: its instruction lines}."""
+    computations, lines = {}, None
+    for line in hlo.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header:
+            lines = computations.setdefault(header.group(1), [])
+        elif line == "}":
+            lines = None
+        elif lines is not None:
+            lines.append(line.strip())
+    return computations
+
+
+def _reachable(computations: dict[str, list[str]], root: str) -> set[str]:
+    """`root` and every computation it calls (fusions, nested loops, conditional branches)."""
+    seen, todo = set(), [root]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in computations:
+            continue
+        seen.add(name)
+        for line in computations[name]:
+            todo += re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", line)
+            for branches in re.findall(r"branch_computations=\{([^}]*)\}", line):
+                todo += [b.strip().lstrip("%") for b in branches.split(",")]
+    return seen
+
+
+def test_scanned_decoding_loop_copies_no_cache(whisper_pair):
+    """Compiled, the scanned decoding loop writes the stacked [L, ...] self-attention cache in place (one
+    scatter each for K and V; otherwise only the beam reordering, a gather and its copy into the loop's carry,
+    as in the unscanned loop, makes a stack) and reads the clips' cross-attention K/V where they are: no
+    instruction in the loop makes a value of their shape (no copy, slice, transpose, gather or concat)."""
+    scanned, config = load_hf_checkpoint(whisper_pair.path, scan_layers=True)
+    batch, beams, max_length = 2, 3, 12
+    settings = DecodeSettings(eos_id=whisper_pair.eot, num_beams=beams, max_length=max_length)
+    mel = np.zeros((batch, 80, 2 * TINY_ARCH["max_source_positions"]), np.float32)
+    prompt = np.full((batch, 4), 50258, np.int32)
+    compiled = (
+        decode.make_decode_fn(scanned, settings)
+        .lower(nnx.state(scanned), mel, prompt, np.full((batch,), 4, np.int32))
+        .compile()
+    )
+    computations = _hlo_computations(compiled.as_text())
+    heads, width = config.decoder_attention_heads, config.d_model // config.decoder_attention_heads
+    frames, layers, rows = TINY_ARCH["max_source_positions"], config.decoder_layers, batch * beams
+    cross = {f"f32[{batch},{heads},{width},{frames}]", f"f32[{batch},{heads},{frames},{width}]"}
+    stack = {
+        f"f32[{layers},{rows},{heads},{width},{max_length}]",
+        f"f32[{layers},{rows},{heads},{max_length},{width}]",
+    }
+    # The beam loop: the while loop whose body reaches the most computations (it holds the layer scan).
+    loops = [
+        m
+        for lines in computations.values()
+        for line in lines
+        for m in re.findall(r" while\(.*body=%?([\w.\-]+)", line)
+    ]
+    body = max(loops, key=lambda name: len(_reachable(computations, name)))
+    lines = [line for name in _reachable(computations, body) for line in computations[name]]
+    producing = re.compile(
+        r"= (f32\[[\d,]+\])\{[\d,]*\} (copy|slice|dynamic-slice|transpose|gather|concatenate|fusion)\("
+    )
+    made = [(m.group(1), line) for m, line in ((producing.search(line), line) for line in lines) if m]
+    assert not [line for shape, line in made if shape in cross], (
+        "the loop makes values of the cross K/V's shape"
+    )
+    stack_made = [line for shape, line in made if shape in stack]
+    assert sum("scatter" in line for line in stack_made) == 2, stack_made
+    reorders = [line for line in stack_made if "scatter" not in line]
+    assert len(reorders) == 4 and sum(" copy(" in line for line in reorders) == 2, reorders

@@ -302,14 +302,29 @@ class DecoderLayer(nnx.Module, _PreNormMLP):
         self,
         x: jax.Array,
         self_kv: tuple[jax.Array, jax.Array],
-        cross_kv: tuple[jax.Array, jax.Array],
+        cross_kv: tuple[Any, Any],
         self_mask: jax.Array,
+        layer_index: jax.Array | None = None,
     ) -> jax.Array:
         """Decoding: new tokens x [N, T, D] attend to this layer's self cache (keys [N, H, Dh, T_max], values
         [N, H, T_max, Dh], the new tokens already written) under `self_mask` [N, 1, T, T_max], and to the
-        clip's cross K/V [B, H, Dh, S'] / [B, H, S', Dh] (N = B*K: beams fold into the query axis)."""
+        clip's cross K/V [B, H, Dh, S'] / [B, H, S', Dh] (N = B*K: beams fold into the query axis).
+
+        Inside a layer scan, `cross_kv` holds every layer's arrays (L-tuples) and `layer_index` (int32 [])
+        picks this layer's with a `lax.switch` whose branches read them in place: indexing a stacked
+        [L, B, H, Dh, S'] array instead copies the layer's slice at every step (XLA materialises a dynamic
+        slice that feeds a matmul; 37 MB per whisper-tiny layer at 8 clips).
+        """
         x = x + self.self_attn.attend_heads_major(self.self_attn_layer_norm(x), self_kv, self_mask)
-        x = x + self.encoder_attn.attend_heads_major(self.encoder_attn_layer_norm(x), cross_kv)
+        h = self.encoder_attn_layer_norm(x)
+        if layer_index is None:
+            x = x + self.encoder_attn.attend_heads_major(h, cross_kv)
+        else:
+            branches = [
+                lambda h, kv=kv: self.encoder_attn.attend_heads_major(h, kv)
+                for kv in zip(*cross_kv, strict=True)
+            ]
+            x = x + jax.lax.switch(layer_index, branches, h)
         return constrain(x + self.mlp(x), ("batch", "length", "embed"))
 
 
@@ -369,18 +384,16 @@ def _write_rows(cache: jax.Array, new: jax.Array, positions: jax.Array, axis: in
 
 
 def _write_layer_rows(
-    stack: jax.Array, layer: jax.Array, new: jax.Array, positions: jax.Array, axis: int
+    stack: jax.Array, layer: jax.Array, new: jax.Array, positions: jax.Array, position_axis: int
 ) -> jax.Array:
-    """`_write_rows` into layer `layer` (int32 []) of a stacked cache [L, N, ...], in place: new [N, ...]."""
-
-    def write(
-        rows: jax.Array, update: jax.Array, position: jax.Array
-    ) -> jax.Array:  # rows: [L, ...] of one row
-        start = [layer] + [0] * update.ndim
-        start[1 + axis] = position
-        return jax.lax.dynamic_update_slice(rows, update[None], start)
-
-    return jax.vmap(write, in_axes=(1, 0, 0), out_axes=1)(stack, new, positions)
+    """Write new tokens' keys or values into layer `layer` (int32 []) of a stacked cache [L, N, ...] in
+    place, row n's T tokens from positions[n] (int32 [N]) along the stack's `position_axis`; new [N, ...] has
+    a row's layout (T at position_axis - 1). One scatter: the stack is neither transposed nor copied."""
+    t = new.shape[position_axis - 1]
+    index: list[Any] = [layer, jnp.arange(new.shape[0])[:, None]] + [slice(None)] * (stack.ndim - 2)
+    index[position_axis] = positions[:, None] + jnp.arange(t)[None, :]  # [N, T]
+    # Advanced indices separated by slices put their broadcast shape first: the target is [N, T, rest].
+    return stack.at[tuple(index)].set(jnp.moveaxis(new, position_axis - 1, 1))
 
 
 @flax.struct.dataclass
@@ -391,14 +404,14 @@ class DecodeCache:
     are computed once per clip from the encoder output and shared by its K beams (never gathered or copied
     per step). Heads-major, as they are read at every step (attention.heads_major_attention). Two layouts of
     the layers, matching how they run: per-layer tuples for a Python loop over layers (no whole-cache
-    slice/stack copies per step), or `stacked` [L, ...] arrays that the layer scan (`scan_layers`) reads
-    layer by layer and updates in place in its carry.
+    slice/stack copies per step), or, for the layer scan (`scan_layers`), a `stacked` [L, ...] self-attention
+    cache that the scan's carry updates in place (cross K/V stay per layer: see `DecoderLayer.attend_cached`).
     """
 
     self_k: Any  # compute dtype: L x [N, H, Dh, T_max] | stacked [L, N, H, Dh, T_max]
     self_v: Any  # compute dtype: L x [N, H, T_max, Dh] | stacked [L, N, H, T_max, Dh]
-    cross_k: Any  # compute dtype: L x [B, H, Dh, S'] | stacked [L, B, H, Dh, S']
-    cross_v: Any  # compute dtype: L x [B, H, S', Dh] | stacked [L, B, H, S', Dh]
+    cross_k: tuple[jax.Array, ...]  # compute dtype: L x [B, H, Dh, S']
+    cross_v: tuple[jax.Array, ...]  # compute dtype: L x [B, H, S', Dh]
     stacked: bool = flax.struct.field(pytree_node=False, default=False)
 
     def _map_self(self, fn: Callable[[jax.Array], jax.Array]) -> DecodeCache:
@@ -418,7 +431,7 @@ class DecodeCache:
         a flat `take` over N makes XLA all-gather the whole cache onto every device at every step.
         """
         axis = 1 if self.stacked else 0
-        b = jax.tree.leaves(self.cross_k)[0].shape[axis]
+        b = self.cross_k[0].shape[0]
         k = idx.shape[0] // b
         local = idx.reshape(b, k) - (jnp.arange(b) * k)[:, None]  # --> [B, K] beam index within the example
 
@@ -591,8 +604,8 @@ class Whisper(nnx.Module):
             cache = DecodeCache(
                 self_k=jnp.zeros((num_layers, *k_shape), dtype),
                 self_v=jnp.zeros((num_layers, *v_shape), dtype),
-                cross_k=cross_kv[0],
-                cross_v=cross_kv[1],
+                cross_k=tuple(cross_kv[0]),  # [L, ...] --> L x [...], once per batch
+                cross_v=tuple(cross_kv[1]),
                 stacked=True,
             )
         else:
@@ -622,16 +635,17 @@ class Whisper(nnx.Module):
 
         if cache.stacked:
 
-            def scanned(layer: DecoderLayer, carry: Any, xs: Any) -> tuple[Any, None]:
+            def scanned(layer: DecoderLayer, carry: Any, index: jax.Array) -> tuple[Any, None]:
                 x, self_k, self_v = carry  # self cache [L, N, ...], updated in place
-                cross_k, cross_v, index = xs
                 new_k, new_v = layer.new_self_kv(x)
-                self_k = _write_layer_rows(self_k, index, new_k, positions, axis=2)
-                self_v = _write_layer_rows(self_v, index, new_v, positions, axis=1)
+                self_k = _write_layer_rows(self_k, index, new_k, positions, position_axis=4)
+                self_v = _write_layer_rows(self_v, index, new_v, positions, position_axis=3)
                 layer_kv = (self_k[index], self_v[index])
-                return (layer.attend_cached(x, layer_kv, (cross_k, cross_v), mask), self_k, self_v), None
+                cross_kv = (cache.cross_k, cache.cross_v)
+                x = layer.attend_cached(x, layer_kv, cross_kv, mask, layer_index=index)
+                return (x, self_k, self_v), None
 
-            xs = (cache.cross_k, cache.cross_v, jnp.arange(num_layers))
+            xs = jnp.arange(num_layers)
             (x, self_k, self_v), _ = _run_layers(
                 layers, num_layers, scanned, (x, cache.self_k, cache.self_v), xs, scan=True, remat="none"
             )
