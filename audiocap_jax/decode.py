@@ -35,7 +35,6 @@ an order, so exact ties are the one place results may legitimately differ from H
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -464,10 +463,8 @@ def make_decode_fn(
     ) -> tuple[jax.Array, jax.Array]:
         whisper = nnx.merge(graphdef, state)
         mel = constrain(mel, ("batch", None, None))
-        encoder_states = whisper.encode(mel, inference=True)
-        cache = whisper.init_cache(encoder_states, settings.max_length)
-        step = functools.partial(whisper.decode_step, layers=whisper.decoding_layers())
-        sequences, scores = beam_search(step, cache, prompt_ids, prompt_lengths, settings)
+        tokens_to_logits, cache = whisper.start_decoding(whisper.encode(mel), settings.max_length)
+        sequences, scores = beam_search(tokens_to_logits, cache, prompt_ids, prompt_lengths, settings)
         return constrain(sequences, ("batch", None, None)), constrain(scores, ("batch", None))
 
     if mesh is None:

@@ -43,8 +43,13 @@ def _torch_logits(torch_model, mel, ids) -> np.ndarray:
 
 
 def _jit_forward(model: Whisper, mel, ids) -> np.ndarray:
+    """Logits over the real vocabulary (the model's padding columns are -inf and dropped here)."""
     graphdef, state = nnx.split(model)
-    return np.asarray(jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))(state, mel, ids))
+    logits = np.asarray(jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))(state, mel, ids))
+    padding = logits[..., model.config.vocab_size :]
+    assert padding.shape[-1] == model.config.padded_vocab_size - model.config.vocab_size
+    assert np.all(padding == -np.inf)
+    return logits[..., : model.config.vocab_size]
 
 
 @pytest.mark.parametrize("arch", [{}, V3_ARCH], ids=["80mel", "128mel_v3"])
@@ -66,7 +71,14 @@ def test_scan_and_remat_match_layer_loop(tiny_dir):
     path, torch_model = tiny_dir
     mel, ids = _inputs(80, 51865)
     ref = _torch_logits(torch_model, mel, ids)
-    for runtime in (dict(scan_layers=True), dict(scan_layers=True, remat=True), dict(attention_impl="xla")):
+    runtimes = (
+        dict(scan_layers=True),
+        dict(scan_layers=True, remat="full"),
+        dict(remat="dots"),
+        dict(attention_impl="xla"),
+        dict(attention_impl="splash"),
+    )
+    for runtime in runtimes:
         model, _ = load_hf_checkpoint(path, **runtime)
         assert np.abs(_jit_forward(model, mel, ids) - ref).max() < 1e-4, runtime
 
@@ -80,40 +92,45 @@ def test_cached_decoding_equals_full_forward(tiny_dir, scan_layers):
     mel, ids = _inputs(80, 51865, batch=2, tokens=8)
     full = _jit_forward(model, mel, ids)
     enc = model.encode(jnp.asarray(mel))
+    vocab = model.config.vocab_size
 
-    cache = model.init_cache(enc, max_length=12)
-    logits, cache = model.decode_step(jnp.asarray(ids[:, :3]), cache, jnp.zeros(2, jnp.int32))
+    step, cache = model.start_decoding(enc, max_length=12)
+    assert cache.stacked == scan_layers
+    logits, cache = step(jnp.asarray(ids[:, :3]), cache, jnp.zeros(2, jnp.int32))
     steps = [logits]
     for t in range(3, 8):
-        logits, cache = model.decode_step(jnp.asarray(ids[:, t : t + 1]), cache, jnp.full(2, t, jnp.int32))
+        logits, cache = step(jnp.asarray(ids[:, t : t + 1]), cache, jnp.full(2, t, jnp.int32))
         steps.append(logits)
-    assert np.abs(np.concatenate(steps, axis=1) - full).max() < 1e-4
+    assert np.abs(np.concatenate(steps, axis=1)[..., :vocab] - full).max() < 1e-4
 
     # Two beams per example (rows 0,1 -> example 0; rows 2,3 -> example 1), rows at different positions:
     # row r continues the sequence of its example from position 3 + r % 2.
     beams = 2
-    cache = model.init_cache(enc, max_length=12).repeat_rows(beams)
-    assert (
-        cache.cross_k[0].shape[0] == 2 and cache.self_k[0].shape[0] == 4
-    )  # cross K/V are not tiled per beam
+    step, cache = model.start_decoding(enc, max_length=12)
+    cache = cache.repeat_rows(beams)
+    row_axis = 1 if scan_layers else 0
+    # cross K/V are not tiled per beam
+    assert jax.tree.leaves(cache.cross_k)[0].shape[row_axis] == 2
+    assert jax.tree.leaves(cache.self_k)[0].shape[row_axis] == 4
     rows = np.repeat(ids, beams, axis=0)  # [N, T]
-    _, cache = model.decode_step(jnp.asarray(rows[:, :5]), cache, jnp.zeros(4, jnp.int32))
+    _, cache = step(jnp.asarray(rows[:, :5]), cache, jnp.zeros(4, jnp.int32))
     start = np.array([3, 4, 3, 4], np.int32)
     step_ids = rows[np.arange(4), start][:, None]
-    logits, _ = model.decode_step(jnp.asarray(step_ids), cache, jnp.asarray(start))
+    logits, _ = step(jnp.asarray(step_ids), cache, jnp.asarray(start))
     expected = np.repeat(full, beams, axis=0)[np.arange(4), start]
-    assert np.abs(np.asarray(logits[:, 0]) - expected).max() < 1e-4
+    assert np.abs(np.asarray(logits[:, 0, :vocab]) - expected).max() < 1e-4
 
 
 def test_repeat_and_gather_rows_touch_self_cache_only(tiny_dir):
     path, _ = tiny_dir
     model, _ = load_hf_checkpoint(path)
     mel, ids = _inputs(80, 51865, batch=2, tokens=4)
-    cache = model.init_cache(model.encode(jnp.asarray(mel)), max_length=8).repeat_rows(2)
+    step, cache = model.start_decoding(model.encode(jnp.asarray(mel)), max_length=8)
+    cache = cache.repeat_rows(2)
     rows = jnp.asarray(
         np.stack([ids[0], ids[0][::-1], ids[1], ids[1][::-1]])
     )  # example 0: rows 0,1; 1: rows 2,3
-    _, cache = model.decode_step(rows, cache, jnp.zeros(4, jnp.int32))
+    _, cache = step(rows, cache, jnp.zeros(4, jnp.int32))
     reordered = cache.gather_rows(jnp.array([1, 1, 2, 3]))
     repeated = cache.repeat_rows(3)  # [4, ...] --> [12, ...]: row r to rows 3r..3r+2
     for layer in range(len(cache.self_k)):
@@ -135,10 +152,10 @@ def test_sharded_forward_equals_single_device(tiny_dir):
     assert fc1.shape == (2, 96, 192)
     assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     assert fc1.addressable_shards[0].data.shape == (2, 48, 96)  # really split, not replicated
-    # 51865 is odd: the vocab axis cannot be split over tensor=2 and falls back to replication.
-    assert sharded.decoder.embed_tokens.embedding[...].sharding.spec == jax.sharding.PartitionSpec(
-        None, "fsdp"
-    )
+    # 51865 is padded inside the model to 51968 = 406 x 128, so the vocab axis splits over tensor.
+    table = sharded.decoder.embed_tokens.embedding[...]
+    assert table.shape == (51968, 96)
+    assert table.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
 
     mel, ids = _inputs(80, 51865, batch=4)
     graphdef, state = nnx.split(sharded)
@@ -147,7 +164,27 @@ def test_sharded_forward_equals_single_device(tiny_dir):
         out = jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))(
             state, jax.device_put(mel, batch_sharding), jax.device_put(ids, batch_sharding)
         )
-    assert np.abs(np.asarray(out) - _jit_forward(single, mel, ids)).max() < 1e-5
+    assert np.abs(np.asarray(out)[..., :51865] - _jit_forward(single, mel, ids)).max() < 1e-5
+
+
+def test_vocab_sharded_over_tensor_4(tiny_dir):
+    """With tensor=4 (8 devices) the padded vocab axis shards 4 ways; logits equal the one-device model's,
+    and the real-size HF tensor round-trips."""
+    path, _ = tiny_dir
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 4})
+    sharded, _ = load_hf_checkpoint(path, mesh=mesh)
+    table = sharded.decoder.embed_tokens.embedding[...]
+    assert table.sharding.spec == jax.sharding.PartitionSpec("tensor", None)
+    assert table.addressable_shards[0].data.shape == (51968 // 4, 96)
+    np.testing.assert_array_equal(np.asarray(table)[51865:], 0.0)  # padding rows read as zeros
+    assert hf_state_dict(sharded)["model.decoder.embed_tokens.weight"].shape == (51865, 96)
+    mel, ids = _inputs(80, 51865, batch=2)
+    single, _ = load_hf_checkpoint(path)
+    graphdef, state = nnx.split(sharded)
+    with jax.set_mesh(mesh):
+        out = jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))(state, mel, ids)
+    assert out.shape == (2, 9, 51968)
+    assert np.abs(np.asarray(out)[..., :51865] - _jit_forward(single, mel, ids)).max() < 1e-5
 
 
 def test_create_model_is_sharded_at_init():
@@ -278,31 +315,34 @@ def test_make_mesh_errors():
         sharding.make_mesh({"model": 2})
 
 
-def test_inference_encoder_equals_training_encoder(tiny_dir, monkeypatch):
-    """`encode(inference=True)` (the MLPs in sequence chunks on CPU, used by decoding) gives the same states."""
+def test_forward_only_encoder_equals_training_encoder(tiny_dir, monkeypatch):
+    """`encode` (decoding's encoder: under the CPU policy the row-wise parts run in sequence chunks) gives the
+    training encoder's states."""
     from audiocap_jax.model import whisper
 
     path, _ = tiny_dir
     model, _ = load_hf_checkpoint(path)
+    assert model.config.attention_impl == "cpu"  # "auto" on CPU
     mel, _ = _inputs(80, 51865, batch=2, tokens=4)
-    plain = np.asarray(jax.jit(lambda m: model.encode(m))(mel))
+    plain = np.asarray(jax.jit(lambda m: model.encoder(m))(mel))
     monkeypatch.setattr(whisper, "_CHUNK_ROWS", 50)  # the test model's 2 x 100 positions -> 4 chunks
-    assert whisper._inference_chunks((2, 100, 64)) == 4
-    chunked = np.asarray(jax.jit(lambda m: model.encode(m, inference=True))(mel))
+    assert whisper._encoder_row_chunks(model.config, (2, 100, 64)) == 4
+    assert whisper._encoder_row_chunks(model.config.replace(attention_impl="xla"), (2, 100, 64)) == 1
+    chunked = np.asarray(jax.jit(lambda m: model.encode(m))(mel))
     assert np.abs(chunked - plain).max() < 1e-5
 
 
 def test_vocab_major_logits_equal_plain_logits(tiny_dir, monkeypatch):
-    """The output projection's two forms (`_vocab_major_logits`: few rows on CPU) give the same logits."""
+    """The output projection's two forms (vocab-major for a decoding step's few rows under the CPU policy)
+    give the same logits."""
     from audiocap_jax.model import whisper
 
     path, _ = tiny_dir
     model, _ = load_hf_checkpoint(path)
     states = jnp.asarray(np.random.default_rng(0).standard_normal((4, 3, model.config.d_model)), jnp.float32)
-    assert whisper._vocab_major_logits(12)
     vocab_major = np.asarray(jax.jit(model.decoder.logits)(states))
     monkeypatch.setattr(whisper, "_VOCAB_MAJOR_MAX_ROWS", 0)
-    assert not whisper._vocab_major_logits(12)
     plain = np.asarray(jax.jit(model.decoder.logits)(states))
-    assert vocab_major.shape == plain.shape == (4, 3, 51865)
-    np.testing.assert_allclose(vocab_major, plain, rtol=1e-5, atol=1e-5)
+    assert vocab_major.shape == plain.shape == (4, 3, 51968)
+    np.testing.assert_allclose(vocab_major[..., :51865], plain[..., :51865], rtol=1e-5, atol=1e-5)
+    assert np.all(vocab_major[..., 51865:] == -np.inf)

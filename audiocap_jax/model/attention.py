@@ -1,45 +1,55 @@
-"""Scaled dot-product attention behind one function, with per-platform implementations.
+"""Scaled dot-product attention behind one function, one implementation per backend.
 
 Legend: B batch, T query length, S key length, H heads, Dh head width.
 
-- `dot_product`: `jax.nn.dot_product_attention`, which picks fused (cuDNN flash) kernels on GPU/TPU.
-- `xla`: einsum -> softmax -> einsum; the fastest plain form for short keys (the decoder).
-- `tiled`: one (batch, head) tile at a time (`lax.map`), normalising after the PV matmul, with a
-  flash-attention style backward pass (custom VJP). XLA on CPU does not fuse matmul->softmax->matmul, so the
-  encoder's [B, H, 1500, 1500] scores (432 MB for tiny at B=8) fall out of cache; a tile (9 MB) does not.
-  This halved the tiny encoder's forward time on CPU; the custom backward (no stored scores, one matmul fewer
-  than rematerialising, no transposed [T, S] operands) cut whisper-tiny's train step by 10%.
-- `auto`: `dot_product` on GPU/TPU; on CPU `tiled` for unmasked long attention, else `xla`.
+Which implementation runs is the backend policy's choice (model/backend.py), made once per model:
+- `cudnn` (NVIDIA GPUs, bfloat16/float16): `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's
+  fused flash attention, forward and backward; causality as `is_causal`, never as a mask tensor (a mask
+  becomes a bias operand and a slower kernel). Nothing in Whisper's teacher-forced passes is padded (the
+  encoder always sees 1500 frames; right-padded targets only feed masked-out loss positions), so no lengths.
+- `splash` (TPU): Pallas splash attention (`make_splash_mha`), vmapped over the batch. Its blocks are
+  multiples of 128 that divide the sequence, so queries and keys are padded (1500 frames --> 1536) and the
+  padded keys are masked out with segment ids. Off TPU the kernel runs in Pallas interpret mode (tests).
+- `cpu`: `tiled` for long unmasked attention (the encoder), einsum-softmax-einsum otherwise.
+  XLA on CPU does not fuse matmul->softmax->matmul, so the encoder's [B, H, 1500, 1500] scores (432 MB for
+  tiny at B=8) fall out of cache; a (batch, head) tile (9 MB) does not. With its flash-style backward (no
+  stored scores, one matmul fewer than rematerialising, no transposed [T, S] operands) it halved the tiny
+  encoder's forward time on CPU and cut whisper-tiny's train step by 10%.
+- `xla`: einsum -> float32 softmax -> einsum; what other backends, and float32 on GPU, run.
 All implementations agree to float32 rounding (tests/test_attention.py).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_masks
 
 _TILED_MIN_KEYS = 256  # below this the scores fit in cache anyway
+_SPLASH_BLOCK = 128  # splash attention's block sizes are multiples of this
 
 
-def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *, impl: str = "auto"
-) -> jax.Array:
-    """softmax(q k^T / sqrt(Dh) + mask) v.
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str, causal: bool = False) -> jax.Array:
+    """softmax(q k^T / sqrt(Dh)) v, causal (query t sees keys <= t, T == S) or not.
 
-    q: [B, T, H, Dh]; k, v: [B, S, H, Dh]; mask: bool, broadcastable to [B, H, T, S] (True = attend).
-    Returns [B, T, H, Dh] in q's dtype; scores and softmax are computed in float32.
+    q: [B, T, H, Dh]; k, v: [B, S, H, Dh]. Returns [B, T, H, Dh] in q's dtype; scores and softmax are computed
+    in float32 (cuDNN and splash accumulate in float32 internally).
     """
-    if impl == "auto":
-        impl = _auto_impl(mask, k.shape[1])
-    if impl == "dot_product":
-        return jax.nn.dot_product_attention(q, k, v, mask=mask).astype(q.dtype)
-    if impl == "tiled":
-        if mask is not None:
-            raise ValueError("attention_impl 'tiled' supports unmasked (encoder) attention only.")
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn").astype(q.dtype)
+    if impl == "splash":
+        return _splash_attention(q, k, v, causal)
+    if impl == "cpu" and not causal and k.shape[1] >= _TILED_MIN_KEYS:
         return _tiled_attention(q, k, v)
-    if impl == "xla":
+    if impl in ("cpu", "xla"):
+        mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None] if causal else None
         return _einsum_attention(q, k, v, mask)
-    raise ValueError(f"Unknown attention implementation {impl!r}.")
+    raise ValueError(
+        f"Unknown attention implementation {impl!r}; resolve 'auto' with model/backend.py first."
+    )
 
 
 def heads_major(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -52,7 +62,8 @@ def heads_major_attention(
 ) -> jax.Array:
     """softmax(q k^T / sqrt(Dh) + mask) v for a few queries over keys kept for many steps (decoding).
 
-    q: [B, T, H, Dh]; keys [B, H, Dh, S] and values [B, H, S, Dh] from `heads_major`; mask as `attention`.
+    q: [B, T, H, Dh]; keys [B, H, Dh, S] and values [B, H, S, Dh] from `heads_major`; mask: bool,
+    broadcastable to [B, H, T, S] (True = attend).
     With that layout both products are plain batched matmuls. From [B, S, H, Dh], XLA transposed the
     encoder's keys and values again at every decoding step (147 MB per token for whisper-tiny, 8 clips).
     """
@@ -63,12 +74,6 @@ def heads_major_attention(
     probs = jax.nn.softmax(scores, axis=-1).astype(v_heads_major.dtype)
     out = jnp.einsum("bhts,bhsd->bhtd", probs, v_heads_major)  # the plain product; then move the small output
     return out.transpose(0, 2, 1, 3)
-
-
-def _auto_impl(mask: jax.Array | None, num_keys: int) -> str:
-    if jax.default_backend() in ("gpu", "tpu"):
-        return "dot_product"
-    return "tiled" if mask is None and num_keys >= _TILED_MIN_KEYS else "xla"
 
 
 def _einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -156,3 +161,67 @@ def _tiled_backward(residuals: tuple[jax.Array, ...], d_out: jax.Array) -> tuple
 
 
 _tiled_core.defvjp(_tiled_forward, _tiled_backward)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _splash_blocks(q_len: int, kv_len: int) -> splash.BlockSizes:
+    """The largest of 512/256/128 dividing each (padded) length: fewer, bigger blocks for the kernel's grid."""
+
+    def block(n: int) -> int:
+        return next(b for b in (512, 256, _SPLASH_BLOCK) if n % b == 0)
+
+    bq, bkv = block(q_len), block(kv_len)
+    return splash.BlockSizes(
+        block_q=bq,
+        block_kv=bkv,
+        block_kv_compute=bkv,
+        block_q_dkv=bq,
+        block_kv_dkv=bkv,
+        block_kv_dkv_compute=bkv,
+        block_q_dq=bq,
+        block_kv_dq=bkv,
+    )
+
+
+@functools.cache
+def _splash_kernel(
+    heads: int, q_len: int, kv_len: int, causal: bool, interpret: bool
+) -> splash.SplashAttentionKernel:
+    """One kernel per shape (building one processes its mask on the host)."""
+    shape = (q_len, kv_len)
+    head_mask = splash_masks.CausalMask(shape) if causal else splash_masks.FullMask(shape)
+    return splash.make_splash_mha(
+        splash_masks.MultiHeadMask([head_mask] * heads),
+        block_sizes=_splash_blocks(q_len, kv_len),
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=interpret,
+    )
+
+
+def _splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
+    """Splash attention on [B, T, H, Dh] inputs, lengths padded to multiples of 128 and padded keys masked."""
+    b, t, h, dh = q.shape
+    s = k.shape[1]
+    t_pad, s_pad = _round_up(t, _SPLASH_BLOCK), _round_up(s, _SPLASH_BLOCK)
+    if causal:  # queries and keys are the same positions: pad both alike; causality hides the padded keys
+        t_pad = s_pad = max(t_pad, s_pad)
+
+    def heads_first(x: jax.Array, length: int) -> jax.Array:  # [B, L, H, Dh] --> [B, H, L_pad, Dh]
+        return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+    q = heads_first(q * jnp.asarray(dh**-0.5, q.dtype), t_pad)
+    k, v = heads_first(k, s_pad), heads_first(v, s_pad)
+    kernel = _splash_kernel(h, t_pad, s_pad, causal, jax.default_backend() != "tpu")
+    segments = None
+    if s_pad != s and not causal:  # every query sees segment 1: the real keys
+        segments = splash.SegmentIds(
+            q=jnp.ones((t_pad,), jnp.int32), kv=(jnp.arange(s_pad) < s).astype(jnp.int32)
+        )
+    out = jax.vmap(lambda q1, k1, v1: kernel(q1, k1, v1, segment_ids=segments))(
+        q, k, v
+    )  # --> [B, H, T_pad, Dh]
+    return out[:, :, :t].transpose(0, 2, 1, 3).astype(q.dtype)

@@ -37,8 +37,11 @@ ARCH_FIELDS = (
     "max_target_positions",
     "scale_embedding",
 )
-ATTENTION_IMPLS = ("auto", "xla", "tiled", "dot_product")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "cpu")  # "auto" is resolved by model/backend.py
 DTYPES = ("float32", "bfloat16", "float16")
+COMPUTE_DTYPES = ("auto", *DTYPES)  # "auto": bfloat16 on GPU/TPU, float32 on CPU (model/backend.py)
+REMAT_POLICIES = ("none", "full", "dots")
+VOCAB_PAD_MULTIPLE = 128  # the embedding's vocab axis is padded to this so it divides the `tensor` mesh axis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +61,13 @@ class WhisperConfig:
     max_target_positions: int = 448
     scale_embedding: bool = False
     # --- runtime, not architecture ---
-    dtype: str = "float32"  # compute dtype of matmuls; layer norms and softmax stay float32
+    dtype: str = (
+        "float32"  # compute dtype of matmuls ("auto" resolved per backend); layer norms, softmax stay f32
+    )
     param_dtype: str = "float32"  # storage dtype of parameters (master weights)
-    remat: bool = False  # recompute each layer's activations in the backward pass
+    remat: str = "none"  # per layer: "none", "full" (recompute everything), "dots" (keep matmul outputs)
     scan_layers: bool = False  # lax.scan over layers: compile time independent of depth
-    attention_impl: str = "auto"  # see model/attention.py
+    attention_impl: str = "auto"  # see model/attention.py; "auto" resolved per backend (model/backend.py)
 
     def __post_init__(self) -> None:
         for heads, name in (
@@ -78,9 +83,19 @@ class WhisperConfig:
             raise ValueError(
                 f"attention_impl {self.attention_impl!r} unknown; choose one of {ATTENTION_IMPLS}."
             )
-        for field in ("dtype", "param_dtype"):
-            if getattr(self, field) not in DTYPES:
-                raise ValueError(f"{field} {getattr(self, field)!r} unknown; choose one of {DTYPES}.")
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} unknown; choose one of {COMPUTE_DTYPES}.")
+        if self.param_dtype not in DTYPES:
+            raise ValueError(f"param_dtype {self.param_dtype!r} unknown; choose one of {DTYPES}.")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat {self.remat!r} unknown; choose one of {REMAT_POLICIES}.")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding table inside the model: vocab_size rounded up to a multiple of 128, so the
+        vocab axis shards over `tensor` (51865 and 51866 --> 51968). The extra rows are never looked up and
+        their logits are masked out; checkpoints, exports and the tokenizer keep `vocab_size`."""
+        return -(-self.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
 
     @property
     def num_frames(self) -> int:

@@ -9,7 +9,6 @@ the full axis reversal (`.T`). The output projection is tied to the token embedd
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from audiocap_jax.model import sharding
+from audiocap_jax.model.backend import resolve_runtime
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.whisper import Whisper
 
@@ -226,6 +226,22 @@ def _to_ours(path: tuple[str, ...], hf_array: np.ndarray) -> np.ndarray:
     return hf_array.T if path[-1] == "kernel" else hf_array
 
 
+_TOKEN_TABLE = ("decoder", "embed_tokens", "embedding")  # padded to config.padded_vocab_size rows inside
+
+
+def _hf_shape(path: tuple[str, ...], shape: tuple[int, ...], config: WhisperConfig) -> tuple[int, ...]:
+    """Our (per-layer) array shape as the checkpoint stores it, in our axis order: the real vocabulary."""
+    return (config.vocab_size, *shape[1:]) if path == _TOKEN_TABLE else tuple(shape)
+
+
+def _zero_padded_rows(array: np.ndarray, rows: int, index: tuple[slice, ...]) -> np.ndarray:
+    """`index` into `array` as if it had `rows` rows, those past its end zero (the padded token table)."""
+    first = index[0] if index else slice(None)
+    start, stop, _ = first.indices(rows)
+    real = np.asarray(array[start : min(stop, len(array))][(slice(None), *index[1:])])
+    return np.pad(real, ((0, stop - start - len(real)),) + ((0, 0),) * (real.ndim - 1))
+
+
 def _iter_params(state: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         yield _path_names(path), leaf
@@ -246,6 +262,7 @@ def load_hf_checkpoint(
     """
     directory = resolve_checkpoint_dir(path_or_hub_id)
     config = WhisperConfig.from_json_file(directory / "config.json", **runtime)
+    config = resolve_runtime(config, list(mesh.devices.flat) if mesh is not None else None)
     tensors = _open_tensors(_checkpoint_files(directory))
     prefix = _HF_PREFIX if any(n.startswith(_HF_PREFIX) for n in tensors.names()) else ""
 
@@ -259,7 +276,7 @@ def load_hf_checkpoint(
     for path, leaf in _iter_params(abstract_state):
         n = _num_layers(path, config)
         names = [prefix + hf_name(path, i) for i in range(n)] if n is not None else [prefix + hf_name(path)]
-        expected = leaf.shape[1:] if n is not None else leaf.shape
+        expected = _hf_shape(path, leaf.shape[1:] if n is not None else leaf.shape, config)
         for name in names:
             if name not in tensors:
                 errors.append(f"missing tensor {name}")
@@ -289,6 +306,10 @@ def load_hf_checkpoint(
 
     def read(path: tuple[str, ...], names: list[str], dtype: np.dtype) -> Callable[[Any], np.ndarray]:
         def callback(index: tuple[slice, ...] = ()) -> np.ndarray:
+            if path == _TOKEN_TABLE:
+                return _zero_padded_rows(tensors.array(names[0]), config.padded_vocab_size, index).astype(
+                    dtype
+                )
             if _num_layers(path, config) is None:
                 return np.asarray(_to_ours(path, tensors.array(names[0]))[index]).astype(dtype)
             layer_index, rest = (index[0], index[1:]) if index else (slice(None), ())
@@ -323,6 +344,8 @@ def hf_state_dict(model: Whisper) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for path, leaf in _iter_params(nnx.state(model)):
         array = np.asarray(jax.device_get(leaf)).astype(np.float32)
+        if path == _TOKEN_TABLE:
+            array = array[: config.vocab_size]  # the padding rows are ours alone
         n = _num_layers(path, config)
         for i, layer_array in enumerate(array) if n is not None else [(None, array)]:
             out[_HF_PREFIX + hf_name(path, i)] = np.ascontiguousarray(_to_ours(path, layer_array))
@@ -357,11 +380,10 @@ def export(
     )
     hf_config.save_pretrained(out)
     transformers.GenerationConfig(**token_ids, **(generation or {})).save_pretrained(out)
-    safetensors.numpy.save_file(
-        hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"}
-    )
+    tensors = hf_state_dict(model)
+    safetensors.numpy.save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(out)
     transformers.WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out)
-    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model)))
+    n_params = sum(t.size for t in tensors.values())
     logging.info("Exported %s parameters to %s", f"{n_params:,}", out)
     return out
