@@ -1,7 +1,7 @@
 """One-command device check: train step and beam search on whatever backend JAX finds, in one table.
 
     python -m benchmarks.accelerator                              # the full check (GPU/TPU)
-    python -m benchmarks.accelerator --variants tiny --steps 2    # a smoke run: about a minute on 2 CPU cores
+    python -m benchmarks.accelerator --variants tiny --steps 2    # smoke run: ~1.5 min on 2 idle CPU cores
 
 Rows:
 - train step of whisper-small and large-v2: AdamW, compute dtype and attention from the model's backend
@@ -70,13 +70,18 @@ class Row:
 
 
 def _fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _train_cell(row: Row, value: float | None, spec: str) -> str:
+    """A train-only measurement: "–" on other rows and failed ones, "n/a" where the device reports none."""
+    if row.task != "train" or row.rate is None:
+        return "–"
     return "n/a" if value is None else format(value, spec)
 
 
-def _mfu_cell(row: Row) -> str:
-    if row.task != "train":
-        return "–"
-    return "n/a" if row.mfu is None else f"{100 * row.mfu:.1f}%"
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip() or type(error).__name__).splitlines()[0][:160]
 
 
 # (header, cell) pairs: one place defines the table.
@@ -88,8 +93,8 @@ COLUMNS: tuple[tuple[str, Callable[[Row], str]], ...] = (
     ("dtype", lambda r: r.dtype),
     ("batch", lambda r: str(r.batch or "–")),
     ("examples or captions/s", lambda r: _fmt(r.rate, ".2f")),
-    ("MFU", _mfu_cell),
-    ("peak memory GiB", lambda r: _fmt(r.peak_gib, ".1f")),
+    ("MFU", lambda r: _train_cell(r, r.mfu, ".1%")),
+    ("peak memory GiB", lambda r: _train_cell(r, r.peak_gib, ".1f")),
     ("compile s", lambda r: _fmt(r.compile_s, ".0f")),
     ("note", lambda r: r.note),
 )
@@ -102,17 +107,6 @@ def format_row(row: Row) -> str:
 # ----------------------------------------------------------------------------------------------------
 # JAX workers (one process each).
 # ----------------------------------------------------------------------------------------------------
-
-
-def _resolve_runtime(config: Any) -> Any:
-    """Concrete compute dtype and attention implementation for these devices, by the model's own policy."""
-    import jax
-
-    try:
-        from audiocap_jax.model.backend import resolve_runtime
-    except ImportError:  # checkouts before model/backend.py: bf16 on accelerators, attention picked at trace
-        return config.replace(dtype="float32" if jax.default_backend() == "cpu" else "bfloat16")
-    return resolve_runtime(config.replace(dtype="auto", attention_impl="auto"), jax.local_devices())
 
 
 def _batch_sizes() -> tuple[int, int]:
@@ -167,7 +161,7 @@ def _compile_with_fallback(config: Any, build: Callable[[Any], Any]) -> tuple[An
     except Exception as error:  # noqa: BLE001 - any compile failure of the cuDNN variant falls back
         if config.attention_impl != "cudnn":
             raise
-        note = f"cuDNN attention did not compile ({str(error).splitlines()[0][:120]}); ran XLA attention"
+        note = f"cuDNN attention did not compile ({_first_line(error)}); ran XLA attention"
         print(note, file=sys.stderr, flush=True)
     start = time.perf_counter()
     compiled, inputs = build(config.replace(attention_impl="xla"))
@@ -204,6 +198,7 @@ def jax_train_row(variant: str, batch_size: int, steps: int) -> Row:
     from flax import nnx
 
     from audiocap_jax import mfu
+    from audiocap_jax.model.backend import resolve_runtime
     from audiocap_jax.model.config import WhisperConfig
     from audiocap_jax.model.whisper import create_model
 
@@ -245,7 +240,9 @@ def jax_train_row(variant: str, batch_size: int, steps: int) -> Row:
             )
         return compiled, (params, opt_state, rest, batch)
 
-    config = _resolve_runtime(WhisperConfig.from_variant(variant, scan_layers=True))
+    config = resolve_runtime(
+        WhisperConfig.from_variant(variant, dtype="auto", scan_layers=True), list(mesh.devices.flat)
+    )
     compiled, (params, opt_state, rest, batch), compile_s, note = _compile_with_fallback(config, build)
     attention = config.attention_impl if not note else "xla"
 
@@ -285,11 +282,12 @@ def jax_decode_row(variant: str, batch_size: int, steps: int) -> Row:
     from flax import nnx
 
     from audiocap_jax import decode
+    from audiocap_jax.model.backend import resolve_runtime
     from audiocap_jax.model.config import WhisperConfig
     from audiocap_jax.model.whisper import create_model
 
     mesh = _fsdp_mesh()
-    base = WhisperConfig.from_variant(variant)
+    base = WhisperConfig.from_variant(variant, scan_layers=True)
     prompt, settings = _prompt_and_settings(base.vocab_size)
     rng = np.random.default_rng(0)
 
@@ -312,7 +310,7 @@ def jax_decode_row(variant: str, batch_size: int, steps: int) -> Row:
             )
         return compiled, (state, inputs["mel"], inputs["prompt"], inputs["lengths"])
 
-    config = _resolve_runtime(base)
+    config = resolve_runtime(base.replace(dtype="auto"), list(mesh.devices.flat))
     compiled, inputs, compile_s, note = _compile_with_fallback(config, build)
     seconds = _mean_seconds(lambda: compiled(*inputs), jax.block_until_ready, steps)
     attention = config.attention_impl if not note else "xla"
@@ -442,10 +440,8 @@ def _worker_main(args: argparse.Namespace) -> None:
             row = measure(variant, batch, args.steps)
         except Exception as error:  # noqa: BLE001 - e.g. out of memory: reported in the table, next row runs
             print(f"{task} {variant} failed: {error}", file=sys.stderr, flush=True)
-            message = (str(error).strip() or type(error).__name__).splitlines()[0][:160]
-            row = Row(
-                task, f"whisper-{variant}", _framework(args.worker), batch=batch, note=f"failed: {message}"
-            )
+            note = f"failed: {_first_line(error)}"
+            row = Row(task, f"whisper-{variant}", _framework(args.worker), batch=batch, note=note)
         print(ROW_PREFIX + json.dumps(dataclasses.asdict(row)), flush=True)
 
 

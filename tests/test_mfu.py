@@ -13,7 +13,7 @@ from audiocap_jax.model.whisper import Whisper
 # elementwise work is the model's; fewer layers only shorten the compile). XLA attention, no scan, no remat:
 # a program without loops, which XLA's cost analysis counts completely.
 SMALL_2_LAYERS = WhisperConfig.from_variant(
-    "small", encoder_layers=2, decoder_layers=2, attention_impl="xla", scan_layers=False, remat=False
+    "small", encoder_layers=2, decoder_layers=2, attention_impl="xla", scan_layers=False, remat="none"
 )
 BATCH, TOKENS = 2, 32
 
