@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from audiocap_jax.model.config import WhisperConfig
 from benchmarks import accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +56,23 @@ def test_accelerator_benchmark_on_cpu_without_data_packages(tmp_path):
     assert float(cells[0]["peak memory GiB"]) > 0  # the process's peak RSS on CPU
     assert "2 x cpu (cpu)" in lines[0]
     assert "PyTorch rows skipped (JAX found no GPU)." in lines
+
+
+def test_cudnn_compile_failure_falls_back_to_xla():
+    config = WhisperConfig.from_variant("tiny", dtype="bfloat16", attention_impl="cudnn")
+
+    def build(
+        config,
+    ):  # stands in for lower + compile; only the cuDNN variant fails, as when cuDNN cannot plan
+        if config.attention_impl == "cudnn":
+            raise RuntimeError("cuDNN could not plan the fused attention\ndetails")
+        return "compiled", config.attention_impl
+
+    compiled, inputs, _, note = accelerator._compile_with_fallback(config, build)
+    assert (compiled, inputs) == ("compiled", "xla")
+    assert (
+        note
+        == "cuDNN attention did not compile (cuDNN could not plan the fused attention); ran XLA attention"
+    )
+    with pytest.raises(RuntimeError, match="could not plan"):  # other implementations' failures are errors
+        accelerator._compile_with_fallback(config.replace(attention_impl="xla"), lambda _: build(config))
