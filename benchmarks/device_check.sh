@@ -9,7 +9,8 @@
 # (stderr) to $OUT/accelerator_log.txt; its last lines are printed at the end. PYTHON picks the interpreter
 # (default python3, which holds jax, flax, optax, transformers and torch on the lent GPU image).
 set -uo pipefail
-out="${OUT:-.}"
+out="$(realpath -m "${OUT:-.}")"
+cd "$(dirname "$0")/.." || exit 1  # the repository root: `python -m benchmarks.accelerator` runs from there
 mkdir -p "$out"
 {
     date -u '+%Y-%m-%d %H:%M UTC'
