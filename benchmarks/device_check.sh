@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The one prepared command for a lent GPU/TPU machine: the accelerator table, kept as a file.
+#
+#   benchmarks/device_check.sh [benchmark flags]     # e.g. --skip-torch, --variants small
+#
+# Runs `python -m benchmarks.accelerator` (about 5 minutes on one H100/H200, see its docstring) under a
+# 9-minute timeout, so that in a 10-minute slot a hung compile still leaves time to copy the partial table
+# back. The table (stdout) goes to $OUT/accelerator.txt (./accelerator.txt where OUT is unset), the log
+# (stderr) to $OUT/accelerator_log.txt; its last lines are printed at the end. PYTHON picks the interpreter
+# (default python3, which holds jax, flax, optax, transformers and torch on the lent GPU image).
+set -uo pipefail
+out="$(realpath -m "${OUT:-.}")"
+cd "$(dirname "$0")/.." || exit 1  # the repository root: `python -m benchmarks.accelerator` runs from there
+mkdir -p "$out"
+{
+    date -u '+%Y-%m-%d %H:%M UTC'
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+} | tee "$out/accelerator.txt"
+PYTHONUNBUFFERED=1 timeout --kill-after=15 540 "${PYTHON:-python3}" -m benchmarks.accelerator "$@" \
+    2>"$out/accelerator_log.txt" | tee -a "$out/accelerator.txt"
+status=$?
+echo "--- last lines of $out/accelerator_log.txt (exit status $status) ---"
+tail -n 15 "$out/accelerator_log.txt"
+exit "$status"
