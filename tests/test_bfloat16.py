@@ -71,6 +71,6 @@ def test_bfloat16_smoke_training_matches_float32(tmp_path):
         )
         assert result.returncode == 0, result.stderr[-3000:]
         losses = {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
-        assert losses[30] < 0.8 * losses[1], losses  # it trained
+        assert losses[30] < losses[1] - 0.5, (dtype, losses[1], losses[30])  # it trained
         final[dtype] = np.mean([losses[s] for s in (28, 29, 30)])
     assert abs(final["bfloat16"] - final["float32"]) < 0.05 * final["float32"], final
