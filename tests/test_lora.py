@@ -11,7 +11,7 @@ import transformers
 from flax import nnx
 from test_training import TINY, _batch  # the tiny model and 8-clip batch the train-step tests use
 
-from audiocap_jax import checkpoint, text, training
+from audiocap_jax import checkpoint, load, text, training
 from audiocap_jax.data.pipeline import batch_sharding
 from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.hf import export, load_hf_checkpoint
@@ -139,16 +139,17 @@ def test_only_adapters_and_biases_train_and_the_optimizer_holds_state_for_them_a
     }
     assert changed == trainable
 
-    # Checkpoints store the adapters: a restore into the same structure gives them back.
-    saver = checkpoint.Checkpointer(tmp_path / "ckpt", async_save=False)
+    # Checkpoints store the adapters; loading the workdir (predict, evaluate, init_from) merges them.
+    workdir = tmp_path / "run"
+    load.save_run_files(workdir, TINY, tokenizer, Q_V_FC1)
+    saver = checkpoint.Checkpointer(workdir / load.CHECKPOINT_DIR, async_save=False)
     saver.save(6, state, {"position": 0})
-    _, restored, _ = saver.restore_latest(checkpoint.abstract_like(state))
     saver.close()
-    np.testing.assert_array_equal(
-        np.asarray(restored.params["encoder"]["layers"]["fc1"]["lora_b"][...]),
-        np.asarray(state.params["encoder"]["layers"]["fc1"]["lora_b"][...]),
-    )
-    assert np.abs(np.asarray(restored.params["encoder"]["layers"]["fc1"]["lora_b"][...])).max() > 0
+    loaded, _, _ = load.load_model(workdir)
+    assert not any(isinstance(module, lora.LoRADense) for _, module in nnx.iter_modules(loaded))
+    tuned = nnx.merge(graphdef, state.params, state.frozen)
+    mel, ids = np.asarray(batch["mel"][:2]), np.asarray(batch["decoder_input_ids"][:2])
+    assert np.abs(_forward(loaded, mel, ids) - _forward(tuned, mel, ids)).max() < 1e-5
 
 
 def test_export_merges_adapters_into_plain_whisper_with_the_same_logits(tmp_path):
