@@ -74,6 +74,11 @@ class Segments:
     def num_rows(self) -> int:
         return len(self.youtube_ids)
 
+    @property
+    def entry_rows(self) -> np.ndarray:
+        """int64 [E]: the row of each (row, label) entry of `label_indices`."""
+        return np.repeat(np.arange(self.num_rows), np.diff(self.label_offsets))
+
     def labels_of(self, rows: np.ndarray) -> np.ndarray:
         """Label indices of `rows`, concatenated: int32 [sum of their label counts]."""
         starts = self.label_offsets[rows]
@@ -269,16 +274,15 @@ def read_audiocaps_ids(audiocaps_path: str | os.PathLike) -> set[str]:
 def music_speech_preference(segments: Segments) -> np.ndarray:
     """int8 [N]: 0 for rows with neither Music nor Speech, 1 with exactly one of them, 2 with both."""
     music, speech = segments.label_ids.index(MUSIC_ID), segments.label_ids.index(SPEECH_ID)
-    row_of_entry = np.repeat(np.arange(segments.num_rows), np.diff(segments.label_offsets))
     preference = np.zeros(segments.num_rows, dtype=np.int8)
-    np.add.at(preference, row_of_entry[np.isin(segments.label_indices, (music, speech))], 1)
+    np.add.at(preference, segments.entry_rows[np.isin(segments.label_indices, (music, speech))], 1)
     return preference
 
 
 def select_balanced(
     segments: Segments, per_label: int, step: int, seed: int, preference: np.ndarray
 ) -> np.ndarray:
-    """The original's rarest-label-first greedy selection; returns the selected rows as a bool mask [N].
+    """The original's rarest-label-first greedy selection.
 
     Labels are served from a queue ordered by total count, rarest first (ties: ontology order). A label that
     already has `per_label` selected clips, or whose clips are all selected, is dropped. A label with at most
@@ -299,7 +303,7 @@ def select_balanced(
     if per_label < 1 or step < 1:
         raise ValueError(f"per_label and step must be at least 1, got {per_label} and {step}.")
     num_labels = len(segments.label_ids)
-    row_of_entry = np.repeat(np.arange(segments.num_rows), np.diff(segments.label_offsets))
+    row_of_entry = segments.entry_rows
     random_keys = np.random.default_rng(seed).random(len(row_of_entry))
     order = np.lexsort((random_keys, preference[row_of_entry], segments.label_indices))
     rows_by_label = row_of_entry[order]  # --> [E], grouped by label, best clips first within a label
@@ -371,9 +375,8 @@ def balanced_split(
     held_out = np.zeros(segments.num_rows, dtype=bool)
     if per_label == 0:
         return held_out
-    rows = np.flatnonzero(pool)
-    row_of_entry = np.repeat(rows, np.diff(segments.label_offsets)[rows])
-    labels = segments.labels_of(rows)
+    in_pool = pool[segments.entry_rows]
+    row_of_entry, labels = segments.entry_rows[in_pool], segments.label_indices[in_pool]
     order = np.argsort(labels, kind="stable")
     rows_by_label = row_of_entry[order]  # --> [entries of pool], grouped by label, row order within
     ends = np.cumsum(np.bincount(labels, minlength=len(segments.label_ids)))
