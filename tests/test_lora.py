@@ -3,7 +3,6 @@
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -183,24 +182,35 @@ def finetune_lora_spec(name):
 
 
 def test_lora_tuned_tiny_model_overfits_eight_clips(tokenizer):
+    """Only adapters and biases train, on a random tiny base, until every caption token is predicted.
+
+    LoRA assumes a useful base; two changes stand in for one: the token embeddings (frozen, and tied to the
+    output) are scaled x5, since random ones of std 0.02 bound every logit near 0; and each clip gets a loud
+    band of its own (10 mel bins + 3) on top of the fixtures' noise, as different sounds differ in spectrum.
+    Rank 64 = the tiny width, so the adapters can express any change of the six adapted layers.
+    """
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     model = create_model(TINY, mesh=mesh, seed=0)
-    spec = lora.LoRASpec(
-        rank=16, alpha=32.0, targets=finetune_lora.LORA_VARIANTS["q-v-fc1-k-fc2-out"][2], bias="all"
-    )
+    model.decoder.embed_tokens.embedding[...] = 5.0 * model.decoder.embed_tokens.embedding[...]
+    targets = finetune_lora.LORA_VARIANTS["q-v-fc1-k-fc2-out"][2]
+    spec = lora.LoRASpec(rank=64, alpha=64.0, targets=targets, bias="all")
     lora.apply_lora(model, spec)
     graphdef, params, frozen = training.split_model(model)
-    schedule = training.make_schedule(lr=1e-2, warmup_steps=5, total_steps=300, decay="constant")
+    schedule = training.make_schedule(lr=3e-3, warmup_steps=5, total_steps=300, decay="constant")
     tx = training.make_optimizer(params, schedule, lora=spec)
     state = training.init_train_state(params, frozen, tx, seed=0, mesh=mesh)
     step = training.jit_train_step(graphdef, tx, schedule, state, mesh)
-    batch = {k: jax.device_put(v, batch_sharding(mesh)) for k, v in _batch(tokenizer).items()}
-    losses = []
+    batch = _batch(tokenizer)
+    for clip in range(8):
+        batch["mel"][clip, 10 * clip : 10 * clip + 10] += 3.0
+    batch = {k: jax.device_put(v, batch_sharding(mesh)) for k, v in batch.items()}
+    history = []
     with jax.set_mesh(mesh):
-        for _ in range(300):
+        for _ in range(300):  # 190 steps when this was written
             state, metrics = step(state, batch)
-            losses.append(float(metrics["loss"]))
-            if losses[-1] < 0.05:
+            history.append((float(metrics["loss"]), float(metrics["token_accuracy"])))
+            if history[-1][1] == 1.0:
                 break
-    assert losses[0] > 5.0 and losses[-1] < 0.05, (losses[0], losses[-1], len(losses))
-    assert jnp.isfinite(jnp.asarray(losses)).all()
+    (first_loss, first_accuracy), (last_loss, last_accuracy) = history[0], history[-1]
+    assert (first_accuracy, last_accuracy) == (0.0, 1.0), (history[-1], len(history))
+    assert first_loss > 11.0 and last_loss < 5.0, (first_loss, last_loss)
