@@ -240,3 +240,10 @@ def test_two_runs_with_one_seed_write_identical_files(real_run, tmp_path):
         assert (again / name).read_bytes() == (output / name).read_bytes(), name
     other, _ = run_cli(tmp_path, "other", seed=7)
     assert (other / "train.jsonl").read_bytes() != (output / "train.jsonl").read_bytes()
+
+
+def test_cli_refuses_bad_settings_before_reading_anything(tmp_path, capsys):
+    args = ["select-audioset-subset", "--segments", str(tmp_path / "eval.csv"), "--ontology", "o.json"]
+    args += ["--exclude-audiocaps", str(tmp_path), "--output", str(tmp_path / "out"), "--step", "0"]
+    assert prepare.main(args) == 2
+    assert capsys.readouterr().err == "error: --step must be at least 1, got 0.\n"

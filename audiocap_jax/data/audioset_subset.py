@@ -292,7 +292,7 @@ def select_balanced(
     selected clip counts for every label it carries, so labels that co-occur with rarer ones (parents such as
     Vehicle, Music, Speech) pass `per_label` through clips picked for those; a label's own picks never do.
 
-    The random choice is made once: each label's clips are ordered by (preference, seeded random key), and a
+    `per_label` and `step` are at least 1. The random choice is made once: each label's clips are ordered by (preference, seeded random key), and a
     label takes the first unselected clips of that order. That is a uniform draw without replacement among
     the unselected clips of the best preference class, and it lets a per-label cursor skip clips already
     selected, so the whole run touches each (clip, label) entry about once: O(E log E) for the sort.
@@ -300,8 +300,6 @@ def select_balanced(
     Returns:
       int32 [N]: for each selected row the label on whose turn it was picked, -1 for rows not selected.
     """
-    if per_label < 1 or step < 1:
-        raise ValueError(f"per_label and step must be at least 1, got {per_label} and {step}.")
     num_labels = len(segments.label_ids)
     row_of_entry = segments.entry_rows
     random_keys = np.random.default_rng(seed).random(len(row_of_entry))
@@ -429,8 +427,14 @@ def select_audioset_subset(
     `prepare.AUDIOSET_SMALL_KEYS`), a copy of the ontology, `subset_report.csv` (`REPORT_COLUMNS` per
     label) and `subset_labels.png`.
     """
-    if test_per_label < 0:
-        raise ValueError(f"--test-per-label must be at least 0, got {test_per_label}.")
+    # Checked before the (minutes-long) read of the segment lists.
+    for flag, value, minimum in (
+        ("--per-label", per_label, 1),
+        ("--step", step, 1),
+        ("--test-per-label", test_per_label, 0),
+    ):
+        if value < minimum:
+            raise ValueError(f"{flag} must be at least {minimum}, got {value}.")
     ontology = Ontology.load(ontology_path)
     listed, rows_per_file, duplicates, unlabelled = read_segments(segment_paths, ontology)
     in_audiocaps = np.isin(listed.youtube_ids, np.asarray(sorted(read_audiocaps_ids(audiocaps_path)), str))
