@@ -6,6 +6,7 @@ A workdir holds `model_config.json`, `tokenizer/` and `checkpoints/` (written by
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from jax.sharding import Mesh
 from audiocap_jax.checkpoint import Checkpointer, abstract_like
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint, resolve_checkpoint_dir
+from audiocap_jax.model.lora import LoRASpec, apply_lora, merge_lora
 from audiocap_jax.model.whisper import Whisper, create_model
 from audiocap_jax.text import Tokenizer, num_languages_for_vocab_size
 from audiocap_jax.training import split_model
@@ -37,11 +39,14 @@ def tokenizer_for(directory: Path | None, config: WhisperConfig) -> Tokenizer:
     return Tokenizer.from_assets(num_languages_for_vocab_size(config.vocab_size))
 
 
-def save_run_files(workdir: Path, config: WhisperConfig, tokenizer: Tokenizer) -> None:
-    """What a workdir needs to be loadable without the training config."""
+def save_run_files(
+    workdir: Path, config: WhisperConfig, tokenizer: Tokenizer, lora: LoRASpec | None = None
+) -> None:
+    """What a workdir needs to be loadable without the training config (with LoRA: the adapters' shapes)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    adapters = {"lora": dataclasses.asdict(lora)} if lora is not None and lora.enabled else {}
     (workdir / MODEL_CONFIG_FILE).write_text(
-        json.dumps({"model_type": "whisper", **config.architecture()}, indent=1)
+        json.dumps({"model_type": "whisper", **config.architecture(), **adapters}, indent=1)
     )
     tokenizer.save_pretrained(workdir / TOKENIZER_DIR)
 
@@ -52,12 +57,15 @@ def load_model(
     """(model, config, tokenizer) from a training workdir (its best, latest or given step) or a HF checkpoint.
 
     `runtime` sets run options (dtype, attention_impl, ...); parameters of a workdir keep their saved dtype
-    unless param_dtype is given.
+    unless param_dtype is given. A LoRA run's adapters are merged: the model returned is plain Whisper.
     """
     path = Path(path).expanduser()
     if is_workdir(path):
         config = WhisperConfig.from_json_file(path / MODEL_CONFIG_FILE, **runtime)
         model = create_model(config, mesh=mesh)
+        saved_lora = json.loads((path / MODEL_CONFIG_FILE).read_text()).get("lora")
+        if saved_lora is not None:  # The checkpoint holds adapters: restore them too, then merge.
+            apply_lora(model, LoRASpec(**{**saved_lora, "targets": tuple(saved_lora["targets"])}))
         manager = Checkpointer(path / CHECKPOINT_DIR, async_save=False)
         steps = manager.all_steps()
         if not steps:
@@ -69,7 +77,7 @@ def load_model(
         )
         manager.close()
         logging.info("Loaded step %d of %s", chosen, path)
-        model = nnx.merge(graphdef, restored["params"], restored["frozen"])
+        model = merge_lora(nnx.merge(graphdef, restored["params"], restored["frozen"]))
         return model, config, Tokenizer.from_pretrained(path / TOKENIZER_DIR)
     directory = resolve_checkpoint_dir(path)
     model, config = load_hf_checkpoint(directory, mesh=mesh, **runtime)

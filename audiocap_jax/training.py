@@ -6,6 +6,7 @@ The train loop (train.py) owns I/O; everything here is a function of arrays, saf
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from audiocap_jax.data.pipeline import batch_sharding
+from audiocap_jax.model import lora as lora_lib
 from audiocap_jax.model.whisper import FrozenParam, Whisper
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -70,12 +72,26 @@ def param_names(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(name, params)
 
 
-def trainable_labels(params: Any, train_only: Sequence[str] = (), freeze: Sequence[str] = ()) -> Any:
+def trainable_labels(
+    params: Any,
+    train_only: Sequence[str] = (),
+    freeze: Sequence[str] = (),
+    lora: lora_lib.LoRASpec | None = None,
+) -> Any:
     """'train' or 'freeze' per parameter, from regexes over dotted names.
 
     `train_only` non-empty: only matching parameters train (the original's fc1-only "slice" = ["fc1"]).
     `freeze`: matching parameters never train (e.g. ["^encoder\\."]).
+    `lora` (enabled): only the adapters and the biases its bias mode names train (`lora.train_patterns`),
+    so `train_only` must be empty; `freeze` still applies.
     """
+    if lora is not None and lora.enabled:
+        if train_only:
+            raise ValueError(
+                f"config.optim.train_only={list(train_only)} and config.model.lora both choose the trained "
+                "parameters; with LoRA leave config.optim.train_only empty (config.optim.freeze still applies)."
+            )
+        train_only = lora_lib.train_patterns(jax.tree.leaves(param_names(params)), lora)
 
     def label(name: str) -> str:
         if train_only and not any(re.search(p, name) for p in train_only):
@@ -90,6 +106,28 @@ def trainable_labels(params: Any, train_only: Sequence[str] = (), freeze: Sequen
     return labels
 
 
+def describe_trainable(
+    params: Any,
+    train_only: Sequence[str] = (),
+    freeze: Sequence[str] = (),
+    lora: lora_lib.LoRASpec | None = None,
+) -> str:
+    """The start-of-training line: how many parameters train and which settings chose them, e.g.
+    "trainable parameters 33,280 of 3,516,480 (0.95%); train_only [fc1], freeze [], no LoRA".
+
+    Logged so a setting the trainer ignores (the original's misplaced `lora_config`) shows at once.
+    """
+    labels = jax.tree.leaves(trainable_labels(params, train_only, freeze, lora))
+    sizes = [math.prod(leaf.shape) for leaf in jax.tree.leaves(params)]
+    trained = sum(size for size, label in zip(sizes, labels, strict=True) if label == "train")
+    total = sum(sizes)
+    return (
+        f"trainable parameters {trained:,} of {total:,} ({100 * trained / total:.2f}%); "
+        f"train_only [{', '.join(train_only)}], freeze [{', '.join(freeze)}], "
+        f"{(lora or lora_lib.LoRASpec()).describe()}"
+    )
+
+
 def make_optimizer(
     params: Any,
     schedule: optax.Schedule,
@@ -101,12 +139,13 @@ def make_optimizer(
     max_grad_norm: float | None = 1.0,
     train_only: Sequence[str] = (),
     freeze: Sequence[str] = (),
+    lora: lora_lib.LoRASpec | None = None,
 ) -> optax.GradientTransformation:
     """AdamW (HF/torch defaults, as the original) with global-norm clipping; frozen parameters get no update
     and no optimizer state."""
     adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     train = optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw) if max_grad_norm else adamw
-    labels = trainable_labels(params, train_only, freeze)
+    labels = trainable_labels(params, train_only, freeze, lora)
     return optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, labels)
 
 

@@ -36,6 +36,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.remat = "none"  # per layer: none | full | dots (keep matmul outputs, recompute the rest)
     c.model.scan_layers = False
     c.model.attention_impl = "auto"  # auto | xla | cudnn (NVIDIA) | splash (TPU) | cpu
+    # LoRA adapters (model/lora.py), the original's peft runs; rank 0 = none. targets: regexes searched in
+    # dotted layer paths (e.g. "q_proj" adapts every q_proj). bias: which biases train too ("none" | "all" |
+    # "lora_only"). dropout must stay 0: the train step gives the model no random key.
+    c.model.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, dropout=0.0, targets=(), bias="none"))
 
     # Data: TFDS builds of tfds_builders/* under data_dir; mixture weights by dataset name.
     c.data = ml_collections.ConfigDict()

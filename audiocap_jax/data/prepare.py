@@ -7,6 +7,9 @@ Run `python -m audiocap_jax.data.prepare COMMAND --help` for the options of each
                          keeps a seeded sample of N clips of a Clotho split, moves the rest into development.
   audiocaps ...          AudioCaps CSVs + an AudioSet download -> OUTPUT/{train,valid,test}/.
   audioset-small ...     AudioSet subset annotations + an AudioSet download -> OUTPUT/{train,valid,test}/.
+  select-audioset-subset ...
+                         AudioSet segment CSVs -> label-balanced subset annotations without AudioCaps clips
+                         (what audioset-small reads; see data/audioset_subset.py).
   find-corrupted FOLDER  decodes every audio file under FOLDER and lists those that fail.
 
 An AudioFolder split is `<folder>/<split>/` holding audio files and `metadata.jsonl`: one JSON object per
@@ -699,6 +702,24 @@ def _run_audioset_small(args: argparse.Namespace) -> int:
     )
 
 
+def _run_select_audioset_subset(args: argparse.Namespace) -> int:
+    # Imported here: audioset_subset reuses this module's layout constants.
+    from audiocap_jax.data import audioset_subset
+
+    summary = audioset_subset.select_audioset_subset(
+        args.segments,
+        args.ontology,
+        args.exclude_audiocaps,
+        args.output,
+        per_label=args.per_label,
+        step=args.step,
+        test_per_label=args.test_per_label,
+        seed=args.seed,
+    )
+    print(summary.format())
+    return 0
+
+
 def _run_find_corrupted(args: argparse.Namespace) -> int:
     problems = find_corrupted(args.folder, args.workers)
     if args.report:
@@ -788,6 +809,44 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add_download_options(audioset_small, AUDIOSET_SMALL_SPLITS)
     audioset_small.set_defaults(run=_run_audioset_small)
+
+    subset = commands.add_parser(
+        "select-audioset-subset",
+        help="AudioSet segment CSVs -> label-balanced subset annotations for audioset-small",
+    )
+    subset.add_argument(
+        "--segments",
+        type=pathlib.Path,
+        nargs="+",
+        required=True,
+        help="AudioSet segment CSVs (eval_segments.csv, balanced_train_segments.csv, "
+        "unbalanced_train_segments.csv or the names eval.csv, train_balanced.csv, train_unbalanced.csv)",
+    )
+    subset.add_argument("--ontology", type=pathlib.Path, required=True, help="AudioSet ontology.json")
+    subset.add_argument(
+        "--exclude-audiocaps",
+        type=pathlib.Path,
+        required=True,
+        help="folder with AudioCaps' train.csv, valid.csv, test.csv: their clips are left out",
+    )
+    subset.add_argument("--per-label", type=int, default=1000, help="desired clips per label (default 1000)")
+    subset.add_argument(
+        "--step", type=int, default=10, help="clips a frequent label gets per turn (default 10)"
+    )
+    subset.add_argument(
+        "--test-per-label",
+        type=int,
+        default=10,
+        help="clips of each label moved to test, then to valid (default 10)",
+    )
+    subset.add_argument("--seed", type=int, default=42, help="seed of selection and split (default 42)")
+    subset.add_argument(
+        "--output",
+        type=pathlib.Path,
+        required=True,
+        help="annotations folder to write ({train,valid,test}.jsonl, ontology.json, report, plot)",
+    )
+    subset.set_defaults(run=_run_select_audioset_subset)
 
     corrupted = commands.add_parser(
         "find-corrupted", help="list audio files that do not decode (exit 1 if any)"

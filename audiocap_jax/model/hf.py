@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 from audiocap_jax.model import sharding
 from audiocap_jax.model.backend import resolve_runtime
 from audiocap_jax.model.config import WhisperConfig
+from audiocap_jax.model.lora import merge_lora
 from audiocap_jax.model.whisper import Whisper
 
 _SAFETENSORS_DTYPES = {
@@ -360,6 +361,7 @@ def export(
     import safetensors.numpy
     import transformers
 
+    model = merge_lora(model)  # LoRA adapters folded into plain Whisper weights (a no-op without LoRA)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = model.config

@@ -1,0 +1,239 @@
+"""LoRA adapters for our NNX Whisper: wrap targeted Dense layers, train only the adapters, merge for export.
+
+Legend: L layers of a stack, I input width, O output width, r LoRA rank.
+
+A targeted layer y = x W + b becomes y = x W + b + (x A) B * alpha / r with A [(L,) I, r] and B [(L,) r, O].
+B starts at zero, so a freshly wrapped model computes exactly what the base model did; A starts like torch's
+Linear (uniform in +-1/sqrt(I)), as in peft. Only A and B train (and biases, per `LoRASpec.bias`); `merge_lora`
+folds them back into W for a plain Whisper (what `model/hf.py:export` writes).
+
+Why not flax's `nnx.LoRA` / `nnx.LoRALinear`: our layers are stacks (`Dense` holds [L, I, O] kernels that the
+layer loop slices or `lax.scan`s over), so each adapter also needs the leading [L] axis and its logical axes
+(`layers`, the base layer's in/out axis) to shard like the layer it wraps; `nnx.LoRA` makes plain 2-D
+[I, r] / [r, O] parameters without axis metadata, keeps the base layer under `base_module` (renaming
+`q_proj.kernel` to `q_proj.base_module.kernel`, which breaks the HF name rule and loading our own checkpoints)
+and has no alpha/r scaling. `LoRADense` keeps the base layer's `kernel`/`bias` names and adds `lora_a`/`lora_b`
+(typed `nnx.LoRAParam`, a `nnx.Param`, so the trainer's parameter split carries them and checkpoints store them).
+
+Dropout on the adapter input (peft's `lora_dropout`) is not applied: our train step passes the model no
+random key, so a rate above 0 is refused at start rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from audiocap_jax.model.sharding import logical_to_spec
+from audiocap_jax.model.whisper import Axes, Dense, Whisper
+
+BIAS_MODES = ("none", "all", "lora_only")  # peft's `bias`: which biases train besides the adapters.
+ADAPTER_NAMES = ("lora_a", "lora_b")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRASpec:
+    """`config.model.lora`: rank 0 means no LoRA."""
+
+    rank: int = 0
+    alpha: float = 0.0
+    dropout: float = 0.0
+    targets: tuple[
+        str, ...
+    ] = ()  # regexes searched in dotted module paths, e.g. "q_proj", r"^encoder\..*fc1"
+    bias: str = "none"
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @classmethod
+    def from_config(cls, lora: Mapping[str, Any]) -> LoRASpec:
+        """Reads and checks `config.model.lora` (a ConfigDict or dict with this class's fields)."""
+        spec = cls(
+            rank=int(lora["rank"]),
+            alpha=float(lora["alpha"]),
+            dropout=float(lora["dropout"]),
+            targets=tuple(lora["targets"]),
+            bias=str(lora["bias"]),
+        )
+        if spec.rank < 0:
+            raise ValueError(f"config.model.lora.rank is {spec.rank}; use 0 (no LoRA) or a positive rank.")
+        if not spec.enabled:
+            return spec
+        if spec.bias not in BIAS_MODES:
+            raise ValueError(
+                f"config.model.lora.bias {spec.bias!r} unknown; choose one of {list(BIAS_MODES)}."
+            )
+        if not spec.targets:
+            raise ValueError(
+                "config.model.lora.targets is empty; name the layers to adapt, e.g. ('q_proj', 'v_proj', 'fc1')."
+            )
+        if spec.alpha <= 0:
+            raise ValueError(
+                f"config.model.lora.alpha is {spec.alpha}; it must be positive (the original: 32)."
+            )
+        if spec.dropout != 0.0:
+            raise ValueError(
+                f"config.model.lora.dropout is {spec.dropout}, but the train step passes no random key, so "
+                "LoRA dropout cannot be applied; set --config.model.lora.dropout=0."
+            )
+        return spec
+
+    def describe(self) -> str:
+        """One line for logs, e.g. "LoRA rank 64, alpha 32 (scale 0.5), bias all, targets [q_proj, fc1]"."""
+        if not self.enabled:
+            return "no LoRA"
+        return (
+            f"LoRA rank {self.rank}, alpha {self.alpha:g} (scale {self.scale:g}), bias {self.bias}, "
+            f"targets [{', '.join(self.targets)}]"
+        )
+
+
+class LoRADense(Dense):
+    """A `Dense` plus a low-rank update; the base layer's kernel and bias variables are reused, not copied."""
+
+    def __init__(self, base: Dense, rank: int, alpha: float, *, rngs: nnx.Rngs):
+        # Not Dense.__init__: the base layer's variables (and their logical axes) are taken over as they are.
+        self.kernel, self.bias, self.dtype = base.kernel, base.bias, base.dtype
+        kernel_axes = base.kernel.get_metadata()["logical_axes"]  # ([layers,] in, out)
+        stack_shape, (in_features, out_features) = base.kernel.shape[:-2], base.kernel.shape[-2:]
+        stack_axes, (in_axis, out_axis) = kernel_axes[:-2], kernel_axes[-2:]
+        bound = 1.0 / math.sqrt(in_features)  # torch Linear's (and peft's) init of A
+        a = jax.random.uniform(rngs.params(), (*stack_shape, in_features, rank), jnp.float32, -bound, bound)
+        b = jnp.zeros((*stack_shape, rank, out_features), jnp.float32)
+        place = _placer(base.kernel[...])
+        a_axes, b_axes = (*stack_axes, in_axis, None), (*stack_axes, None, out_axis)
+        self.lora_a = nnx.LoRAParam(place(a.astype(base.kernel.dtype), a_axes), logical_axes=a_axes)
+        self.lora_b = nnx.LoRAParam(place(b.astype(base.kernel.dtype), b_axes), logical_axes=b_axes)
+        self.scale = alpha / rank
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
+        low_rank = jnp.einsum("...i,ir->...r", x, self.lora_a[...].astype(self.dtype))  # --> [..., r]
+        update = jnp.einsum("...r,ro->...o", low_rank, self.lora_b[...].astype(self.dtype))  # --> [..., O]
+        return super().__call__(x) + update * self.scale
+
+    def merged_kernel(self) -> jax.Array:
+        """W + A B * alpha / r: [(L,) I, O] in the kernel's dtype, computed in float32."""
+        delta = jnp.einsum("...ir,...ro->...io", self.lora_a[...], self.lora_b[...], precision="highest")
+        return (self.kernel[...].astype(jnp.float32) + delta.astype(jnp.float32) * self.scale).astype(
+            self.kernel.dtype
+        )
+
+
+def _placer(kernel: jax.Array) -> Callable[[jax.Array, Axes], jax.Array]:
+    """Puts a new parameter on the mesh the base kernel lives on, sharded by its logical axes."""
+    sharding = getattr(kernel, "sharding", None)
+    if not isinstance(sharding, NamedSharding):
+        return lambda array, axes: array
+    mesh = sharding.mesh
+    return lambda array, axes: jax.device_put(
+        array, NamedSharding(mesh, logical_to_spec(axes, array.shape, mesh))
+    )
+
+
+def _dense_layers(model: nnx.Module) -> Iterator[tuple[str, nnx.Module, str, Dense]]:
+    """(dotted path, parent module, attribute name, layer) for every Dense of the model, in graph order."""
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, Dense) and path:
+            parent = model
+            for key in path[:-1]:
+                parent = getattr(parent, key) if isinstance(key, str) else parent[key]
+            yield ".".join(map(str, path)), parent, str(path[-1]), module
+
+
+def apply_lora(model: Whisper, spec: LoRASpec, *, seed: int = 0) -> list[str]:
+    """Replaces (in place) every Dense whose dotted path matches a target regex by a `LoRADense`.
+
+    Call after the model is built or loaded and before the parameters are split for training. Fails, naming
+    the regex and the layers there are, when a target matches no layer (a config written for another model).
+
+    Returns:
+      the dotted paths wrapped, e.g. ["encoder.layers.self_attn.q_proj", ...].
+    """
+    if not spec.enabled:
+        return []
+    layers = list(_dense_layers(model))
+    names = [name for name, *_ in layers]
+    unmatched = [target for target in spec.targets if not any(re.search(target, name) for name in names)]
+    if unmatched:
+        kinds = sorted({name.rsplit(".", 1)[-1] for name in names})
+        raise ValueError(
+            f"config.model.lora.targets {unmatched} match no layer of this model. Its Dense layers are "
+            f"named {kinds} (full paths such as {names[0]!r}); fix config.model.lora.targets."
+        )
+    rngs = nnx.Rngs(seed)
+    wrapped = []
+    for name, parent, attribute, layer in layers:
+        if isinstance(layer, LoRADense) or not any(re.search(target, name) for target in spec.targets):
+            continue
+        setattr(parent, attribute, LoRADense(layer, spec.rank, spec.alpha, rngs=rngs))
+        wrapped.append(name)
+    return wrapped
+
+
+def merge_lora(model: Whisper) -> Whisper:
+    """A copy of `model` with every `LoRADense` folded into a plain `Dense` (kernel W + A B alpha/r).
+
+    A model without adapters is returned as it is. Used by the HF export: transformers loads plain Whisper.
+    """
+    layers = [entry for entry in _dense_layers(model) if isinstance(entry[3], LoRADense)]
+    if not layers:
+        return model
+    merged = nnx.clone(model)
+    for _, parent, attribute, layer in _dense_layers(merged):
+        if not isinstance(layer, LoRADense):
+            continue
+        plain = _abstract_dense_like(layer, model.config)
+        plain.kernel = nnx.Param(layer.merged_kernel(), **layer.kernel.get_metadata())
+        plain.bias = layer.bias
+        setattr(parent, attribute, plain)
+    return merged
+
+
+def _abstract_dense_like(layer: LoRADense, config: Any) -> Dense:
+    """A `Dense` shaped like `layer`'s base, without initialising it (its variables are replaced next)."""
+    axes = tuple(layer.kernel.get_metadata()["logical_axes"])
+    in_features, out_features = layer.kernel.shape[-2:]
+    stack = layer.kernel.shape[0] if axes[0] == "layers" else None
+    use_bias = layer.bias is not None
+    return nnx.eval_shape(
+        lambda: Dense(
+            in_features,
+            out_features,
+            axes[-2:],
+            config=config,
+            rngs=nnx.Rngs(0),
+            stack=stack,
+            use_bias=use_bias,
+        )
+    )
+
+
+def train_patterns(names: Sequence[str], spec: LoRASpec) -> tuple[str, ...]:
+    """Regexes over dotted parameter names that select what trains under `spec`: the adapters, plus every
+    bias ("all") or the wrapped layers' biases ("lora_only").
+
+    Args:
+      names: the model's dotted parameter names (`training.param_names`), which show the wrapped layers.
+    """
+    wrapped = sorted({name.rsplit(".", 1)[0] for name in names if name.rsplit(".", 1)[-1] in ADAPTER_NAMES})
+    patterns = [rf"\.({'|'.join(ADAPTER_NAMES)})$"]
+    if spec.bias == "all":
+        patterns.append(r"\.bias$")
+    elif spec.bias == "lora_only":
+        patterns += [rf"^{re.escape(layer)}\.bias$" for layer in wrapped]
+    return tuple(patterns)

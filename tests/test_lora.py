@@ -1,0 +1,216 @@
+"""LoRA: adapters start as a no-op and shard like their layer, only they (and biases) train, the export merges them."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from test_training import TINY, _batch  # the tiny model and 8-clip batch the train-step tests use
+
+from audiocap_jax import checkpoint, load, text, training
+from audiocap_jax.data.pipeline import batch_sharding
+from audiocap_jax.model import lora, sharding
+from audiocap_jax.model.hf import export, load_hf_checkpoint
+from audiocap_jax.model.whisper import create_model
+from audiocap_jax.testing.models import TINY_ARCH, save_tiny_hf_whisper
+from configs import finetune_lora
+
+Q_V_FC1 = lora.LoRASpec(rank=4, alpha=8.0, targets=("q_proj", "v_proj", "fc1"), bias="all")
+WRAPPED_Q_V_FC1 = [
+    "decoder.layers.encoder_attn.q_proj",
+    "decoder.layers.encoder_attn.v_proj",
+    "decoder.layers.fc1",
+    "decoder.layers.self_attn.q_proj",
+    "decoder.layers.self_attn.v_proj",
+    "encoder.layers.fc1",
+    "encoder.layers.self_attn.q_proj",
+    "encoder.layers.self_attn.v_proj",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return text.Tokenizer.from_assets()
+
+
+def _randomise_adapters(model, seed=1):
+    """B is zero at the start; give it values so the adapters change the output."""
+    for index, (_, module) in enumerate(nnx.iter_modules(model)):
+        if isinstance(module, lora.LoRADense):
+            key = jax.random.key(seed + index)
+            module.lora_b[...] = 0.05 * jax.random.normal(key, module.lora_b.shape, module.lora_b.dtype)
+
+
+def _forward(model, mel, ids):
+    graphdef, state = nnx.split(model)
+    return np.asarray(jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))(state, mel, ids))
+
+
+def test_wrapped_model_starts_equal_and_adapters_shard_like_their_layer():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    model = create_model(TINY, mesh=mesh, seed=0)
+    mel = np.random.default_rng(0).standard_normal((2, 80, TINY.num_frames)).astype(np.float32)
+    ids = np.ones((2, 5), np.int32)
+    before = _forward(model, mel, ids)
+    assert lora.apply_lora(model, Q_V_FC1) == WRAPPED_Q_V_FC1
+    np.testing.assert_array_equal(_forward(model, mel, ids), before)  # B = 0: nothing changes yet.
+    fc1 = model.encoder.layers.fc1
+    assert (fc1.lora_a.shape, fc1.lora_b.shape) == ((2, 64, 4), (2, 4, 128))
+    assert fc1.kernel[...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert fc1.lora_a[...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None)
+    assert fc1.lora_b[...].sharding.spec == jax.sharding.PartitionSpec(None, None, "tensor")
+    assert lora.apply_lora(model, Q_V_FC1) == []  # Wrapped layers are not wrapped twice.
+
+
+def test_targets_missing_from_the_model_and_bad_settings_fail_at_start():
+    model = create_model(TINY, seed=0)
+    spec = lora.LoRASpec(rank=4, alpha=8.0, targets=("q_proj", "query", "c_attn"), bias="all")
+    with pytest.raises(
+        ValueError, match=r"targets \['query', 'c_attn'\] match no layer of this model.*'q_proj'"
+    ):
+        lora.apply_lora(model, spec)
+    base = dict(rank=64, alpha=32.0, dropout=0.0, targets=("q_proj",), bias="all")
+    assert lora.LoRASpec.from_config(base).scale == 0.5
+    for change, message in (
+        ({"dropout": 0.05}, "dropout is 0.05, but the train step passes no random key"),
+        ({"bias": "some"}, r"bias 'some' unknown; choose one of \['none', 'all', 'lora_only'\]"),
+        ({"targets": ()}, "targets is empty"),
+        ({"alpha": 0.0}, "alpha is 0.0; it must be positive"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            lora.LoRASpec.from_config({**base, **change})
+    lora.apply_lora(model, Q_V_FC1)
+    with pytest.raises(ValueError, match=r"train_only=\['fc1'\] and config.model.lora both choose"):
+        training.trainable_labels(training.split_model(model)[1], train_only=("fc1",), lora=Q_V_FC1)
+
+
+@pytest.mark.parametrize(
+    "bias, trained_biases",
+    [
+        ("none", set()),
+        ("lora_only", {f"{layer}.bias" for layer in WRAPPED_Q_V_FC1}),
+    ],
+)
+def test_bias_mode_chooses_the_biases_that_train(bias, trained_biases):
+    model = create_model(TINY, seed=0)
+    spec = lora.LoRASpec(rank=4, alpha=8.0, targets=Q_V_FC1.targets, bias=bias)
+    lora.apply_lora(model, spec)
+    params = training.split_model(model)[1]
+    labels = training.trainable_labels(params, lora=spec)
+    names = jax.tree.leaves(training.param_names(params))
+    trained = {name for name, label in zip(names, jax.tree.leaves(labels), strict=True) if label == "train"}
+    adapters = {f"{layer}.{name}" for layer in WRAPPED_Q_V_FC1 for name in lora.ADAPTER_NAMES}
+    assert trained == adapters | trained_biases
+
+
+def test_only_adapters_and_biases_train_and_the_optimizer_holds_state_for_them_alone(tokenizer, tmp_path):
+    mesh = sharding.make_mesh({"data": 8})
+    model = create_model(TINY, mesh=mesh, seed=0)
+    lora.apply_lora(model, Q_V_FC1)
+    graphdef, params, frozen = training.split_model(model)
+    schedule = training.make_schedule(lr=3e-3, warmup_steps=5, total_steps=100, decay="constant")
+    tx = training.make_optimizer(params, schedule, lora=Q_V_FC1)
+    state = training.init_train_state(params, frozen, tx, seed=0, mesh=mesh)
+    step = training.jit_train_step(graphdef, tx, schedule, state, mesh)
+
+    names = jax.tree.leaves(training.param_names(params))
+    sizes = {name: math.prod(leaf.shape) for name, leaf in zip(names, jax.tree.leaves(params), strict=True)}
+    trainable = {name for name in names if name.endswith((".lora_a", ".lora_b", ".bias"))}
+    # Adam keeps a first and a second moment per trainable number; frozen parameters get none.
+    # Trainable: adapters 9,216 (encoder 2 x (q, v: 2 x 256; fc1: 256 + 512), decoder 2 x (4 x 512 + 768))
+    # + biases 2,816 (encoder 1,216, decoder 1,600).
+    moments = sum(leaf.size for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim > 0)
+    assert moments == 2 * sum(sizes[name] for name in trainable) == 2 * 12_032
+
+    before = jax.device_get(state.params)
+    batch = {k: jax.device_put(v, batch_sharding(mesh)) for k, v in _batch(tokenizer).items()}
+    with jax.set_mesh(mesh):
+        for _ in range(6):  # past the 5 warmup steps, lr > 0
+            state, _ = step(state, batch)
+    after = jax.device_get(state.params)
+    changed = {
+        name
+        for name, a, b in zip(names, jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
+        if not np.array_equal(a, b)
+    }
+    assert changed == trainable
+
+    # Checkpoints store the adapters; loading the workdir (predict, evaluate, init_from) merges them.
+    workdir = tmp_path / "run"
+    load.save_run_files(workdir, TINY, tokenizer, Q_V_FC1)
+    saver = checkpoint.Checkpointer(workdir / load.CHECKPOINT_DIR, async_save=False)
+    saver.save(6, state, {"position": 0})
+    saver.close()
+    loaded, _, _ = load.load_model(workdir)
+    assert not any(isinstance(module, lora.LoRADense) for _, module in nnx.iter_modules(loaded))
+    tuned = nnx.merge(graphdef, state.params, state.frozen)
+    mel, ids = np.asarray(batch["mel"][:2]), np.asarray(batch["decoder_input_ids"][:2])
+    assert np.abs(_forward(loaded, mel, ids) - _forward(tuned, mel, ids)).max() < 1e-5
+
+
+def test_export_merges_adapters_into_plain_whisper_with_the_same_logits(tmp_path):
+    torch_base = save_tiny_hf_whisper(tmp_path / "base", seed=0)
+    model, _ = load_hf_checkpoint(tmp_path / "base")
+    lora.apply_lora(model, finetune_lora_spec("q-v-fc1-k-fc2-out"))
+    _randomise_adapters(model)
+    rng = np.random.default_rng(0)
+    mel = rng.standard_normal((2, 80, 2 * TINY_ARCH["max_source_positions"])).astype(np.float32)
+    ids = rng.integers(0, 51865, (2, 9)).astype(np.int32)
+    unmerged = _forward(model, mel, ids)
+
+    merged = lora.merge_lora(model)
+    assert not any(isinstance(module, lora.LoRADense) for _, module in nnx.iter_modules(merged))
+    assert np.abs(_forward(merged, mel, ids) - unmerged).max() < 1e-5
+    out = export(model, text.Tokenizer.from_assets(), tmp_path / "exported")
+    reloaded, _ = load_hf_checkpoint(out)
+    assert np.abs(_forward(reloaded, mel, ids) - unmerged).max() < 1e-5
+    with torch.no_grad():
+        inputs = dict(input_features=torch.tensor(mel), decoder_input_ids=torch.tensor(ids, dtype=torch.long))
+        theirs = transformers.WhisperForConditionalGeneration.from_pretrained(out).eval()(**inputs).logits
+        base = torch_base(**inputs).logits
+    assert np.abs(theirs.numpy() - unmerged).max() < 1e-4  # the PyTorch oracle's tolerance
+    assert np.abs(base.numpy() - unmerged).max() > 1e-2  # the adapters did change the model
+
+
+def finetune_lora_spec(name):
+    """A small-rank version of one of configs/finetune_lora.py's adapter sets."""
+    spec = lora.LoRASpec.from_config(finetune_lora.get_config(f"variant=tiny,lora={name}").model.lora)
+    return lora.LoRASpec(rank=8, alpha=16.0, targets=spec.targets, bias=spec.bias)
+
+
+def test_lora_tuned_tiny_model_overfits_eight_clips(tokenizer):
+    """Only adapters and biases train, on a random tiny base, until every caption token is predicted.
+
+    LoRA assumes a useful base; two changes stand in for one: the token embeddings (frozen, and tied to the
+    output) are scaled x5, since random ones of std 0.02 bound every logit near 0; and each clip gets a loud
+    band of its own (10 mel bins + 3) on top of the fixtures' noise, as different sounds differ in spectrum.
+    Rank 64 = the tiny width, so the adapters can express any change of the six adapted layers.
+    """
+    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    model = create_model(TINY, mesh=mesh, seed=0)
+    model.decoder.embed_tokens.embedding[...] = 5.0 * model.decoder.embed_tokens.embedding[...]
+    targets = finetune_lora.LORA_VARIANTS["q-v-fc1-k-fc2-out"][2]
+    spec = lora.LoRASpec(rank=64, alpha=64.0, targets=targets, bias="all")
+    lora.apply_lora(model, spec)
+    graphdef, params, frozen = training.split_model(model)
+    schedule = training.make_schedule(lr=3e-3, warmup_steps=5, total_steps=300, decay="constant")
+    tx = training.make_optimizer(params, schedule, lora=spec)
+    state = training.init_train_state(params, frozen, tx, seed=0, mesh=mesh)
+    step = training.jit_train_step(graphdef, tx, schedule, state, mesh)
+    batch = _batch(tokenizer)
+    for clip in range(8):
+        batch["mel"][clip, 10 * clip : 10 * clip + 10] += 3.0
+    batch = {k: jax.device_put(v, batch_sharding(mesh)) for k, v in batch.items()}
+    history = []
+    with jax.set_mesh(mesh):
+        for _ in range(300):  # 190 steps when this was written
+            state, metrics = step(state, batch)
+            history.append((float(metrics["loss"]), float(metrics["token_accuracy"])))
+            if history[-1][1] == 1.0:
+                break
+    (first_loss, first_accuracy), (last_loss, last_accuracy) = history[0], history[-1]
+    assert (first_accuracy, last_accuracy) == (0.0, 1.0), (history[-1], len(history))
+    assert first_loss > 11.0 and last_loss < 5.0, (first_loss, last_loss)
