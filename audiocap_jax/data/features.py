@@ -217,6 +217,10 @@ def split_report(plan: SplitPlan, skipped: Sequence[Skip]) -> dict[str, Any]:
     }
 
 
+BEAM_MISSING = (
+    "Beam pipeline options were given but apache-beam is not installed. Install it with "
+    "`pip install -e '.[beam]'` (README, 'Builds on Apache Beam') or build without Beam options."
+)
 # Beam: the tag of the skipped-clip side output and the namespace of the build's counters.
 SKIPPED_TAG = "skipped"
 BEAM_COUNTERS = "audiocap_tfds"
@@ -483,10 +487,7 @@ def beam_options(flags: str) -> Any:
     try:
         import apache_beam as beam
     except ImportError as error:
-        raise ImportError(
-            "Beam pipeline options were given but apache-beam is not installed. Install it with "
-            "`pip install -e '.[beam]'` (README, 'Builds on Apache Beam') or build without Beam options."
-        ) from error
+        raise ImportError(BEAM_MISSING) from error
     return beam.options.pipeline_options.PipelineOptions(flags=[f"--{flag}" for flag in flags.split(",")])
 
 
