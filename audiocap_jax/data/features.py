@@ -5,6 +5,11 @@ only says how a `metadata.jsonl` row turns into captions and labels. Everything 
 feature schema, the 80/128 mel-bin configs, parallel extraction with a progress bar, and the report of clips
 that could not be decoded (skipped, counted, logged by name and stored in the dataset's `metadata.json`).
 
+Builds run on a local process pool, or, given Beam pipeline options, as Apache Beam pipelines on any Beam
+runner (DirectRunner, Dataflow, Flink, Spark). Both engines decode with `extract_clip`, lay out records
+with `make_example` and report with `split_report`, so they write the same examples and the same report.
+Beam is imported lazily, only by Beam builds.
+
 This module imports no TensorFlow: with `file_format="array_record"` and only `Tensor`/`Scalar`/`Text`
 features, TFDS 4.9.10 both builds and reads (`tfds.data_source`) without it.
 
