@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from audiocap_jax import audio
+from audiocap_jax import audio, cli
 from audiocap_jax.data import features
 from audiocap_jax.ontology import Ontology
 from audiocap_jax.testing import layouts, tfds_data
@@ -218,6 +218,20 @@ def test_beam_build_equals_local_build(builds, tmp_path, name):
     assert sorted(p.name for p in beam_build.data_path.iterdir()) == sorted(
         p.name for p in local.data_path.iterdir()
     )  # the side output files of skipped clips are gone
+
+
+def test_cli_refuses_beam_options_without_beam(tmp_path):
+    """Without apache-beam, TFDS would drop --beam_pipeline_options and build locally; the CLI stops instead."""
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['apache_beam'] = None  # as if not installed\n"
+        f"sys.argv = ['tfds_builders', 'build', 'tfds_builders/clotho', '--manual_dir={tmp_path}', "
+        f"'--data_dir={tmp_path}', '--beam_pipeline_options=runner=DirectRunner']\n"
+        "runpy.run_module('tfds_builders', run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == cli.EXIT_USER
+    assert result.stderr.strip().splitlines()[-1] == features.BEAM_MISSING
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):
