@@ -220,6 +220,18 @@ def test_beam_build_equals_local_build(builds, tmp_path, name):
     )  # the side output files of skipped clips are gone
 
 
+def test_beam_loss_names_clips_neither_written_nor_skipped():
+    plan = features.SplitPlan(
+        num_rows=4,
+        clips=[features.Clip(i, f"{i}.wav", ["a caption"], []) for i in range(3)],
+        skipped=[features.Skip(3, "3.wav", "the metadata row has no caption")],
+    )
+    assert features.beam_loss("train", plan, num_written=2, num_skipped=1) is None
+    assert features.beam_loss("train", plan, num_written=1, num_skipped=1) == (
+        "split train sent 3 clips to the workers but 1 were written and 1 listed as skipped"
+    )
+
+
 def test_cli_refuses_beam_options_without_beam(tmp_path):
     """Without apache-beam, TFDS would drop --beam_pipeline_options and build locally; the CLI stops instead."""
     code = (
