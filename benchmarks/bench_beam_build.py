@@ -142,7 +142,7 @@ def main(argv: list[str]) -> None:
     print(
         f"\nScale estimate at {build_per_core:.1f} clips/s/core, workers of {WORKER_VCPUS} vCPU / {WORKER_GB} GB:\n"
     )
-    print("| dataset | workers | hours | compute USD | shuffle USD | on disk |")
+    print("| dataset | workers | minutes of decoding | compute USD | shuffle USD | on disk |")
     print("|---|---:|---:|---:|---:|---:|")
     worker_hour_usd = WORKER_VCPUS * VCPU_HOUR_USD + WORKER_GB * GB_HOUR_USD
     for name, clips in DATASET_CLIPS.items():
@@ -150,8 +150,8 @@ def main(argv: list[str]) -> None:
         for count in WORKER_COUNTS:
             hours = clips / (build_per_core * WORKER_VCPUS * count) / 3600
             print(
-                f"| {name} | {count} | {hours:.2f} | {hours * count * worker_hour_usd:.0f} | "
-                f"{gigabytes * SHUFFLE_GB_USD:.0f} | {gigabytes:.0f} GB |"
+                f"| {name} | {count} | {60 * hours:.1f} | {hours * count * worker_hour_usd:.2f} | "
+                f"{gigabytes * SHUFFLE_GB_USD:.2f} | {gigabytes:.0f} GB |"
             )
 
 

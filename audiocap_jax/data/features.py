@@ -343,15 +343,11 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         self._beam_splits, self._beam_skipped, self.beam_counters = {}, {}, {}
         super()._download_and_prepare(dl_manager, download_config)
         # Raising here leaves nothing behind: TFDS deletes the unfinished dataset directory.
-        losses = [
-            loss
-            for split, plan in self._beam_splits.items()
-            if (
-                loss := beam_loss(
-                    split, plan, self.info.splits[split].num_examples, self._beam_skipped[split]
-                )
-            )
-        ]
+        losses = []
+        for split, plan in self._beam_splits.items():
+            written = self.info.splits[split].num_examples
+            if loss := beam_loss(split, plan, written, self._beam_skipped[split]):
+                losses.append(loss)
         if losses:
             raise RuntimeError(
                 f"{self.name}/{self.builder_config.name}: {'; '.join(losses)}. The runner lost records, so "
