@@ -7,13 +7,12 @@ import pathlib
 import subprocess
 import sys
 
-import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from audiocap_jax import audio, text
-from audiocap_jax.data import features, pipeline
+from audiocap_jax import audio, cli
+from audiocap_jax.data import features
 from audiocap_jax.ontology import Ontology
 from audiocap_jax.testing import layouts, tfds_data
 
@@ -181,27 +180,70 @@ def test_parallel_build_is_byte_identical_to_serial(builds, tmp_path):
     assert features.build_report(serial.data_path) == features.build_report(parallel.data_path)
 
 
-def test_sharded_builds_partition_the_clips(builds, tmp_path):
-    audiofolder = builds["audioset_small"].audiofolder
-    names = []
-    for index in range(2):
-        shard = features.build(
-            "audioset_small",
-            manual_dir=audiofolder,
-            data_dir=tmp_path / str(index),
-            shard=f"{index}/2",
-            num_workers=0,
-        )
-        assert features.build_report(shard.data_path)["shard"] == [index, 2]
-        names.append(set(_examples(shard, "valid")))
-    assert names == [{"--iSerV5DbY.mp3", "-5Kk-m7BmiE.mp3"}, {"-0xzrMun0Rs.mp3"}]
-    assert names[0] | names[1] == set(_examples(builds["audioset_small"].builder, "valid"))
-    # The pipeline reads the shard builds as one dataset.
-    spec = pipeline.DatasetSpec("audioset", data_dir=(tmp_path / "0", tmp_path / "1"), split="valid")
-    [batch] = pipeline.eval_dataset(
-        spec, text.Tokenizer.from_assets(), global_batch_size=4, shard=grain.sharding.NoSharding()
+# The DirectRunner the issue names: 2 worker processes, each decoding its share of the clips.
+DIRECT_RUNNER = "runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing"
+# Beam's counters of each split: (examples, skipped), the clips that survive in tfds_data's docstring.
+BEAM_COUNTS = {
+    "clotho": {"development": (2, 1), "validation": (2, 2), "evaluation": (1, 1), "test": (2, 0)},
+    "audiocaps": {"train": (4, 0), "valid": (1, 1), "test": (2, 0)},
+    "audioset_small": {"train": (2, 0), "valid": (3, 1), "test": (2, 0)},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", tfds_data.BUILDERS)
+def test_beam_build_equals_local_build(builds, tmp_path, name):
+    """On Beam's DirectRunner (2 processes) each builder writes the local build's examples and skip report."""
+    pytest.importorskip("apache_beam", reason="the beam extra is not installed (pip install -e '.[beam]')")
+    local = builds[name].builder
+    beam_build = features.build(
+        name, manual_dir=builds[name].audiofolder, data_dir=tmp_path, beam_pipeline_options=DIRECT_RUNNER
     )
-    assert sorted(batch["file_name"][batch["mask"]]) == sorted(names[0] | names[1])
+    counts = {
+        split: (
+            beam_build.beam_counters.get(f"{split}/examples", 0),
+            beam_build.beam_counters.get(f"{split}/skipped", 0),
+        )
+        for split in beam_build.info.splits
+    }
+    assert counts == BEAM_COUNTS[name]
+    assert features.build_report(beam_build.data_path) == features.build_report(local.data_path)
+    for split in local.info.splits:
+        expected, actual = _examples(local, split), _examples(beam_build, split)
+        assert list(actual) == list(expected)  # same keys, in the same (key-hash) record order
+        for file_name, example in expected.items():
+            assert actual[file_name]["mel"].tobytes() == example["mel"].tobytes(), file_name
+            for key in ("num_frames", "file_name", "captions", "labels"):
+                np.testing.assert_array_equal(actual[file_name][key], example[key])
+    assert sorted(p.name for p in beam_build.data_path.iterdir()) == sorted(
+        p.name for p in local.data_path.iterdir()
+    )  # the side output files of skipped clips are gone
+
+
+def test_beam_loss_names_clips_neither_written_nor_skipped():
+    plan = features.SplitPlan(
+        num_rows=4,
+        clips=[features.Clip(i, f"{i}.wav", ["a caption"], []) for i in range(3)],
+        skipped=[features.Skip(3, "3.wav", "the metadata row has no caption")],
+    )
+    assert features.beam_loss("train", plan, num_written=2, num_skipped=1) is None
+    assert features.beam_loss("train", plan, num_written=1, num_skipped=1) == (
+        "split train sent 3 clips to the workers but 1 were written and 1 listed as skipped"
+    )
+
+
+def test_cli_refuses_beam_options_without_beam(tmp_path):
+    """Without apache-beam, TFDS would drop --beam_pipeline_options and build locally; the CLI stops instead."""
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['apache_beam'] = None  # as if not installed\n"
+        f"sys.argv = ['tfds_builders', 'build', 'tfds_builders/clotho', '--manual_dir={tmp_path}', "
+        f"'--data_dir={tmp_path}', '--beam_pipeline_options=runner=DirectRunner']\n"
+        "runpy.run_module('tfds_builders', run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == cli.EXIT_USER
+    assert result.stderr.strip().splitlines()[-1] == features.BEAM_MISSING
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):
@@ -211,7 +253,3 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         features.build("clotho", manual_dir=tmp_path / "not_prepared", data_dir=tmp_path / "data")
     with pytest.raises(ValueError, match="known builders: audiocaps, audioset_small, clotho"):
         features.load_builder_class("clothoo")
-    with pytest.raises(ValueError, match="INDEX/COUNT"):
-        features.parse_shard("3 of 16")
-    with pytest.raises(ValueError, match=r"shard index 16 must be in \[0, 16\)"):
-        features.parse_shard((16, 16))

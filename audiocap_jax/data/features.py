@@ -5,6 +5,11 @@ only says how a `metadata.jsonl` row turns into captions and labels. Everything 
 feature schema, the 80/128 mel-bin configs, parallel extraction with a progress bar, and the report of clips
 that could not be decoded (skipped, counted, logged by name and stored in the dataset's `metadata.json`).
 
+Builds run on a local process pool, or, given Beam pipeline options, as Apache Beam pipelines on any Beam
+runner (DirectRunner, Dataflow, Flink, Spark). Both engines decode with `extract_clip`, lay out records
+with `make_example` and report with `split_report`, so they write the same examples and the same report.
+Beam is imported lazily, only by Beam builds.
+
 This module imports no TensorFlow: with `file_format="array_record"` and only `Tensor`/`Scalar`/`Text`
 features, TFDS 4.9.10 both builds and reads (`tfds.data_source`) without it.
 
@@ -13,6 +18,7 @@ Shape legend: M mel bins (80 or 128), S frames (`audio.N_FRAMES` = 3000 for 30 s
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import inspect
@@ -20,7 +26,6 @@ import json
 import multiprocessing
 import os
 import pathlib
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -35,7 +40,6 @@ from audiocap_jax.data import prepare
 
 # Environment overrides, because `tfds build` passes no builder arguments.
 NUM_WORKERS_ENV = "AUDIOCAP_TFDS_NUM_WORKERS"
-SHARD_ENV = "AUDIOCAP_TFDS_SHARD"
 # Where the builder directories live (a checkout of this repository).
 BUILDERS_DIR = pathlib.Path(__file__).resolve().parents[2] / "tfds_builders"
 
@@ -110,21 +114,6 @@ def default_num_workers() -> int:
     return int(value)
 
 
-def parse_shard(value: str | Sequence[int] | None) -> tuple[int, int] | None:
-    """Shard spec "3/16" or (3, 16) -> (3, 16): build only the rows i with i % 16 == 3 (docs/pipeline.md)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
-        if not match:
-            raise ValueError(f"shard {value!r} must look like 'INDEX/COUNT', e.g. '3/16'.")
-        value = (int(match.group(1)), int(match.group(2)))
-    index, count = (int(v) for v in value)
-    if not 0 <= index < count:
-        raise ValueError(f"shard index {index} must be in [0, {count}) for {count} shards.")
-    return index, count
-
-
 @dataclasses.dataclass
 class MelConfig(tfds.core.BuilderConfig):
     """A builder config per Whisper filterbank: 80 bins (v1/v2 models) or 128 (large-v3)."""
@@ -177,12 +166,117 @@ def find_split_folders(manual_dir: pathlib.Path, splits: Sequence[str]) -> dict[
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """One metadata row to build. Small and picklable: a Beam build ships one per clip to its workers."""
+
+    index: int  # row number in metadata.jsonl; orders the skip report
+    file_name: str  # the AudioFolder file name, also the TFDS key
+    captions: list[str]
+    labels: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    """A clip left out of the build, and why."""
+
+    index: int  # row number in metadata.jsonl
+    file_name: str
+    reason: str
+
+
+@dataclasses.dataclass
+class SplitPlan:
+    """The rows of one split, read and checked on the machine that starts the build."""
+
+    num_rows: int
+    clips: list[Clip]  # rows to decode
+    skipped: list[Skip]  # rows skipped before decoding (no caption)
+
+
+def make_example(clip: Clip, clip_features: ClipFeatures) -> tuple[str, dict[str, Any]]:
+    """(key, example) of a decoded clip: the one record layout of the local and the Beam build."""
+    return clip.file_name, {
+        "mel": clip_features.mel,
+        "num_frames": clip_features.num_frames,
+        "file_name": clip.file_name,
+        "captions": clip.captions,
+        "labels": clip.labels,
+    }
+
+
+def split_report(plan: SplitPlan, skipped: Sequence[Skip]) -> dict[str, Any]:
+    """The `metadata.json` entry of a split: rows, skipped clips in row order, captions per built clip."""
+    skipped_names = {skip.file_name for skip in skipped}
+    caption_counts = collections.Counter(
+        len(clip.captions) for clip in plan.clips if clip.file_name not in skipped_names
+    )
+    return {
+        "num_rows": plan.num_rows,
+        "num_skipped": len(skipped),
+        "skipped": [
+            {"file_name": skip.file_name, "reason": skip.reason}
+            for skip in sorted(skipped, key=lambda skip: skip.index)
+        ],
+        "captions_per_clip": {str(count): caption_counts[count] for count in sorted(caption_counts)},
+    }
+
+
+BEAM_MISSING = (
+    "Beam pipeline options were given but apache-beam is not installed. Install it with "
+    "`pip install -e '.[beam]'` (README, 'Builds on Apache Beam') or build without Beam options."
+)
+# Beam: the tag of the skipped-clip side output and the namespace of the build's counters.
+SKIPPED_TAG = "skipped"
+BEAM_COUNTERS = "audiocap_tfds"
+# Side output files (JSON lines) in the dataset's directory while it is built; read and removed at the end.
+SKIPPED_FILES = "skipped-{split}"
+
+
+def beam_example_or_skip(clip: Clip, folder: str, n_mels: int, split: str) -> Iterator[Any]:
+    """Beam worker: yields the (key, example) of a clip, or its `Skip` on the `SKIPPED_TAG` side output.
+
+    Counts both in the `BEAM_COUNTERS` namespace (`<split>/examples`, `<split>/skipped`), which runners show
+    while the job runs (Dataflow's job page, Flink's web UI).
+    """
+    beam = tfds.core.lazy_imports.apache_beam
+    result = _extract_or_reason(os.path.join(folder, clip.file_name), n_mels)
+    if isinstance(result, str):
+        beam.metrics.Metrics.counter(BEAM_COUNTERS, f"{split}/skipped").inc()
+        logging.warning("%s: skipping %s: %s", split, clip.file_name, result)
+        yield beam.pvalue.TaggedOutput(SKIPPED_TAG, Skip(clip.index, clip.file_name, result))
+        return
+    beam.metrics.Metrics.counter(BEAM_COUNTERS, f"{split}/examples").inc()
+    yield make_example(clip, result)
+
+
+def beam_loss(split: str, plan: SplitPlan, num_written: int, num_skipped: int) -> str | None:
+    """Why a Beam build of a split lost clips, or None: every clip must be written or listed as skipped.
+
+    Checked against the records TFDS wrote and the side output's list rather than Beam's counters, which count
+    retried bundles twice on runners without committed metrics. It caught the DirectRunner in
+    multi_processing mode finishing without error with 5 of 8 shards written (2,000 clips, apache-beam 2.77).
+    """
+    if num_written + num_skipped == len(plan.clips):
+        return None
+    return (
+        f"split {split} sent {len(plan.clips)} clips to the workers but {num_written} were written and "
+        f"{num_skipped} listed as skipped"
+    )
+
+
 class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Turns prepared AudioFolders into log-mel records; subclasses map a metadata row to captions/labels.
 
     Every dataset gets the same features, so the input pipeline treats all three alike:
       mel `[M, S] float16`, num_frames `int32`, file_name `Text`, captions `Sequence(Text)` (all references;
       AudioSet: the one keyword caption), labels `Sequence(Text)` (AudioSet label ids, else empty).
+
+    Two engines make the same records and the same skip report. When the build is given Beam options or a
+    Beam runner (`--beam_pipeline_options=...`), each split is an Apache Beam pipeline
+    (`beam.Create(clips) | beam.FlatMap(beam_example_or_skip)`) that runs wherever the runner does
+    (DirectRunner processes, Dataflow, Flink, Spark). Otherwise the clips are decoded here, on a local
+    process pool, without Beam.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -194,12 +288,17 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     HOMEPAGE = ""
     CITATION = ""
 
-    def __init__(self, *, num_workers: int | None = None, shard: str | Sequence[int] | None = None, **kwargs):
-        """`num_workers` and `shard` default to $AUDIOCAP_TFDS_NUM_WORKERS / $AUDIOCAP_TFDS_SHARD (for the CLI)."""
+    def __init__(self, *, num_workers: int | None = None, **kwargs):
+        """`num_workers` (local builds only) defaults to $AUDIOCAP_TFDS_NUM_WORKERS, for the CLI."""
         kwargs.setdefault("file_format", "array_record")  # Readable without TensorFlow.
         super().__init__(**kwargs)
         self._num_workers = default_num_workers() if num_workers is None else num_workers
-        self._shard = parse_shard(os.environ.get(SHARD_ENV) if shard is None else shard)
+        self._use_beam = False
+        self._beam_splits: dict[str, SplitPlan] = {}
+        self._beam_skipped: dict[str, int] = {}  # split -> clips on its skipped side output
+        # Totals of the last Beam build's counters ("<split>/examples", "<split>/skipped"); empty after a
+        # local build. The metadata's report is made from the skipped-clip side output, not from these.
+        self.beam_counters: dict[str, int] = {}
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -236,17 +335,31 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             metadata=tfds.core.MetadataDict(),
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+    def _download_and_prepare(
+        self, dl_manager: tfds.download.DownloadManager, download_config: tfds.download.DownloadConfig
+    ) -> None:
+        """Picks the engine: Beam when the build was given a Beam runner or options, else the local pool."""
+        self._use_beam = download_config.beam_runner is not None or download_config.beam_options is not None
+        self._beam_splits, self._beam_skipped, self.beam_counters = {}, {}, {}
+        super()._download_and_prepare(dl_manager, download_config)
+        # Raising here leaves nothing behind: TFDS deletes the unfinished dataset directory.
+        losses = []
+        for split, plan in self._beam_splits.items():
+            written = self.info.splits[split].num_examples
+            if loss := beam_loss(split, plan, written, self._beam_skipped[split]):
+                losses.append(loss)
+        if losses:
+            raise RuntimeError(
+                f"{self.name}/{self.builder_config.name}: {'; '.join(losses)}. The runner lost records, so "
+                f"the dataset was not written. Build again; on one machine, drop --beam_pipeline_options (local "
+                f"build) or use direct_running_mode=in_memory. Beam counters: {self.beam_counters}."
+            )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         manual_dir = pathlib.Path(dl_manager.manual_dir)
         self._prepare_source(manual_dir)
         folders = find_split_folders(manual_dir, self.SPLITS)
-        self.info.metadata.update(
-            {
-                "source": os.fspath(manual_dir),
-                "shard": list(self._shard) if self._shard else None,
-                "splits": {},
-            }
-        )
+        self.info.metadata.update({"source": os.fspath(manual_dir), "splits": {}})
         return {split: self._generate_examples(split, folder) for split, folder in folders.items()}
 
     def _prepare_source(self, manual_dir: pathlib.Path) -> None:
@@ -256,54 +369,109 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         """Hook: (captions, labels) of one metadata row."""
         return row_captions(row), []
 
-    def _generate_examples(self, split: str, folder: pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _plan_split(self, folder: pathlib.Path) -> SplitPlan:
+        """Reads a split's rows; a row without captions in a captioned split is skipped before decoding."""
         rows = read_split_rows(folder)
-        if self._shard:
-            index, count = self._shard
-            rows = rows[index::count]
         texts = [self._row_texts(row) for row in rows]
         expects_captions = any(captions for captions, _ in texts)
-        skipped: list[dict[str, str]] = []
-        caption_counts: dict[str, int] = {}
-        keep = []
-        for row, (captions, labels) in zip(rows, texts, strict=True):
+        plan = SplitPlan(num_rows=len(rows), clips=[], skipped=[])
+        for index, (row, (captions, labels)) in enumerate(zip(rows, texts, strict=True)):
             if expects_captions and not captions:
-                skipped.append({"file_name": row["file_name"], "reason": "the metadata row has no caption"})
+                plan.skipped.append(Skip(index, row["file_name"], "the metadata row has no caption"))
             else:
-                keep.append((row["file_name"], captions, labels))
-        paths = [os.fspath(folder / file_name) for file_name, _, _ in keep]
+                plan.clips.append(Clip(index, row["file_name"], captions, labels))
+        return plan
+
+    def _generate_examples(self, split: str, folder: pathlib.Path) -> Any:
+        """The split's examples: a Beam PTransform when building on Beam, else a generator (local pool)."""
+        plan = self._plan_split(folder)
+        if self._use_beam:
+            return self._beam_examples(split, folder, plan)
+        return self._local_examples(split, folder, plan)
+
+    def _local_examples(
+        self, split: str, folder: pathlib.Path, plan: SplitPlan
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        paths = [os.fspath(folder / clip.file_name) for clip in plan.clips]
         description = f"{self.name}/{self.builder_config.name} {split}"
         results = extract_many(paths, self.builder_config.n_mels, self._num_workers, description)
-        for (file_name, captions, labels), result in zip(keep, results, strict=True):
+        skipped = list(plan.skipped)
+        for clip, result in zip(plan.clips, results, strict=True):
             if isinstance(result, str):
-                skipped.append({"file_name": file_name, "reason": result})
-                logging.warning("%s %s: skipping %s: %s", self.name, split, file_name, result)
+                skipped.append(Skip(clip.index, clip.file_name, result))
+                logging.warning("%s %s: skipping %s: %s", self.name, split, clip.file_name, result)
                 continue
-            caption_counts[str(len(captions))] = caption_counts.get(str(len(captions)), 0) + 1
-            yield (
-                file_name,
-                {
-                    "mel": result.mel,
-                    "num_frames": result.num_frames,
-                    "file_name": file_name,
-                    "captions": captions,
-                    "labels": labels,
-                },
+            yield make_example(clip, result)
+        self._record_split(split, plan, skipped)
+
+    def _beam_examples(self, split: str, folder: pathlib.Path, plan: SplitPlan) -> Any:
+        """`beam.Create(clips) | FlatMap(beam_example_or_skip)`; skipped clips go to a side output file."""
+        beam = tfds.core.lazy_imports.apache_beam
+        self._beam_splits[split] = plan
+        # The dataset directory being written (TFDS points data_path at its temporary copy meanwhile).
+        skipped_prefix = os.fspath(self.data_path / SKIPPED_FILES.format(split=split))
+        extract = beam.FlatMap(
+            beam_example_or_skip, folder=os.fspath(folder), n_mels=self.builder_config.n_mels, split=split
+        )
+
+        @beam.ptransform_fn
+        def examples(pipeline):
+            outputs = (
+                pipeline
+                | "Clips" >> beam.Create(plan.clips)
+                | "LogMel" >> extract.with_outputs(SKIPPED_TAG, main="examples")
             )
-        self.info.metadata["splits"][split] = {
-            "num_rows": len(rows),
-            "num_skipped": len(skipped),
-            "skipped": skipped,
-            "captions_per_clip": dict(sorted(caption_counts.items(), key=lambda item: int(item[0]))),
+            _ = (
+                outputs[SKIPPED_TAG]
+                | "SkipToJson" >> beam.Map(lambda skip: json.dumps(dataclasses.asdict(skip)))
+                | "WriteSkipped" >> beam.io.WriteToText(skipped_prefix, file_name_suffix=".jsonl")
+            )
+            return outputs.examples
+
+        return examples()
+
+    def _process_pipeline_result(self, pipeline_result: Any) -> None:
+        """After the Beam pipeline: the skip reports from the side output files, and the counters' totals."""
+        beam = tfds.core.lazy_imports.apache_beam
+        file_systems = beam.io.filesystems.FileSystems
+        counters = pipeline_result.metrics().query(
+            beam.metrics.MetricsFilter().with_namespace(BEAM_COUNTERS)
+        )["counters"]
+        # Committed values count each clip once even when a runner retried a bundle; not every runner has them.
+        self.beam_counters = {
+            counter.key.metric.name: counter.committed if counter.committed is not None else counter.attempted
+            for counter in counters
         }
+        for split, plan in self._beam_splits.items():
+            pattern = os.fspath(self.data_path / SKIPPED_FILES.format(split=split)) + "*"
+            files = [metadata.path for metadata in file_systems.match([pattern])[0].metadata_list]
+            skipped = []
+            for path in files:
+                with file_systems.open(path) as lines:
+                    skipped.extend(Skip(**json.loads(line)) for line in lines.read().decode().splitlines())
+            file_systems.delete(files)
+            self._beam_skipped[split] = len(skipped)
+            logging.info(
+                "%s %s: Beam counters: %s examples, %s skipped",
+                self.name,
+                split,
+                self.beam_counters.get(f"{split}/examples", 0),
+                self.beam_counters.get(f"{split}/skipped", 0),
+            )
+            self._record_split(split, plan, [*plan.skipped, *skipped])
+
+    def _record_split(self, split: str, plan: SplitPlan, skipped: Sequence[Skip]) -> None:
+        """Stores the split's report in the dataset's metadata and warns once about what was skipped."""
+        report = split_report(plan, skipped)
+        self.info.metadata["splits"][split] = report
         if skipped:
             logging.warning(
                 "%s %s: skipped %d of %d clips (listed in the dataset's metadata.json): %s",
                 self.name,
                 split,
-                len(skipped),
-                len(rows),
-                ", ".join(s["file_name"] for s in skipped),
+                report["num_skipped"],
+                plan.num_rows,
+                ", ".join(s["file_name"] for s in report["skipped"]),
             )
 
 
@@ -330,20 +498,31 @@ def build(
     data_dir: str | os.PathLike,
     config: str = "mel80",
     num_workers: int | None = None,
-    shard: str | Sequence[int] | None = None,
+    beam_pipeline_options: str | None = None,
 ) -> tfds.core.DatasetBuilder:
-    """Python equivalent of `tfds build tfds_builders/<name> --config=<config> --manual_dir --data_dir`."""
+    """Python equivalent of `tfds build tfds_builders/<name> --config --manual_dir --data_dir`.
+
+    `beam_pipeline_options` takes the CLI's `--beam_pipeline_options` string (comma-separated Beam flags
+    without dashes, e.g. "runner=DirectRunner,direct_num_workers=2") and builds on Beam; without it the build
+    runs locally on `num_workers` processes.
+    """
+    download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+    if beam_pipeline_options is not None:
+        download_config.beam_options = beam_options(beam_pipeline_options)
     builder = load_builder_class(name)(
-        config=config,
-        data_dir=os.fspath(data_dir),
-        file_format="array_record",
-        num_workers=num_workers,
-        shard=shard,
+        config=config, data_dir=os.fspath(data_dir), file_format="array_record", num_workers=num_workers
     )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
-    )
+    builder.download_and_prepare(download_config=download_config)
     return builder
+
+
+def beam_options(flags: str) -> Any:
+    """`PipelineOptions` from the CLI's comma-separated form, "runner=DirectRunner,direct_num_workers=2"."""
+    try:
+        import apache_beam as beam
+    except ImportError as error:
+        raise ImportError(BEAM_MISSING) from error
+    return beam.options.pipeline_options.PipelineOptions(flags=[f"--{flag}" for flag in flags.split(",")])
 
 
 def build_report(dataset_dir: str | os.PathLike) -> dict[str, Any]:

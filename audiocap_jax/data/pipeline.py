@@ -52,7 +52,7 @@ class DatasetSpec:
 
     Attributes:
       name: dataset name; picks the defaults below ("clotho", "audiocaps", "audioset").
-      data_dir: TFDS data_dir of the build, or several data_dirs of a sharded build (concatenated).
+      data_dir: TFDS data_dir of the build.
       weight: mixing weight; only ratios matter (12:3:1 = 0.75:0.1875:0.0625).
       split: TFDS split; default TRAIN_SPLITS / EVAL_SPLITS[name].
       config: builder config, "mel80" or "mel128".
@@ -65,7 +65,7 @@ class DatasetSpec:
     """
 
     name: str
-    data_dir: str | os.PathLike | tuple[str | os.PathLike, ...]
+    data_dir: str | os.PathLike
     weight: float = 1.0
     split: str | None = None
     config: str = "mel80"
@@ -183,39 +183,32 @@ def augment(example: dict[str, Any], rng: np.random.Generator, config: AugmentCo
 
 @dataclasses.dataclass(frozen=True)
 class _Source:
-    """The records of one split (several shard builds concatenated) and its caption statistics."""
+    """The records of one split and its caption statistics."""
 
     records: grain.MapDataset  # of dicts: mel [M, S] float16, num_frames, file_name, captions, labels
     max_captions: int  # R: the most captions any clip of the split has
 
 
 def _open(spec: DatasetSpec, split: str) -> _Source:
-    data_dirs = spec.data_dir if isinstance(spec.data_dir, tuple) else (spec.data_dir,)
     name = f"{spec.builder_name}/{spec.config}"
-    parts, max_captions = [], 0
-    for data_dir in data_dirs:
-        try:
-            builder = tfds.builder(name, data_dir=os.path.expanduser(os.fspath(data_dir)))
-        except tfds.core.DatasetNotFoundError as error:
-            raise FileNotFoundError(
-                f"No TFDS dataset {name} in {data_dir}. Build it with `python -m tfds_builders build "
-                f"tfds_builders/{spec.builder_name} --config={spec.config} --manual_dir=AUDIOFOLDER "
-                f"--data_dir={data_dir}` (docs/pipeline.md)."
-            ) from error
-        base_split = split.split("[")[0]
-        if base_split not in builder.info.splits:
-            raise ValueError(
-                f"{name} in {data_dir} has no split {base_split!r}; it has {', '.join(builder.info.splits)}."
-            )
-        counts = (
-            (builder.info.metadata or {}).get("splits", {}).get(base_split, {}).get("captions_per_clip", {})
+    try:
+        builder = tfds.builder(name, data_dir=os.path.expanduser(os.fspath(spec.data_dir)))
+    except tfds.core.DatasetNotFoundError as error:
+        raise FileNotFoundError(
+            f"No TFDS dataset {name} in {spec.data_dir}. Build it with `python -m tfds_builders build "
+            f"tfds_builders/{spec.builder_name} --config={spec.config} --manual_dir=AUDIOFOLDER "
+            f"--data_dir={spec.data_dir}` (docs/pipeline.md)."
+        ) from error
+    base_split = split.split("[")[0]
+    if base_split not in builder.info.splits:
+        raise ValueError(
+            f"{name} in {spec.data_dir} has no split {base_split!r}; it has {', '.join(builder.info.splits)}."
         )
-        max_captions = max([max_captions, *(int(k) for k in counts)])
-        parts.append(grain.MapDataset.source(builder.as_data_source(split=split)))
-    records = parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
+    counts = (builder.info.metadata or {}).get("splits", {}).get(base_split, {}).get("captions_per_clip", {})
+    records = grain.MapDataset.source(builder.as_data_source(split=split))
     if spec.max_clips:
         records = records[: spec.max_clips]
-    return _Source(records=records, max_captions=max_captions)
+    return _Source(records=records, max_captions=max((int(k) for k in counts), default=0))
 
 
 def _decode(value: bytes | str) -> str:
