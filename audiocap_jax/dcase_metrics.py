@@ -43,7 +43,9 @@ SBERT_MODEL = "paraphrase-TinyBERT-L6-v2"
 SBERT_REPO = "sentence-transformers/paraphrase-TinyBERT-L6-v2"
 ECHECKER = "echecker_clotho_audiocaps_base"
 ECHECKER_FILE = f"{ECHECKER}.ckpt"
-ECHECKER_URL = "https://github.com/blmoistawinde/fense/releases/download/V0.1/echecker_clotho_audiocaps_base.ckpt"
+ECHECKER_URL = (
+    "https://github.com/blmoistawinde/fense/releases/download/V0.1/echecker_clotho_audiocaps_base.ckpt"
+)
 # The hash aac-metrics 0.5.5 checks for the same release file.
 ECHECKER_SHA256 = "1a719f090af70614bbdb9f9437530b7e133c48cfa4a58d964de0d47fc974a2fa"
 ERROR_THRESHOLD = 0.9  # a candidate is disfluent when P(error) exceeds this
@@ -209,7 +211,9 @@ def fluency_errors(probabilities: np.ndarray, threshold: float = ERROR_THRESHOLD
     return (np.asarray(probabilities) > threshold).astype(np.float64)
 
 
-def fluency_penalized(scores: Sequence[float], errors: Sequence[float], penalty: float = PENALTY) -> np.ndarray:
+def fluency_penalized(
+    scores: Sequence[float], errors: Sequence[float], penalty: float = PENALTY
+) -> np.ndarray:
     """score * (1 - penalty * error) per clip: FENSE from SBERT-sim, SPIDEr-FL from SPIDEr. [B] float64"""
     return np.asarray(scores, dtype=np.float64) * (1.0 - penalty * np.asarray(errors, dtype=np.float64))
 

@@ -23,10 +23,47 @@ import numpy as np
 ECHECKER_MODEL_TYPE = "tiny-bert-uncased"
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Whole words seen in the test captions, then single letters and `##` letters so any word still tokenises.
-_WORDS = (
-    "a the and is are in on of at while with dog dogs bark barks barking rain falls roof water birds bird "
-    "chirp chirping sing people talk car engine man woman speaks loudly quietly door wind blows music plays"
-).split()
+_WORDS = [
+    "a",
+    "the",
+    "and",
+    "is",
+    "are",
+    "in",
+    "on",
+    "of",
+    "at",
+    "while",
+    "with",
+    "dog",
+    "dogs",
+    "bark",
+    "barks",
+    "barking",
+    "rain",
+    "falls",
+    "roof",
+    "water",
+    "birds",
+    "bird",
+    "chirp",
+    "chirping",
+    "sing",
+    "people",
+    "talk",
+    "car",
+    "engine",
+    "man",
+    "woman",
+    "speaks",
+    "loudly",
+    "quietly",
+    "door",
+    "wind",
+    "blows",
+    "music",
+    "plays",
+]
 _VOCAB = _SPECIALS + _WORDS + list(string.ascii_lowercase) + [f"##{c}" for c in string.ascii_lowercase]
 _ARCH = dict(
     hidden_size=32,
@@ -110,7 +147,9 @@ def make_tiny_metric_models(root: str | Path) -> Path:
         rng.normal(0.0, 1.0, size=(NUM_ERROR_CLASSES, _ARCH["hidden_size"])).astype(np.float32)
     )
     # The last class is "error"; its bias puts P(error) around the 0.9 threshold so both sides occur.
-    state_dict["clf.bias"] = torch.from_numpy(np.array([2.0] * (NUM_ERROR_CLASSES - 1) + [7.5], dtype=np.float32))
+    state_dict["clf.bias"] = torch.from_numpy(
+        np.array([2.0] * (NUM_ERROR_CLASSES - 1) + [7.5], dtype=np.float32)
+    )
     torch.save(
         {"model_type": ECHECKER_MODEL_TYPE, "num_classes": NUM_ERROR_CLASSES, "state_dict": state_dict},
         root / "echecker_clotho_audiocaps_base.ckpt",
