@@ -348,6 +348,18 @@ def read_predictions_csv(path: str | Path) -> dict[str, str]:
     return _deduplicate([(r[name_column], r[caption_column]) for r in rows], path, "prediction")
 
 
+def read_candidates_csv(path: str | Path) -> dict[str, list[str]]:
+    """Reads `file_name,caption_predicted` where a clip may have several rows: its N-best list, best first
+    (file order). With one row per clip this is `read_predictions_csv` with lists of one."""
+    path = Path(path)
+    _, rows = _read_csv_rows(path, PREDICTION_COLUMNS)
+    name_column, caption_column = PREDICTION_COLUMNS
+    candidates: dict[str, list[str]] = {}
+    for row in rows:
+        candidates.setdefault(row[name_column], []).append(row[caption_column])
+    return candidates
+
+
 def write_predictions_csv(path: str | Path, predictions: Mapping[str, str]) -> None:
     """Writes `file_name,caption_predicted`, quoting captions with commas, quotes or newlines."""
     with Path(path).open("w", newline="", encoding="utf-8") as f:
