@@ -148,10 +148,67 @@ def make_tiny_metric_models(root: str | Path) -> Path:
     )
     # The last class is "error"; its bias puts P(error) around the 0.9 threshold so both sides occur.
     state_dict["clf.bias"] = torch.from_numpy(
-        np.array([2.0] * (NUM_ERROR_CLASSES - 1) + [7.5], dtype=np.float32)
+        np.array([2.0] * (NUM_ERROR_CLASSES - 1) + [8.0], dtype=np.float32)
     )
     torch.save(
         {"model_type": ECHECKER_MODEL_TYPE, "num_classes": NUM_ERROR_CLASSES, "state_dict": state_dict},
         root / "echecker_clotho_audiocaps_base.ckpt",
     )
     return root
+
+
+# The inputs tests/test_dcase_metrics.py and scripts/crosscheck_aac_metrics.sh score with both implementations:
+# case, punctuation (removed by the PTB step), repeated words (what the error detector looks for), 1-5 references.
+CROSSCHECK_REFERENCES = {
+    "birds.wav": ["Birds chirp and sing in the morning.", "Several birds are chirping; wind blows."],
+    "car.wav": ["A car engine runs while a man speaks.", "An engine idles.", "A man talks near a car."],
+    "dog.wav": ["A dog is barking loudly.", "Dogs bark at the door!", "A dog barks while people talk."],
+    "music.wav": ["Music plays and people talk.", "People talk while music plays quietly."],
+    "rain.wav": ["Rain falls on the roof.", "Water falls; rain patters on a roof.", "Heavy rain.", "Rain.", "Wind."],
+    "wind.wav": ["The wind blows."],
+}
+CROSSCHECK_PREDICTIONS = {
+    "birds.wav": "Birds are chirping in the morning.",
+    "car.wav": "a car car engine engine runs runs",
+    "dog.wav": "A dog barks, and a dog barks!",
+    "music.wav": "People talk while music plays.",
+    "rain.wav": "Rain falls on a roof roof.",
+    "wind.wav": "wind wind",
+}
+# Stand-in per-clip SPICE (SPICE cannot run offline), sorted file-name order; SPIDEr-FL is checked on
+# SPIDEr = (CIDEr-D + these) / 2 on both sides.
+CROSSCHECK_SPICE = (0.25, 0.05, 0.2, 0.3, 0.15, 0.1)
+
+CROSSCHECK_KEYS = ("sbert_sim", "fer", "fense", "vocab", "cider_d", "spider_fl")
+
+
+def crosscheck_ours(model_root: str | Path) -> dict[str, dict]:
+    """Our side of the aac-metrics cross-check: `metrics.score(preset="dcase2024")` on the CROSSCHECK inputs
+    with the stand-ins in `model_root`, plus SPIDEr-FL from CROSSCHECK_SPICE. {"corpus": {...}, "per_clip":
+    {metric: [B]}} for CROSSCHECK_KEYS (Vocab has no per-clip list)."""
+    from audiocap_jax import dcase_metrics, metrics
+
+    scores = metrics.score(
+        CROSSCHECK_PREDICTIONS, CROSSCHECK_REFERENCES, preset="dcase2024", spice=False, model_dir=model_root
+    )
+    names = sorted(CROSSCHECK_REFERENCES)
+    per_clip = {k: [scores.per_clip[n][k] for n in names] for k in ("sbert_sim", "fer", "fense", "cider_d")}
+    spider = (np.array(per_clip["cider_d"]) + np.array(CROSSCHECK_SPICE)) / 2
+    per_clip["spider_fl"] = dcase_metrics.fluency_penalized(spider, per_clip["fer"]).tolist()
+    corpus = {k: scores.corpus[k] for k in ("sbert_sim", "fer", "fense", "vocab", "cider_d")}
+    corpus["spider_fl"] = float(np.mean(per_clip["spider_fl"]))
+    return {"corpus": corpus, "per_clip": per_clip}
+
+
+def write_crosscheck(work_dir: str | Path) -> None:
+    """Writes the stand-in models, the inputs (inputs.json) and our numbers (ours.json) into `work_dir`."""
+    work_dir = Path(work_dir)
+    make_tiny_metric_models(work_dir / "models")
+    names = sorted(CROSSCHECK_REFERENCES)
+    inputs = {
+        "candidates": [CROSSCHECK_PREDICTIONS[n] for n in names],
+        "references": [CROSSCHECK_REFERENCES[n] for n in names],
+        "spice": list(CROSSCHECK_SPICE),
+    }
+    (work_dir / "inputs.json").write_text(json.dumps(inputs, indent=1))
+    (work_dir / "ours.json").write_text(json.dumps(crosscheck_ours(work_dir / "models"), indent=1))
