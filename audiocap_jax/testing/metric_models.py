@@ -164,7 +164,13 @@ CROSSCHECK_REFERENCES = {
     "car.wav": ["A car engine runs while a man speaks.", "An engine idles.", "A man talks near a car."],
     "dog.wav": ["A dog is barking loudly.", "Dogs bark at the door!", "A dog barks while people talk."],
     "music.wav": ["Music plays and people talk.", "People talk while music plays quietly."],
-    "rain.wav": ["Rain falls on the roof.", "Water falls; rain patters on a roof.", "Heavy rain.", "Rain.", "Wind."],
+    "rain.wav": [
+        "Rain falls on the roof.",
+        "Water falls; rain patters on a roof.",
+        "Heavy rain.",
+        "Rain.",
+        "Wind.",
+    ],
     "wind.wav": ["The wind blows."],
 }
 CROSSCHECK_PREDICTIONS = {
