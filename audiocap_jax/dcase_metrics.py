@@ -126,6 +126,7 @@ def _load_models_cached(model_dir: Path) -> MetricModels:
     import transformers
     from sentence_transformers import SentenceTransformer
 
+    transformers.utils.logging.disable_progress_bar()  # quiet by default: no per-load weight bars
     checkpoint = torch.load(model_dir / ECHECKER_FILE, map_location="cpu", weights_only=True)
     model_type = checkpoint["model_type"]
     encoder_dir = Path(model_type) if Path(model_type).is_absolute() else model_dir / model_type

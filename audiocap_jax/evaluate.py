@@ -14,8 +14,8 @@
 Presets (--metrics): coco (today's set), dcase2023 (+ SPIDEr-FL, FER), dcase2024 (FENSE first, + SBERT-sim, FER,
 SPIDEr-FL, Vocab). Several rows per clip in the predictions CSV are an N-best list: the first row is scored,
 and SPIDEr-max is added. Prints a table and writes a JSON file (corpus scores, intervals, unavailable metrics
-with the fix, warnings, per-clip scores incl. CIDEr-D). `audioset > keywords` outputs also get keyword precision/recall/F1 (`--keywords`, on by
-default for a keywords prefix).
+with the fix, warnings, per-clip scores incl. CIDEr-D). `audioset > keywords` outputs also get keyword
+precision/recall/F1 (`--keywords`, on by default for a keywords prefix).
 """
 
 from __future__ import annotations

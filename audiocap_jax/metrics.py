@@ -81,6 +81,7 @@ _MEAN_OF_CLIPS = frozenset(
     {"rouge_l", "cider_d", "spice", "spider", "spider_fl", "fense", "sbert_sim", "fer", "spider_max"}
 )
 _NEEDS_MODELS = frozenset({"fense", "sbert_sim", "fer", "spider_fl"})
+_SPICE_OFF = "SPICE is off; fix: --spice=auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -730,6 +731,8 @@ def score(
     Costs: two JVM starts (~1 s PTB, ~5 s METEOR), SPICE when on, the two small BERTs for FENSE-family metrics.
     """
     metric_preset = get_preset(preset)
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap={bootstrap}; give a number of resamples >= 0 (1000 is usual), 0 = none")
     spice_state = _resolve_spice(spice, spice_dir)
     aligned = align(predictions, references, allow_missing=allow_missing, allow_extra=allow_extra)
     names = aligned.file_names
@@ -758,8 +761,6 @@ def score(
         warn(
             f"{len(punctuation_only)} predictions are only punctuation (scored as empty): {_names(punctuation_only)}"
         )
-    if bootstrap < 0:
-        raise ValueError(f"bootstrap={bootstrap}; give a number of resamples >= 0 (1000 is usual), 0 = none")
     resamples = np.random.default_rng(seed).integers(0, len(names), size=(bootstrap, len(names)))
 
     corpus: dict[str, float | None] = {}
@@ -816,45 +817,21 @@ def score(
             per_clip_by_metric["spider_max"] = _spider_max(gts, candidate_tokens, candidate_spice)
             corpus["spider_max"] = float(np.mean(per_clip_by_metric["spider_max"]))
         else:
-            unavailable["spider_max"] = "SPIDEr-max needs SPICE; " + unavailable.get(
-                "spice", "SPICE is off (--spice)"
-            )
+            unavailable["spider_max"] = "SPIDEr-max needs SPICE; " + unavailable.get("spice", _SPICE_OFF)
 
     wanted = [m for m in metric_preset.metrics if m in _NEEDS_MODELS]
     if wanted:
-        reason = dcase_metrics.unavailable_reason(model_dir)
-        if reason is None:
-            try:
-                models = dcase_metrics.load_models(model_dir)
-                candidates_text = [res[n][0] for n in names]
-                errors = dcase_metrics.fluency_errors(
-                    dcase_metrics.error_probabilities(models, candidates_text)
-                )
-                per_clip_by_metric["fer"] = errors
-                per_clip_by_metric["sbert_sim"] = dcase_metrics.sbert_similarity(
-                    models, candidates_text, [gts[n] for n in names]
-                )
-                per_clip_by_metric["fense"] = dcase_metrics.fluency_penalized(
-                    per_clip_by_metric["sbert_sim"], errors
-                )
-                if "spider" in per_clip_by_metric:
-                    per_clip_by_metric["spider_fl"] = dcase_metrics.fluency_penalized(
-                        per_clip_by_metric["spider"], errors
-                    )
-            except (OSError, ValueError, RuntimeError, KeyError) as e:
-                logging.error("metrics: the FENSE models failed, reporting them as unavailable: %s", e)
-                reason = (
-                    f"{str(e).splitlines()[0]} (full error in the log); fix: {dcase_metrics.DOWNLOAD_COMMAND}"
-                )
+        fluency, reason = _fluency_per_clip(
+            model_dir, [res[n][0] for n in names], [gts[n] for n in names], per_clip_by_metric.get("spider")
+        )
+        per_clip_by_metric.update(fluency)
         for metric in wanted:
             if metric in per_clip_by_metric:
                 corpus[metric] = float(np.mean(per_clip_by_metric[metric]))
             else:
                 corpus[metric] = None
                 if metric == "spider_fl" and reason is None:
-                    unavailable[metric] = "SPIDEr-FL needs SPICE; " + unavailable.get(
-                        "spice", "SPICE is off (--spice)"
-                    )
+                    unavailable[metric] = "SPIDEr-FL needs SPICE; " + unavailable.get("spice", _SPICE_OFF)
                 else:
                     unavailable[metric] = f"{METRIC_NAMES[metric]} unavailable: {reason}"
     if "vocab" in metric_preset.metrics:
@@ -882,6 +859,34 @@ def score(
             intervals[metric] = _percentile_interval(values)
     per_clip = {n: {m: float(v[i]) for m, v in per_clip_by_metric.items()} for i, n in enumerate(names)}
     return CaptionScores(corpus, per_clip, unavailable, warnings, intervals)
+
+
+def _fluency_per_clip(
+    model_dir: str | Path | None,
+    candidates: Sequence[str],
+    references: Sequence[Sequence[str]],
+    spider: np.ndarray | None,
+) -> tuple[dict[str, np.ndarray], str | None]:
+    """Per-clip FER, SBERT-sim, FENSE and (with SPIDEr) SPIDEr-FL, or ({}, why not) when the models are
+    missing or fail to load; the reason ends with the command that fixes it."""
+    reason = dcase_metrics.unavailable_reason(model_dir)
+    if reason is not None:
+        return {}, reason
+    try:
+        models = dcase_metrics.load_models(model_dir)
+        errors = dcase_metrics.fluency_errors(dcase_metrics.error_probabilities(models, candidates))
+        similarity = dcase_metrics.sbert_similarity(models, candidates, references)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        logging.error("metrics: the FENSE models failed, reporting them as unavailable: %s", e)
+        return {}, f"{str(e).splitlines()[0]} (full error in the log); fix: {dcase_metrics.DOWNLOAD_COMMAND}"
+    per_clip = {
+        "fer": errors,
+        "sbert_sim": similarity,
+        "fense": dcase_metrics.fluency_penalized(similarity, errors),
+    }
+    if spider is not None:
+        per_clip["spider_fl"] = dcase_metrics.fluency_penalized(spider, errors)
+    return per_clip, None
 
 
 def _candidate_lists(candidates: Mapping[str, Sequence[str]], aligned: Alignment) -> dict[str, list[str]]:

@@ -97,6 +97,7 @@ def _save_bert_dir(model, directory: Path) -> None:
     """config.json + model.safetensors + tokenizer files, loadable by transformers 4.x and 5.x."""
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(directory)
     tokenizer = transformers.BertTokenizer(vocab={token: i for i, token in enumerate(_VOCAB)})
     tokenizer.save_pretrained(directory)
