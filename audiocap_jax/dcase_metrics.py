@@ -55,7 +55,9 @@ INSTALL_COMMAND = "pip install -e '.[dcase]'"
 _BATCH_SIZE = 32  # aac-metrics' batch size, for both models
 _ECHECKER_MAX_LENGTH = 64  # the detector pads/truncates every candidate to 64 tokens
 # Only what SentenceTransformer and a BERT tokenizer read; the hub repos also hold TF/ONNX/OpenVINO copies.
-_HUB_PATTERNS = ("*.json", "*.txt", "*.safetensors", "1_Pooling/*")
+# The detector's BERT needs no weights from the hub: its checkpoint holds them all.
+_CONFIG_PATTERNS = ("*.json", "*.txt")
+_SBERT_PATTERNS = (*_CONFIG_PATTERNS, "*.safetensors")
 _CHECKSUMS = "SHA256SUMS"
 
 
@@ -242,12 +244,12 @@ def check_sha256(path: Path, expected: str) -> None:
         )
 
 
-def _download_hub_repo(repo_id: str, target: Path) -> dict[str, str]:
+def _download_hub_repo(repo_id: str, target: Path, patterns: Sequence[str]) -> dict[str, str]:
     """Snapshot of `repo_id` (config, tokenizer, safetensors) into `target`; checks each weight file's SHA-256
     against the hash the hub publishes for it. Returns {relative path: sha256}."""
     from huggingface_hub import HfApi, snapshot_download
 
-    snapshot_download(repo_id, local_dir=target, allow_patterns=list(_HUB_PATTERNS))
+    snapshot_download(repo_id, local_dir=target, allow_patterns=list(patterns))
     published = {
         s.rfilename: s.lfs.sha256
         for s in HfApi().model_info(repo_id, files_metadata=True).siblings or []
@@ -276,13 +278,17 @@ def download_models(model_dir: str | Path | None = None) -> Path:
         check_sha256(scratch / ECHECKER_FILE, ECHECKER_SHA256)
         model_type = torch.load(scratch / ECHECKER_FILE, map_location="cpu", weights_only=True)["model_type"]
         hashes = {ECHECKER_FILE: ECHECKER_SHA256}
-        for repo_id, name in ((model_type, model_type), (SBERT_REPO, SBERT_MODEL)):
+        for repo_id, name, patterns in (
+            (model_type, model_type, _CONFIG_PATTERNS),
+            (SBERT_REPO, SBERT_MODEL, _SBERT_PATTERNS),
+        ):
             logging.info("downloading %s from the Hugging Face hub", repo_id)
-            repo_hashes = _download_hub_repo(repo_id, scratch / name)
+            repo_hashes = _download_hub_repo(repo_id, scratch / name, patterns)
             hashes.update({f"{name}/{k}": v for k, v in repo_hashes.items()})
         for name in (ECHECKER_FILE, model_type, SBERT_MODEL):
             shutil.rmtree(model_dir / name, ignore_errors=True)
             (model_dir / name).unlink(missing_ok=True)
+            (model_dir / name).parent.mkdir(parents=True, exist_ok=True)  # hub ids may hold a "/"
             (scratch / name).rename(model_dir / name)
     (model_dir / _CHECKSUMS).write_text("".join(f"{h}  {p}\n" for p, h in sorted(hashes.items())))
     return model_dir
