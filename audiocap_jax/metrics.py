@@ -76,11 +76,14 @@ METRIC_NAMES = {
 
 CLASSIC_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider")
 # Metrics whose corpus value is the mean of the per-clip values, so a bootstrap resamples per-clip values.
-# BLEU (corpus n-gram counts), METEOR (the jar's corpus statistics) and Vocab (a set union) are recomputed.
+# BLEU (corpus n-gram counts) and METEOR (the jar's corpus statistics) are recomputed per resample.
 _MEAN_OF_CLIPS = frozenset(
     {"rouge_l", "cider_d", "spice", "spider", "spider_fl", "fense", "sbert_sim", "fer", "spider_max"}
 )
 _NEEDS_MODELS = frozenset({"fense", "sbert_sim", "fer", "spider_fl"})
+# No bootstrap interval: a resample holds only ~63% distinct clips, so its vocabulary is always smaller than
+# the corpus's (975 AudioCaps clips: 970 words, resamples 782-832), and the interval would not contain it.
+_NO_INTERVAL = frozenset({"vocab"})
 _SPICE_OFF = "SPICE is off; fix: --spice=auto"
 
 
@@ -838,9 +841,6 @@ def score(
         token_sets = [frozenset(res[n][0].split()) for n in names]
         per_clip_by_metric["vocab"] = np.array([len(t) for t in token_sets], dtype=np.float64)
         corpus["vocab"] = float(len(frozenset().union(*token_sets)))
-        resampled["vocab"] = np.array(
-            [len(frozenset().union(*(token_sets[i] for i in set(row.tolist())))) for row in resamples]
-        )
 
     order = [m for m in metric_preset.metrics if m in corpus] + [
         m for m in corpus if m not in metric_preset.metrics
@@ -849,7 +849,7 @@ def score(
     intervals = {}
     if bootstrap:
         for metric, value in corpus.items():
-            if value is None:
+            if value is None or metric in _NO_INTERVAL:
                 continue
             values = (
                 per_clip_by_metric[metric][resamples].mean(axis=1)
@@ -1003,8 +1003,8 @@ def format_table(scores: CaptionScores, *, digits: int = 4) -> str:
     for key, value in scores.corpus.items():
         shown = "n/a" if value is None else f"{value:.{digits}f}"
         if with_intervals:
-            low, high = scores.intervals.get(key, (math.nan, math.nan))
-            shown += " | " + ("" if value is None else f"[{low:.{digits}f}, {high:.{digits}f}]")
+            low, high = scores.intervals.get(key, (None, None))
+            shown += " | " + ("" if low is None else f"[{low:.{digits}f}, {high:.{digits}f}]")
         lines.append(f"| {METRIC_NAMES[key]} | {shown} |")
     notes = [f"- {METRIC_NAMES[k]}: {reason}" for k, reason in scores.unavailable.items()]
     notes += [f"- warning: {w}" for w in scores.warnings]
