@@ -249,3 +249,11 @@ def test_evaluate_help_documents_presets():
     assert "--metrics: <coco|dcase2023|dcase2024>" in out
     assert "dcase2024: FENSE (DCASE 2024 task 6" in " ".join(out.split())
     assert "--bootstrap" in out
+
+
+def test_table_has_no_interval_for_vocab():
+    scores = metrics.CaptionScores({"fense": 0.5, "vocab": 12.0}, {}, intervals={"fense": (0.4, 0.6)})
+    assert metrics.format_table(scores).splitlines()[2:] == [
+        "| FENSE | 0.5000 | [0.4000, 0.6000] |",
+        "| Vocab | 12.0000 |  |",
+    ]
