@@ -7,9 +7,15 @@
     python -m audiocap_jax.evaluate --checkpoint=RUN_OR_HF_DIR --dataset=clotho --split=evaluation \
         --data_dir=TFDS_DIR [--config-file=configs/predict.py --config-file.num_beams=5]
 
-Prints a table and writes a JSON file (corpus scores, unavailable metrics with the fix, warnings, per-clip
-scores incl. CIDEr-D). `audioset > keywords` outputs also get keyword precision/recall/F1 (`--keywords`, on by
-default for a keywords prefix).
+    # the DCASE 2024 ranking metrics with bootstrap 95% intervals (FENSE needs the models once:
+    # python -m audiocap_jax.dcase_metrics download)
+    python -m audiocap_jax.evaluate --predictions=out.csv --references=... --metrics=dcase2024 --bootstrap=1000
+
+Presets (--metrics): coco (today's set), dcase2023 (+ SPIDEr-FL, FER), dcase2024 (FENSE first, + SBERT-sim, FER,
+SPIDEr-FL, Vocab). Several rows per clip in the predictions CSV are an N-best list: the first row is scored,
+and SPIDEr-max is added. Prints a table and writes a JSON file (corpus scores, intervals, unavailable metrics
+with the fix, warnings, per-clip scores incl. CIDEr-D). `audioset > keywords` outputs also get keyword
+precision/recall/F1 (`--keywords`, on by default for a keywords prefix).
 """
 
 from __future__ import annotations
@@ -37,10 +43,16 @@ def score_files(
     keywords: bool = False,
     allow_missing: bool = False,
     spice: str = "auto",
+    **score_options: Any,
 ) -> metrics.CaptionScores:
-    """Captioning metrics (and keyword metrics) over aligned predictions and references."""
+    """Captioning metrics (and keyword metrics) over aligned predictions and references.
+
+    score_options go to `metrics.score` as given: preset, candidates, model_dir, bootstrap, seed.
+    """
     spice_arg: Any = {"auto": "auto", "on": True, "off": False}[spice]
-    scores = metrics.score(predictions, references, spice=spice_arg, allow_missing=allow_missing)
+    scores = metrics.score(
+        predictions, references, spice=spice_arg, allow_missing=allow_missing, **score_options
+    )
     if keywords:
         keyword_scores = metrics.score_keywords(predictions, references, allow_missing=allow_missing)
         scores = dataclasses.replace(scores, corpus={**scores.corpus, **keyword_scores.corpus})
@@ -105,6 +117,14 @@ def _define_flags() -> None:
     flags.DEFINE_enum(
         "spice", "auto", ["auto", "on", "off"], "SPICE: when the jars exist, required, or skipped."
     )
+    flags.DEFINE_enum("metrics", "coco", list(metrics.PRESETS), f"Metric preset. {metrics.PRESET_HELP}")
+    flags.DEFINE_integer(
+        "bootstrap", 0, "Resamples of the clips for 95% intervals of every metric (e.g. 1000)."
+    )
+    flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the --bootstrap resampling.")
+    flags.DEFINE_string(
+        "metrics_model_dir", None, "FENSE/FER models (default: $AUDIOCAP_METRICS_MODELS or ~/.cache)."
+    )
     config_flags.DEFINE_config_file(
         "config-file", "configs/predict.py", "Decoding settings.", lock_config=True
     )
@@ -113,6 +133,7 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
+    n_best = None  # several rows per clip in --predictions: SPIDEr-max over them
     if flags.FLAGS["checkpoint"].value is not None:
         if flags.FLAGS["dataset"].value is None:
             raise app.UsageError("--checkpoint needs --dataset (clotho, audiocaps or audioset).")
@@ -140,7 +161,10 @@ def main(argv: list[str]) -> None:
             "prefix": prefix,
         }
     elif flags.FLAGS["predictions"].value is not None and flags.FLAGS["references"].value is not None:
-        predictions = metrics.read_predictions_csv(flags.FLAGS["predictions"].value)
+        candidates = metrics.read_candidates_csv(flags.FLAGS["predictions"].value)
+        predictions = {name: captions[0] for name, captions in candidates.items()}
+        if any(len(captions) > 1 for captions in candidates.values()):
+            n_best = candidates
         references = metrics.read_references(flags.FLAGS["references"].value)
         prefix = ""
         out_dir = Path(flags.FLAGS["output_dir"].value or Path(flags.FLAGS["predictions"].value).parent)
@@ -164,6 +188,11 @@ def main(argv: list[str]) -> None:
             keywords=keywords,
             allow_missing=flags.FLAGS["allow_missing"].value,
             spice=flags.FLAGS["spice"].value,
+            preset=flags.FLAGS["metrics"].value,
+            candidates=n_best,
+            model_dir=flags.FLAGS["metrics_model_dir"].value,
+            bootstrap=flags.FLAGS["bootstrap"].value,
+            seed=flags.FLAGS["bootstrap_seed"].value,
         )
     except metrics.AlignmentError as error:
         print(f"error: {error} (on the command line: --allow_missing)", file=sys.stderr)

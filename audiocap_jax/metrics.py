@@ -1,4 +1,5 @@
-"""Captioning metrics on strings: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr and keyword P/R/F1.
+"""Captioning metrics on strings: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr, the DCASE ranking metrics
+(SPIDEr-FL, FENSE, SBERT-sim, FER, Vocab, SPIDEr-max), bootstrap intervals and keyword P/R/F1.
 
 Metrics know only strings (file name -> caption); no arrays, no model, no tokenizer of ours.
 
@@ -10,6 +11,11 @@ Pipeline of `score`:
      pycocoevalcap's own scorers (and hence comparable with DCASE results)
   -> SPICE through our own `java` call when the Stanford CoreNLP 3.6.0 jars are installed
      (scripts/get_stanford_models.sh); otherwise SPICE and SPIDEr are None with a one-line fix, never 0.
+  -> the preset's DCASE metrics on the same tokenised text (`PRESETS`; model-based ones in dcase_metrics),
+     SPIDEr-max over N-best candidates, and optional bootstrap 95% intervals (clips resampled, seeded).
+
+A preset only adds metrics: the classic numbers are the same under every preset, and a missing model or jar
+turns only the metrics that need it into None with the fix.
 
 Clips are always scored in sorted file-name order, so results do not depend on dict order.
 """
@@ -27,17 +33,20 @@ import shutil
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from absl import logging
 from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.bleu.bleu_scorer import BleuScorer
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer
+
+from audiocap_jax import dcase_metrics
 
 # Metric key -> printed name: the one table of metric names for tables and logs.
 METRIC_NAMES = {
@@ -50,6 +59,12 @@ METRIC_NAMES = {
     "cider_d": "CIDEr-D",
     "spice": "SPICE",
     "spider": "SPIDEr",
+    "spider_fl": "SPIDEr-FL",
+    "fense": "FENSE",
+    "sbert_sim": "SBERT-sim",
+    "fer": "FER",
+    "vocab": "Vocab",
+    "spider_max": "SPIDEr-max",
     "keyword_precision_micro": "keyword precision (micro)",
     "keyword_recall_micro": "keyword recall (micro)",
     "keyword_f1_micro": "keyword F1 (micro)",
@@ -59,13 +74,51 @@ METRIC_NAMES = {
     "keyword_jaccard": "keyword Jaccard (macro)",
 }
 
+CLASSIC_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider")
+# Metrics whose corpus value is the mean of the per-clip values, so a bootstrap resamples per-clip values.
+# BLEU (corpus n-gram counts) and METEOR (the jar's corpus statistics) are recomputed per resample.
+_MEAN_OF_CLIPS = frozenset(
+    {"rouge_l", "cider_d", "spice", "spider", "spider_fl", "fense", "sbert_sim", "fer", "spider_max"}
+)
+_NEEDS_MODELS = frozenset({"fense", "sbert_sim", "fer", "spider_fl"})
+# No bootstrap interval: a resample holds only ~63% distinct clips, so its vocabulary is always smaller than
+# the corpus's (975 AudioCaps clips: 970 words, resamples 782-832), and the interval would not contain it.
+_NO_INTERVAL = frozenset({"vocab"})
+_SPICE_OFF = "SPICE is off; fix: --spice=auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricPreset:
+    """A named metric set: `ranking` is the challenge's ranking metric, `metrics` the table order."""
+
+    ranking: str
+    metrics: tuple[str, ...]
+
+
+# The one table of presets (`evaluate --metrics`, config `eval.metrics`), after aac-metrics' METRICS_SETS.
+PRESETS = {
+    "coco": MetricPreset("spider", CLASSIC_METRICS),
+    "dcase2023": MetricPreset("spider_fl", ("spider_fl", "fer", *CLASSIC_METRICS)),
+    "dcase2024": MetricPreset("fense", ("fense", "sbert_sim", "fer", "spider_fl", "vocab", *CLASSIC_METRICS)),
+}
+PRESET_HELP = (
+    "coco: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr (ranked by SPIDEr); "
+    "dcase2023: + SPIDEr-FL (DCASE 2023 task 6a ranking) and FER; "
+    "dcase2024: FENSE (DCASE 2024 task 6 ranking) first, + SBERT-sim, FER, SPIDEr-FL, Vocab. "
+    f"FENSE-family metrics need `{dcase_metrics.DOWNLOAD_COMMAND}` once."
+)
+# Always computed (no jar, no model), so it is what `select_best_metric` falls back to.
+FALLBACK_METRIC = "cider_d"
+
 PREDICTION_COLUMNS = ("file_name", "caption_predicted")
 FILE_NAME_COLUMN = "file_name"
 _CAPTION_COLUMN = re.compile(r"caption(?:_(\d+))?")
 
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 SPICE_JAR = "spice-1.0.jar"
-SPICE_FIX = "run scripts/get_stanford_models.sh"
+SPICE_FIX = "scripts/get_stanford_models.sh"
+JAVA_FIX = "apt-get install -y openjdk-17-jdk-headless"
+MIN_JAVA = 8
 # pycocoevalcap's Meteor always starts `java` from PATH, so every JVM tool here uses that same Java.
 JAVA = "java"
 _PTB_JAR = Path(ptbtokenizer.__file__).parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
@@ -132,6 +185,8 @@ class CaptionScores:
     per_clip: dict[str, dict[str, float]]
     unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # metric -> (low, high): bootstrap 95% percentile interval over resampled clips (empty unless asked).
+    intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_clips(self) -> int:
@@ -141,6 +196,7 @@ class CaptionScores:
         return {
             "num_clips": self.num_clips,
             "corpus": self.corpus,
+            "intervals_95": {k: list(v) for k, v in self.intervals.items()},
             "unavailable": self.unavailable,
             "warnings": self.warnings,
             "per_clip": self.per_clip,
@@ -296,6 +352,18 @@ def read_predictions_csv(path: str | Path) -> dict[str, str]:
     return _deduplicate([(r[name_column], r[caption_column]) for r in rows], path, "prediction")
 
 
+def read_candidates_csv(path: str | Path) -> dict[str, list[str]]:
+    """Reads `file_name,caption_predicted` where a clip may have several rows: its N-best list, best first
+    (file order). With one row per clip this is `read_predictions_csv` with lists of one."""
+    path = Path(path)
+    _, rows = _read_csv_rows(path, PREDICTION_COLUMNS)
+    name_column, caption_column = PREDICTION_COLUMNS
+    candidates: dict[str, list[str]] = {}
+    for row in rows:
+        candidates.setdefault(row[name_column], []).append(row[caption_column])
+    return candidates
+
+
 def write_predictions_csv(path: str | Path, predictions: Mapping[str, str]) -> None:
     """Writes `file_name,caption_predicted`, quoting captions with commas, quotes or newlines."""
     with Path(path).open("w", newline="", encoding="utf-8") as f:
@@ -365,13 +433,25 @@ def read_references(path: str | Path) -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def java_problem(what: str) -> str | None:
+    """None when `java` runs and is new enough; otherwise why not, ending with the command that installs one.
+
+    Checked before every JVM tool (PTB tokenizer, METEOR, SPICE) so a missing Java is one clear line, not a
+    traceback from inside pycocoevalcap.
+    """
+    major = _java_major()
+    if major is None:
+        return f"{what} needs Java >= {MIN_JAVA}, but no working {JAVA!r} is on PATH; fix: {JAVA_FIX}"
+    if major < MIN_JAVA:
+        return f"{what} needs Java >= {MIN_JAVA}, but {JAVA!r} is Java {major}; fix: {JAVA_FIX}"
+    return None
+
+
 def _run_java(args: Sequence[str], *, what: str) -> str:
     """Runs one JVM command and returns its stdout (UTF-8), raising JavaError with stderr on failure."""
-    if shutil.which(JAVA) is None:
-        raise FileNotFoundError(
-            f"{JAVA!r} not found on PATH; {what} needs Java (>= 8): install a JRE/JDK "
-            "(e.g. `apt-get install openjdk-17-jdk-headless`)"
-        )
+    problem = java_problem(what)
+    if problem is not None:
+        raise FileNotFoundError(problem)
     command = [JAVA, *args]
     result = subprocess.run(command, capture_output=True, check=False)
     if result.returncode != 0:
@@ -466,13 +546,13 @@ def spice_status(spice_dir: str | Path | None = None) -> SpiceStatus:
         return unavailable(
             f"not a valid jar (truncated download?): {', '.join(corrupt)}; fix: {SPICE_FIX} --force"
         )
+    problem = java_problem("SPICE")
+    if problem is not None:
+        return unavailable(problem, _java_major())
     major = _java_major()
-    if major is None:
-        return unavailable(f"no usable {JAVA!r} on PATH; fix: install Java (e.g. openjdk-17-jdk-headless)")
     if major >= _FIRST_JAVA_WITHOUT_NASHORN and not _has_source_launcher():
         return unavailable(
-            f"Java {major} without a JDK compiler (SPICE's JSON output needs it from Java 15 on); "
-            "fix: install a JDK (e.g. openjdk-17-jdk-headless) or use Java 8-14",
+            f"Java {major} without a JDK compiler (SPICE's JSON output needs it from Java 15 on); fix: {JAVA_FIX}",
             major,
         )
     return SpiceStatus(True, None, spice_dir, major)
@@ -500,9 +580,10 @@ def run_spice(
     Java >= 15 the JSON is written by `_SPICE_JSON_SHIM` because `-out` needs the removed Nashorn engine.
     """
     spice_dir = Path(spice_dir) if spice_dir is not None else default_spice_dir()
+    problem = java_problem("SPICE")
+    if problem is not None:
+        raise FileNotFoundError(problem)
     major = _java_major()
-    if major is None:
-        raise FileNotFoundError(f"no usable {JAVA!r} on PATH; SPICE needs Java")
     input_data = [
         {"image_id": i, "test": c, "refs": list(r)}
         for i, (c, r) in enumerate(zip(candidates, references, strict=True))
@@ -561,30 +642,117 @@ def _resolve_spice(spice: Literal["auto"] | bool, spice_dir: str | Path | None) 
     return status
 
 
+def get_preset(name: str) -> MetricPreset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown metric preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def bleu_statistics(gts: Mapping[str, list[str]], res: Mapping[str, list[str]]) -> np.ndarray:
+    """Per clip [testlen, closest reflen, guess_1..4, correct_1..4] exactly as pycocoevalcap's BleuScorer
+    counts them, so corpus BLEU can be recomputed for any multiset of clips. [B, 10] float64"""
+    scorer = BleuScorer(n=4)
+    for name in gts:
+        scorer += (res[name][0], gts[name])
+    rows = []
+    for comps in scorer.ctest:
+        reflen = scorer._single_reflen(comps["reflen"], "closest", comps["testlen"])
+        rows.append([comps["testlen"], reflen, *comps["guess"], *comps["correct"]])
+    return np.array(rows, dtype=np.float64)
+
+
+def corpus_bleu(statistics: np.ndarray) -> np.ndarray:
+    """BLEU-1..4 from summed clip statistics [..., B, 10] -> [..., 4], pycocoevalcap's formula (tiny/small)."""
+    tiny, small = 1e-15, 1e-9
+    totals = statistics.sum(axis=-2)
+    testlen, reflen, guess, correct = totals[..., 0], totals[..., 1], totals[..., 2:6], totals[..., 6:10]
+    precisions = np.cumprod((correct + tiny) / (guess + small), axis=-1)
+    bleus = precisions ** (1.0 / np.arange(1, 5))
+    ratio = (testlen + tiny) / (reflen + small)
+    brevity = np.where(ratio < 1, np.exp(1 - 1 / np.maximum(ratio, tiny)), 1.0)
+    return bleus * brevity[..., None]
+
+
+def _meteor_eval(scorer: Meteor, statistics: Sequence[str]) -> tuple[float, list[float]]:
+    """pycocoevalcap Meteor.compute_score's EVAL step on already computed per-clip statistics lines."""
+    scorer.meteor_p.stdin.write(("EVAL" + "".join(f" ||| {s}" for s in statistics) + "\n").encode())
+    scorer.meteor_p.stdin.flush()
+    per_clip = [float(scorer.meteor_p.stdout.readline().strip()) for _ in statistics]
+    return float(scorer.meteor_p.stdout.readline().strip()), per_clip
+
+
+def _meteor(
+    gts: Mapping[str, list[str]], res: Mapping[str, list[str]], resamples: np.ndarray
+) -> tuple[float, list[float], np.ndarray]:
+    """METEOR as pycocoevalcap computes it (same SCORE then EVAL lines to one JVM), plus the corpus METEOR of
+    each bootstrap resample [N, B] of clip indices, re-aggregated by the jar from the per-clip statistics."""
+    problem = java_problem("METEOR")
+    if problem is not None:
+        raise FileNotFoundError(problem)
+    scorer = Meteor()
+    try:
+        statistics = [scorer._stat(res[name][0], gts[name]) for name in gts]
+        value, per_clip = _meteor_eval(scorer, statistics)
+        resampled = np.array([_meteor_eval(scorer, [statistics[i] for i in row])[0] for row in resamples])
+    finally:
+        del scorer  # its __del__ stops the METEOR JVM now rather than at interpreter exit
+    return value, per_clip, resampled
+
+
+def _percentile_interval(values: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def score(
     predictions: Mapping[str, str],
     references: Mapping[str, Sequence[str]],
     *,
+    preset: str = "coco",
+    candidates: Mapping[str, Sequence[str]] | None = None,
     spice: Literal["auto"] | bool = "auto",
     spice_dir: str | Path | None = None,
+    model_dir: str | Path | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
     allow_missing: bool = False,
     allow_extra: bool = False,
 ) -> CaptionScores:
-    """BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE and SPIDEr = (CIDEr-D + SPICE) / 2, pycocoevalcap-identical.
+    """The preset's metrics (`PRESETS`), classic ones pycocoevalcap-identical, DCASE ones aac-metrics-identical.
 
-    spice: "auto" computes SPICE when `spice_status` says it can and otherwise reports SPICE and SPIDEr as
-    None with the fix (a SPICE crash is reported the same way, the other metrics survive); True requires it;
-    False skips it. Costs: two JVM starts (~1 s PTB, ~5 s METEOR) plus SPICE when on.
+    preset: "coco" (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr = (CIDEr-D + SPICE) / 2), "dcase2023"
+    (+ SPIDEr-FL, FER) or "dcase2024" (FENSE, SBERT-sim, FER, SPIDEr-FL, Vocab + classic). Like aac-metrics'
+    `evaluate`, every metric sees the PTB-tokenised, lowercased text without punctuation.
+    candidates: N-best lists per clip (file name -> captions, best first); adds SPIDEr-max = mean over clips of
+    the best candidate's SPIDEr. `predictions` stay the captions every other metric scores.
+    spice: "auto" computes SPICE when `spice_status` says it can and otherwise reports SPICE and the metrics
+    built on it as None with the fix (a crash too; the other metrics survive); True requires it; False skips it.
+    model_dir: the FENSE/FER models (dcase_metrics.default_model_dir()); without them those metrics are None
+    with the download command, and nothing else changes.
+    bootstrap: number of resamples of the clips (with replacement, numpy seed `seed`) for 95% percentile
+    intervals of every corpus metric; 0 = none.
+    Costs: two JVM starts (~1 s PTB, ~5 s METEOR), SPICE when on, the two small BERTs for FENSE-family metrics.
     """
+    metric_preset = get_preset(preset)
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap={bootstrap}; give a number of resamples >= 0 (1000 is usual), 0 = none")
     spice_state = _resolve_spice(spice, spice_dir)
     aligned = align(predictions, references, allow_missing=allow_missing, allow_extra=allow_extra)
     names = aligned.file_names
-    tokens = ptb_tokenize(
-        [aligned.predictions[n] for n in names] + [r for n in names for r in aligned.references[n]]
+    candidate_lists = _candidate_lists(candidates, aligned) if candidates is not None else None
+    flat_candidates = [c for n in names for c in candidate_lists[n]] if candidate_lists else []
+    tokens = iter(
+        ptb_tokenize(
+            [aligned.predictions[n] for n in names]
+            + [r for n in names for r in aligned.references[n]]
+            + flat_candidates
+        )
     )
-    res = {n: [tokens[i]] for i, n in enumerate(names)}
-    reference_tokens = iter(tokens[len(names) :])
-    gts = {n: [next(reference_tokens) for _ in aligned.references[n]] for n in names}
+    res = {n: [next(tokens)] for n in names}
+    gts = {n: [next(tokens) for _ in aligned.references[n]] for n in names}
+    candidate_tokens = (
+        {n: [next(tokens) for _ in candidate_lists[n]] for n in names} if candidate_lists else None
+    )
     warnings = list(aligned.warnings)
 
     def warn(message: str) -> None:
@@ -596,27 +764,35 @@ def score(
         warn(
             f"{len(punctuation_only)} predictions are only punctuation (scored as empty): {_names(punctuation_only)}"
         )
+    resamples = np.random.default_rng(seed).integers(0, len(names), size=(bootstrap, len(names)))
 
     corpus: dict[str, float | None] = {}
-    per_clip_by_metric: dict[str, list[float]] = {}
+    candidate_spice: Iterator[float] = iter(())
+    per_clip_by_metric: dict[str, np.ndarray] = {}
+    resampled: dict[str, np.ndarray] = {}  # metric -> [N] corpus values of the resamples
+    unavailable: dict[str, str] = {}
+
     bleu, bleu_per_clip = Bleu(4).compute_score(gts, res, verbose=0)
-    for n, (value, values) in enumerate(zip(bleu, bleu_per_clip, strict=True), start=1):
-        corpus[f"bleu_{n}"], per_clip_by_metric[f"bleu_{n}"] = value, values
-    meteor_scorer = Meteor()
-    corpus["meteor"], per_clip_by_metric["meteor"] = meteor_scorer.compute_score(gts, res)
-    del meteor_scorer  # its __del__ stops the METEOR JVM now rather than at interpreter exit
+    bleu_resampled = corpus_bleu(bleu_statistics(gts, res)[resamples])  # --> [N, 4]
+    for k, (value, values) in enumerate(zip(bleu, bleu_per_clip, strict=True)):
+        key = f"bleu_{k + 1}"
+        corpus[key], per_clip_by_metric[key], resampled[key] = value, np.array(values), bleu_resampled[:, k]
+    corpus["meteor"], meteor_per_clip, resampled["meteor"] = _meteor(gts, res, resamples)
+    per_clip_by_metric["meteor"] = np.array(meteor_per_clip)
     corpus["rouge_l"], per_clip_by_metric["rouge_l"] = Rouge().compute_score(gts, res)
     corpus["cider_d"], per_clip_by_metric["cider_d"] = Cider().compute_score(gts, res)
 
-    unavailable = {}
     if spice_state is not None:
         if spice_state.available:
             try:
-                corpus["spice"], per_clip_by_metric["spice"] = run_spice(
-                    [res[n][0] for n in names],
-                    [gts[n] for n in names],
-                    spice_dir=spice_state.spice_dir,
-                )
+                # One SPICE run for the predictions and every N-best candidate: per-clip SPICE is independent.
+                extra = [(c, gts[n]) for n in names for c in candidate_tokens[n]] if candidate_tokens else []
+                spice_texts = [res[n][0] for n in names] + [c for c, _ in extra]
+                spice_refs = [gts[n] for n in names] + [r for _, r in extra]
+                _, spice_values = run_spice(spice_texts, spice_refs, spice_dir=spice_state.spice_dir)
+                per_clip_by_metric["spice"] = np.array(spice_values[: len(names)])
+                corpus["spice"] = float(np.mean(per_clip_by_metric["spice"]))
+                candidate_spice = iter(spice_values[len(names) :])
                 undefined = [
                     n for n, v in zip(names, per_clip_by_metric["spice"], strict=True) if math.isnan(v)
                 ]
@@ -626,21 +802,131 @@ def score(
                 if spice is True:
                     raise
                 logging.error("metrics: SPICE failed, reporting it as unavailable: %s", e)
-                unavailable["spice"] = f"{str(e).splitlines()[0]} (full error in the log)"
+                unavailable["spice"] = (
+                    f"SPICE failed: {str(e).splitlines()[0]} (full error in the log); fix: {SPICE_FIX} --force"
+                )
         else:
             unavailable["spice"] = spice_state.reason
         if "spice" in unavailable:
             corpus["spice"] = corpus["spider"] = None
             unavailable["spider"] = "SPIDEr needs SPICE; " + unavailable["spice"]
         else:
+            per_clip_by_metric["spider"] = (per_clip_by_metric["cider_d"] + per_clip_by_metric["spice"]) / 2
             corpus["spider"] = (corpus["cider_d"] + corpus["spice"]) / 2
-            per_clip_by_metric["spider"] = [
-                (c + s) / 2
-                for c, s in zip(per_clip_by_metric["cider_d"], per_clip_by_metric["spice"], strict=True)
-            ]
-    corpus = {k: None if v is None else float(v) for k, v in corpus.items()}
+
+    if candidate_tokens is not None:
+        corpus["spider_max"] = None
+        if "spider" in per_clip_by_metric:
+            per_clip_by_metric["spider_max"] = _spider_max(gts, candidate_tokens, candidate_spice)
+            corpus["spider_max"] = float(np.mean(per_clip_by_metric["spider_max"]))
+        else:
+            unavailable["spider_max"] = "SPIDEr-max needs SPICE; " + unavailable.get("spice", _SPICE_OFF)
+
+    wanted = [m for m in metric_preset.metrics if m in _NEEDS_MODELS]
+    if wanted:
+        fluency, reason = _fluency_per_clip(
+            model_dir, [res[n][0] for n in names], [gts[n] for n in names], per_clip_by_metric.get("spider")
+        )
+        per_clip_by_metric.update(fluency)
+        for metric in wanted:
+            if metric in per_clip_by_metric:
+                corpus[metric] = float(np.mean(per_clip_by_metric[metric]))
+            else:
+                corpus[metric] = None
+                if metric == "spider_fl" and reason is None:
+                    unavailable[metric] = "SPIDEr-FL needs SPICE; " + unavailable.get("spice", _SPICE_OFF)
+                else:
+                    unavailable[metric] = f"{METRIC_NAMES[metric]} unavailable: {reason}"
+    if "vocab" in metric_preset.metrics:
+        token_sets = [frozenset(res[n][0].split()) for n in names]
+        per_clip_by_metric["vocab"] = np.array([len(t) for t in token_sets], dtype=np.float64)
+        corpus["vocab"] = float(len(frozenset().union(*token_sets)))
+
+    order = [m for m in metric_preset.metrics if m in corpus] + [
+        m for m in corpus if m not in metric_preset.metrics
+    ]
+    corpus = {k: None if corpus[k] is None else float(corpus[k]) for k in order}
+    intervals = {}
+    if bootstrap:
+        for metric, value in corpus.items():
+            if value is None or metric in _NO_INTERVAL:
+                continue
+            values = (
+                per_clip_by_metric[metric][resamples].mean(axis=1)
+                if metric in _MEAN_OF_CLIPS
+                else resampled[metric]
+            )
+            intervals[metric] = _percentile_interval(values)
     per_clip = {n: {m: float(v[i]) for m, v in per_clip_by_metric.items()} for i, n in enumerate(names)}
-    return CaptionScores(corpus, per_clip, unavailable, warnings)
+    return CaptionScores(corpus, per_clip, unavailable, warnings, intervals)
+
+
+def _fluency_per_clip(
+    model_dir: str | Path | None,
+    candidates: Sequence[str],
+    references: Sequence[Sequence[str]],
+    spider: np.ndarray | None,
+) -> tuple[dict[str, np.ndarray], str | None]:
+    """Per-clip FER, SBERT-sim, FENSE and (with SPIDEr) SPIDEr-FL, or ({}, why not) when the models are
+    missing or fail to load; the reason ends with the command that fixes it."""
+    reason = dcase_metrics.unavailable_reason(model_dir)
+    if reason is not None:
+        return {}, reason
+    try:
+        models = dcase_metrics.load_models(model_dir)
+        errors = dcase_metrics.fluency_errors(dcase_metrics.error_probabilities(models, candidates))
+        similarity = dcase_metrics.sbert_similarity(models, candidates, references)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        logging.error("metrics: the FENSE models failed, reporting them as unavailable: %s", e)
+        return {}, f"{str(e).splitlines()[0]} (full error in the log); fix: {dcase_metrics.DOWNLOAD_COMMAND}"
+    per_clip = {
+        "fer": errors,
+        "sbert_sim": similarity,
+        "fense": dcase_metrics.fluency_penalized(similarity, errors),
+    }
+    if spider is not None:
+        per_clip["spider_fl"] = dcase_metrics.fluency_penalized(spider, errors)
+    return per_clip, None
+
+
+def _candidate_lists(candidates: Mapping[str, Sequence[str]], aligned: Alignment) -> dict[str, list[str]]:
+    """The N-best list of every scored clip; a scored clip without one is an error naming it."""
+    absent = [n for n in aligned.file_names if not candidates.get(n)]
+    if absent:
+        raise AlignmentError(
+            f"{len(absent)} scored clips have no candidates for SPIDEr-max: {_names(absent)}"
+        )
+    for name in aligned.file_names:
+        if isinstance(candidates[name], str):
+            raise TypeError(f"candidates for {name!r} is a str, expected a list of captions")
+    return {n: list(candidates[n]) for n in aligned.file_names}
+
+
+def _spider_max(
+    gts: Mapping[str, list[str]], candidate_tokens: Mapping[str, list[str]], candidate_spice: Iterator[float]
+) -> np.ndarray:
+    """Per clip: the highest SPIDEr among its candidates (as aac-metrics' spider_max). [B] float64
+
+    CIDEr-D of candidate k is scored with the clip's references as corpus (document frequencies come from the
+    references only, so other clips' candidates never change it); shorter lists repeat their last candidate.
+    """
+    names = list(gts)
+    depth = max(len(c) for c in candidate_tokens.values())
+    cider = np.stack(
+        [
+            Cider().compute_score(
+                gts, {n: [candidate_tokens[n][min(k, len(candidate_tokens[n]) - 1)]] for n in names}
+            )[1]
+            for k in range(depth)
+        ],
+        axis=1,
+    )  # --> [B, depth]
+    spice = np.full((len(names), depth), -np.inf)
+    for i, name in enumerate(names):
+        for k in range(len(candidate_tokens[name])):
+            spice[i, k] = next(candidate_spice)
+        cider[i, len(candidate_tokens[name]) :] = -np.inf
+    return np.max((cider + spice) / 2, axis=1)
 
 
 def split_keywords(text: str) -> frozenset[str]:
@@ -707,14 +993,47 @@ def score_keywords(
 
 
 def format_table(scores: CaptionScores, *, digits: int = 4) -> str:
-    """Markdown table of the corpus scores; unavailable metrics show n/a with the reason below the table."""
-    lines = [f"| metric ({scores.num_clips} clips) | score |", "|---|---|"]
+    """Markdown table of the corpus scores, with a 95% interval column when bootstrapped (as DCASE's result
+    pages print them); unavailable metrics show n/a with the reason below the table."""
+    with_intervals = bool(scores.intervals)
+    lines = [
+        f"| metric ({scores.num_clips} clips) | score |" + (" 95% interval |" if with_intervals else ""),
+        "|---|---|" + ("---|" if with_intervals else ""),
+    ]
     for key, value in scores.corpus.items():
         shown = "n/a" if value is None else f"{value:.{digits}f}"
+        if with_intervals:
+            low, high = scores.intervals.get(key, (None, None))
+            shown += " | " + ("" if low is None else f"[{low:.{digits}f}, {high:.{digits}f}]")
         lines.append(f"| {METRIC_NAMES[key]} | {shown} |")
     notes = [f"- {METRIC_NAMES[k]}: {reason}" for k, reason in scores.unavailable.items()]
     notes += [f"- warning: {w}" for w in scores.warnings]
     return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def select_best_metric(results: Mapping[str, float], metric: str) -> tuple[str, float]:
+    """The checkpoint-selection score: `metric` (e.g. "clotho/fense") if it was computed, else the same
+    dataset's CIDEr-D, which every preset computes without jars or models (one log line per metric)."""
+    if metric in results:
+        return metric, results[metric]
+    dataset = metric.rpartition("/")[0]
+    fallback = f"{dataset}/{FALLBACK_METRIC}" if dataset else FALLBACK_METRIC
+    if fallback not in results:
+        raise ValueError(
+            f"best_metric {metric!r} and its fallback {fallback!r} are not among the validation results "
+            f"{sorted(results)}; set --config.eval.best_metric to one of them"
+        )
+    if metric not in _fallbacks_logged:
+        _fallbacks_logged.add(metric)
+        logging.warning(
+            "best_metric %s was not computed (see the unavailable metrics above); selecting checkpoints by %s.",
+            metric,
+            fallback,
+        )
+    return fallback, results[fallback]
+
+
+_fallbacks_logged: set[str] = set()
 
 
 def write_json(path: str | Path, scores: CaptionScores, **extra: object) -> None:

@@ -12,7 +12,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,7 @@ def validate(
         )
         captions = {p.file_name: p.caption for p in predictions}
         references = {p.file_name: list(p.references) for p in predictions}
-        scores = metrics.score(captions, references)
+        scores = metrics.score(captions, references, preset=config.eval.metrics)
         if spec.prefix.rstrip().endswith("keywords:"):
             scores = dataclasses.replace(
                 scores, corpus={**scores.corpus, **metrics.score_keywords(captions, references).corpus}
@@ -224,21 +224,6 @@ def validate(
                 predictions_dir / f"{stem}_metrics.json", scores, step=step, prefix=spec.prefix
             )
     return results
-
-
-def best_score(results: Mapping[str, float], metric: str, warned: set[str]) -> float:
-    """The configured selection metric, or CIDEr-D of the same dataset when SPICE (so SPIDEr) is missing."""
-    if metric in results:
-        return results[metric]
-    fallback = metric.replace("/spider", "/cider_d")
-    if fallback in results:
-        if metric not in warned:
-            logging.warning(
-                "%s is unavailable (no SPICE jars); selecting the best checkpoint by %s.", metric, fallback
-            )
-            warned.add(metric)
-        return results[fallback]
-    return float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -402,7 +387,6 @@ def run(
     preemption = _Preemption()
     compiled, step_flops, peak = None, None, _peak_flops(config)
     last_results: dict[str, float] = {}
-    warned: set[str] = set()
     timer = time.perf_counter()
     steps_since_log = 0
     progress = tqdm(
@@ -476,7 +460,7 @@ def run(
             )
             last_results["eval_seconds"] = time.perf_counter() - eval_start
             writer.write(step, last_results)
-            score = best_score(last_results, config.eval.best_metric, warned)
+            _, score = metrics.select_best_metric(last_results, config.eval.best_metric)
             timer = time.perf_counter()
         if step % config.checkpoint.every_steps == 0 or is_last or preemption.requested or score is not None:
             ckpt.save(step, state, train_iter.get_state(), best_score=score)

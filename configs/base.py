@@ -106,7 +106,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.batch_size = 32
     c.eval.num_beams = 1  # the original validated greedily (generation_num_beams 1)
     c.eval.max_length = 80
-    c.eval.best_metric = "clotho/spider"  # falls back to clotho/cider when SPICE is unavailable
+    c.eval.metrics = "coco"  # metric preset: coco | dcase2023 | dcase2024 (metrics.PRESETS)
+    # Any computed key, e.g. "clotho/fense" with dcase2024; falls back to clotho/cider_d when not computed.
+    c.eval.best_metric = "clotho/spider"
     c.eval.num_samples_logged = 8
 
     c.checkpoint = ml_collections.ConfigDict()

@@ -187,14 +187,14 @@ def test_spice_status_detects_jars(tmp_path):
     assert not missing.available
     assert str(tmp_path / "missing" / "lib" / "stanford-corenlp-3.6.0-models.jar") in missing.reason
     assert "stanford-corenlp-3.6.0.jar," not in missing.reason
-    assert missing.reason.endswith("fix: run scripts/get_stanford_models.sh")
+    assert missing.reason.endswith("fix: scripts/get_stanford_models.sh")
 
     truncated = _fake_spice_dir(tmp_path / "truncated")
     (truncated / "lib" / "stanford-corenlp-3.6.0.jar").write_bytes(b"PK\x03\x04 truncated")
     status = metrics.spice_status(truncated)
     assert not status.available
     assert "not a valid jar" in status.reason and "stanford-corenlp-3.6.0.jar" in status.reason
-    assert "--force" in status.reason
+    assert status.reason.endswith("fix: scripts/get_stanford_models.sh --force")
 
 
 @pytest.mark.skipif(
