@@ -24,6 +24,7 @@ This module imports only absl and ml_collections, so every command can use it be
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import importlib.util
 import io
@@ -51,6 +52,7 @@ EXIT_PREEMPTED = (
 
 TRACEBACK_ENV = "AUDIOCAP_TRACEBACK"  # "1": user errors also print their traceback
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"  # the repository's config files
+PREDICT_CONFIG = str(CONFIGS_DIR / "predict.py")  # predict's and evaluate's default, wherever they run from
 HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
 
 
@@ -89,6 +91,21 @@ def exit_user_error(error: BaseException, argv: Sequence[str] = ()) -> NoReturn:
         traceback.print_exception(error)
     print(f"error: {error}", file=sys.stderr)
     sys.exit(EXIT_USER)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; renamed onto `path` on success, removed on failure.
+
+    So an output file is either complete or absent (its previous version kept), never half-written.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
