@@ -28,6 +28,7 @@ import contextlib
 import difflib
 import importlib.util
 import io
+import logging
 import os
 import re
 import sys
@@ -53,6 +54,7 @@ EXIT_PREEMPTED = (
 TRACEBACK_ENV = "AUDIOCAP_TRACEBACK"  # "1": user errors also print their traceback
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"  # the repository's config files
 PREDICT_CONFIG = str(CONFIGS_DIR / "predict.py")  # predict's and evaluate's default, wherever they run from
+QUIET_LOGGERS = ("jax", "orbax", "tensorflow_datasets", "grain")  # WARNING and up unless --verbosity>=1
 HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
 
 
@@ -201,9 +203,14 @@ def config_comments(path: str | Path) -> dict[str, str]:
         if not parts or not isinstance(target, ast.Name):
             continue
         key = ".".join(parts)
-        own[key] = meaning(node.lineno, node.lineno)
-        for sub_key, sub_node in literal_keys(node.value, key):
-            own[sub_key] = meaning(sub_node.lineno, sub_node.end_lineno)
+        pairs = [(key, meaning(node.lineno, node.lineno))]
+        pairs += [(k, meaning(n.lineno, n.end_lineno)) for k, n in literal_keys(node.value, key)]
+        for (
+            sub_key,
+            text,
+        ) in pairs:  # a later, uncommented assignment (e.g. a runlocal branch) keeps the meaning
+            if text or sub_key not in own:
+                own[sub_key] = text
     return found | {key: text for key, text in own.items() if text or key not in found}
 
 
@@ -214,6 +221,18 @@ def _override_paths(argv: Sequence[str], flag: str) -> Iterator[tuple[str, str]]
         match = pattern.fullmatch(arg)
         if match:
             yield arg, match.group(1)
+
+
+def _initials(name: str) -> str:
+    return "".join(part[0] for part in name.split("_") if part)
+
+
+def _nearest(name: str, candidates: Sequence[str]) -> list[str]:
+    """Spelling neighbours (difflib), and abbreviations either way: learning_rate <-> lr."""
+    abbreviated = [c for c in candidates if len(c) > 1 and (c == _initials(name) or name == _initials(c))]
+    return abbreviated + [
+        c for c in difflib.get_close_matches(name, candidates, n=3, cutoff=0.6) if c not in abbreviated
+    ]
 
 
 def check_overrides(argv: Sequence[str], flag: str, config: ml_collections.ConfigDict, program: str) -> None:
@@ -237,10 +256,9 @@ def check_overrides(argv: Sequence[str], flag: str, config: ml_collections.Confi
                 if not parent or k.startswith(parent + ".")
             }
         )
-        close = difflib.get_close_matches(key, list(leaves), n=3, cutoff=0.6) or [
-            f"{parent}.{s}" if parent else s
-            for s in difflib.get_close_matches(name, siblings, n=3, cutoff=0.5)
-        ]
+        close = [
+            f"{parent}.{s}" if parent else s for s in _nearest(name, siblings)
+        ] or difflib.get_close_matches(key, list(leaves), n=3, cutoff=0.6)
         where = f"--{flag}.{parent}" if parent else f"--{flag}"
         suggestion = f"did you mean {' or '.join(f'--{flag}.{c}' for c in close)}? " if close else ""
         raise UserError(
@@ -274,6 +292,15 @@ def _flag_value(argv: Sequence[str], flag: str) -> str | None:
     return None
 
 
+_TYPE_NAMES = {
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    tuple: "a tuple",
+}
+
+
 def _flag_error(error: flags.Error, leaves: Mapping[str, Any], flag: str | None) -> UserError:
     """A flag parsing error as a UserError; for a config key, its expected type and default."""
     message = str(error).strip()
@@ -283,11 +310,8 @@ def _flag_error(error: flags.Error, leaves: Mapping[str, Any], flag: str | None)
         key = name[len(flag) + 1 :]
         if key in leaves:
             default = leaves[key]
-            return UserError(
-                message,
-                f"--{name} takes a {type(default).__name__} (its default is {default!r}), e.g. "
-                f"--{name}={default!r}",
-            )
+            kind = _TYPE_NAMES.get(type(default), type(default).__name__)
+            return UserError(message, f"--{name} takes {kind}, e.g. its default: --{name}={default!r}")
     return UserError(message, "see --help for the flags and their types")
 
 
@@ -310,6 +334,9 @@ def run(
       program: how the user runs it, for messages (`python -m audiocap_jax.train`).
     """
     argv = list(sys.argv)
+    if not wants_traceback(argv):  # quiet by default: no third-party INFO (e.g. jax's backend probing)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     program = program or f"python -m {sys.modules['__main__'].__spec__.name}"
     leaves: dict[str, Any] = {}
     try:

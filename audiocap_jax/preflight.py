@@ -240,8 +240,9 @@ def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int
 # ---------------------------------------------------------------------------------------------------------------
 # TFDS builds.
 # ---------------------------------------------------------------------------------------------------------------
-def tfds_splits(data_dir: str | os.PathLike, builder: str, config: str) -> list[str]:
-    """Split names of the newest build of `builder/config` under `data_dir`; UserError when there is none."""
+def tfds_splits(data_dir: str | os.PathLike, builder: str, config: str, dir_key: str) -> list[str]:
+    """Split names of the newest build of `builder/config` under `data_dir` (the flag `dir_key`); UserError
+    when there is none."""
     data_dir = Path(data_dir).expanduser()
     build_hint = (
         f"build it: python -m tfds_builders build tfds_builders/{builder} --config={config} "
@@ -249,11 +250,11 @@ def tfds_splits(data_dir: str | os.PathLike, builder: str, config: str) -> list[
     )
     _require(
         data_dir.is_dir(),
-        f"TFDS data_dir {data_dir} does not exist.",
-        f"point data_dir at the folder your TFDS builds went to, or {build_hint}",
+        f"{dir_key}={data_dir} does not exist.",
+        f"point {dir_key} at the folder your TFDS builds went to, or {build_hint}",
     )
     infos = sorted((data_dir / builder / config).glob("*/dataset_info.json"))
-    _require(bool(infos), f"No TFDS dataset {builder}/{config} in {data_dir}.", build_hint)
+    _require(bool(infos), f"{dir_key}={data_dir} holds no TFDS dataset {builder}/{config}.", build_hint)
     info = json.loads(infos[-1].read_text(encoding="utf-8"))
     return [split["name"] for split in info.get("splits", [])]
 
@@ -265,13 +266,14 @@ def check_dataset(
     mel_config: str,
     key: str,
     default_splits: Mapping[str, str],
+    dir_key: str,
 ) -> None:
     """Dataset `name` (clotho, audiocaps, audioset) is built in `data_dir` with split `split`."""
     _choice(name, f"{key} dataset", pipeline.TFDS_NAMES)
     _choice(mel_config, f"{key} mel config", MEL_CONFIGS)
     split = split or default_splits[name]
     builder = pipeline.TFDS_NAMES[name]
-    splits = tfds_splits(data_dir, builder, mel_config)
+    splits = tfds_splits(data_dir, builder, mel_config, dir_key)
     base = split.split("[")[0]
     _require(
         base in splits,
@@ -288,13 +290,17 @@ def check_evaluate(
     if style is not None:
         style_prompt_length(style, "--style")
     if mel_config is not None:
-        check_dataset(dataset, split, data_dir, mel_config, "--dataset/--split", pipeline.EVAL_SPLITS)
+        check_dataset(
+            dataset, split, data_dir, mel_config, "--dataset/--split", pipeline.EVAL_SPLITS, "--data_dir"
+        )
     else:  # the model decides; at least one build must hold the split
         _choice(dataset, "--dataset", pipeline.TFDS_NAMES)
         errors = []
         for config in MEL_CONFIGS:
             try:
-                check_dataset(dataset, split, data_dir, config, "--dataset/--split", pipeline.EVAL_SPLITS)
+                check_dataset(
+                    dataset, split, data_dir, config, "--dataset/--split", pipeline.EVAL_SPLITS, "--data_dir"
+                )
                 return
             except UserError as error:
                 errors.append(error)
@@ -401,6 +407,7 @@ def check_train(
                     c.data.mel_config,
                     f"{k}.data.mixture.{name}",
                     pipeline.TRAIN_SPLITS,
+                    f"{k}.data.data_dir",
                 )
         for name, split in c.eval.datasets.items():
             if c.eval.every_steps:
@@ -411,4 +418,5 @@ def check_train(
                     c.data.mel_config,
                     f"{k}.eval.datasets.{name}",
                     pipeline.EVAL_SPLITS,
+                    f"{k}.data.data_dir",
                 )
