@@ -268,7 +268,7 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         keep = []
         for row, (captions, labels) in zip(rows, texts, strict=True):
             if expects_captions and not captions:
-                skipped.append({"file_name": row["file_name"], "reason": "the metadata row has no caption"})
+                skipped.append({"file_name": row["file_name"], "reason": prepare.NO_CAPTION})
             else:
                 keep.append((row["file_name"], captions, labels))
         paths = [os.fspath(folder / file_name) for file_name, _, _ in keep]
