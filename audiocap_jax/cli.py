@@ -322,6 +322,7 @@ def run(
     config_flag: str | None = None,
     default_config: str | None = None,
     program: str = "",
+    flags_parser: Callable[[list[str]], Any] | None = None,
 ) -> NoReturn:
     """`app.run(main)` with the error convention: UserError / bad flags -> `error:` + fix, exit 2.
 
@@ -332,6 +333,8 @@ def run(
       config_flag: name of the command's `config_flags.DEFINE_config_file` flag, e.g. "config".
       default_config: the config file `--help` and the override check read when the flag is not given.
       program: how the user runs it, for messages (`python -m audiocap_jax.train`).
+      flags_parser: a parser other than absl's flags (the TFDS build's); it handles `--help` itself and
+        raises UserError for bad arguments.
     """
     argv = list(sys.argv)
     if not wants_traceback(argv):  # quiet by default: no third-party INFO (e.g. jax's backend probing)
@@ -344,7 +347,7 @@ def run(
         config = load_config(config_spec, config_flag) if config_spec else None
         if config is not None:
             leaves = config_leaves(config)
-        if any(arg in HELP_FLAGS for arg in argv[1:]):
+        if flags_parser is None and any(arg in HELP_FLAGS for arg in argv[1:]):
             sys.argv = argv[:1]  # define the flags without parsing any override
             if define_flags is not None:
                 define_flags()
@@ -380,7 +383,7 @@ def run(
             except app.UsageError as error:
                 raise UserError(str(error), f"`{program} --help` lists the flags") from error
 
-        app.run(guarded_main, flags_parser=parse_flags)
+        app.run(guarded_main, flags_parser=flags_parser or parse_flags)
     except UserError as error:
         exit_user_error(error, argv)
     sys.exit(EXIT_OK)  # app.run always exits; this line is for type checkers
