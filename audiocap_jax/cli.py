@@ -87,11 +87,15 @@ def wants_traceback(argv: Sequence[str] = ()) -> bool:
     return False
 
 
-def exit_user_error(error: BaseException, argv: Sequence[str] = ()) -> NoReturn:
-    """Print `error: ...` (and `fix: ...`) on stderr, the traceback only when asked; exit with EXIT_USER."""
+def print_user_error(error: BaseException, argv: Sequence[str] = ()) -> None:
+    """Print `error: ...` (and `fix: ...`) on stderr, after the traceback only when asked for one."""
     if wants_traceback(argv):
         traceback.print_exception(error)
     print(f"error: {error}", file=sys.stderr)
+
+
+def exit_user_error(error: BaseException, argv: Sequence[str] = ()) -> NoReturn:
+    print_user_error(error, argv)
     sys.exit(EXIT_USER)
 
 

@@ -438,7 +438,7 @@ def test_find_corrupted_cli_uses_worker_processes_and_sets_the_exit_status(tmp_p
     command = [sys.executable, "-m", "audiocap_jax.data.prepare", "find-corrupted", "--workers", "2"]
 
     found = subprocess.run([*command, str(broken), "--report", str(report)], capture_output=True, text=True)
-    assert found.returncode == 1, found.stderr
+    assert found.returncode == 3, found.stderr  # cli.EXIT_PARTIAL
     assert [line.split("\t")[0] for line in found.stdout.splitlines()] == [
         "development/Santa Motor.wav",
         "evaluation/typing_keyboard.wav",

@@ -15,8 +15,8 @@ clip with `file_name` (relative to the split folder) and the reference captions 
 each command writes `<folder>/report_<split>.csv` (`file_name,problem`; only the header when all is well)
 and logs the count. The layouts and the row schemas are documented in docs/data.md.
 
-Exit status of the CLI: 0 done; 1 `find-corrupted` found files that do not decode; 2 bad arguments or input
-(missing files, a refused limit), with the reason on stderr.
+Exit status of the CLI (audiocap_jax/cli.py): 0 done; 3 `find-corrupted` found files that do not decode; 2 bad
+arguments or input (missing files, a refused limit), with `error:` and the reason on stderr.
 """
 
 import argparse
@@ -39,7 +39,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from audiocap_jax import audio
+from audiocap_jax import audio, cli
 from audiocap_jax.ontology import Ontology
 
 METADATA_FILE = "metadata.jsonl"
@@ -773,7 +773,7 @@ def _run_find_corrupted(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"{problem.file_name}\t{problem.problem}")
     print(f"{len(problems)} files under {args.folder} do not decode", file=sys.stderr)
-    return 1 if problems else 0
+    return cli.EXIT_PARTIAL if problems else cli.EXIT_OK
 
 
 def _comma_list(text: str) -> list[str]:
@@ -864,14 +864,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs one command; returns the exit status (0 done, 1 corrupted files found, 2 bad input)."""
+    """Runs one command; returns the exit status (0 done, 3 corrupted files found, 2 bad input).
+
+    Every ValueError / FileNotFoundError these commands raise is about their input and names the file.
+    """
     args = _build_parser().parse_args(argv)
     logging.set_verbosity(logging.INFO)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        cli.print_user_error(error, sys.argv if argv is None else argv)
+        return cli.EXIT_USER
 
 
 if __name__ == "__main__":
