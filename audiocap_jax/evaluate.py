@@ -180,7 +180,6 @@ def main(argv: list[str]) -> None:
                 str(error), "correct the file named above (docs/metrics.md shows the layouts)"
             ) from error
         prefix = ""
-        out_dir.mkdir(parents=True, exist_ok=True)
         json_path = out_dir / (predictions_path.stem + "_scores.json")
         source = {"predictions": f["predictions"].value, "references": f["references"].value}
     else:
@@ -204,6 +203,7 @@ def main(argv: list[str]) -> None:
             str(error), "pass --spice=auto (skip SPICE when it cannot run) or --spice=off"
         ) from error
     print(metrics.format_table(scores))
+    out_dir.mkdir(parents=True, exist_ok=True)
     with cli.atomic_path(json_path) as partial:
         metrics.write_json(partial, scores, **source)
     print(f"Scores: {json_path}")

@@ -61,22 +61,22 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def check_writable_dir(path: str | os.PathLike, key: str) -> Path:
-    """`path` is, or can be created as, a directory this process may write; nothing is created."""
+def check_writable_dir(path: str | os.PathLike, key: str, shown: str | os.PathLike | None = None) -> Path:
+    """`path` is, or can be created as, a directory this process may write; nothing is created.
+
+    `shown` is the path the user typed as `key` when `path` is derived from it (the folder of an output file).
+    """
     path = Path(path).expanduser().absolute()
-    if path.exists():
-        _require(path.is_dir(), f"{key}={path} exists and is not a directory.", f"point {key} at a directory")
-        target = path
-    else:
-        target = _existing_ancestor(path)
-        _require(
-            target.is_dir(),
-            f"{key}={path}: {target} is a file, so the directory cannot be created.",
-            f"choose another {key}",
-        )
+    target = _existing_ancestor(path)
+    where = f"{key}={shown or path}"
+    _require(
+        target.is_dir(),
+        f"{where}: {target} is a file, so {path} cannot be {'used' if target == path else 'created'} as a folder.",
+        f"choose another {key}",
+    )
     _require(
         os.access(target, os.W_OK | os.X_OK),
-        f"{key}={path}: {target} is not writable.",
+        f"{where}: {target} is not writable.",
         f"choose a {key} you can write, or fix the permissions of {target}",
     )
     return path
@@ -94,7 +94,7 @@ def check_writable_file(path: str | os.PathLike, key: str) -> Path:
             f"{key}={path} is not writable.",
             "choose another file or fix its permissions",
         )
-    check_writable_dir(path.parent, f"the folder of {key}")
+    check_writable_dir(path.parent, key, shown=path)
     return path
 
 
