@@ -24,6 +24,7 @@ import ml_collections
 from audiocap_jax import text
 from audiocap_jax.cli import UserError
 from audiocap_jax.data import pipeline
+from audiocap_jax.load import CHECKPOINT_DIR, MODEL_CONFIG_FILE
 from audiocap_jax.model.sharding import MESH_AXES
 
 STEP_CHOICES = ("best", "latest")  # or a step number
@@ -35,7 +36,6 @@ INITS = ("hf", "scratch", "ours")
 SCHEDULES = ("linear", "cosine", "constant")
 WANDB_MODES = ("online", "offline", "disabled")
 HF_CONFIG_FILE = "config.json"  # what makes a directory a HF checkpoint
-WORKDIR_CONFIG_FILE = "model_config.json"  # what makes a directory one of our training workdirs (load.py)
 
 
 def _require(condition: bool, problem: str, fix: str) -> None:
@@ -108,13 +108,13 @@ def check_readable_file(path: str | os.PathLike, key: str, what: str) -> Path:
 def check_checkpoint(checkpoint: str, step: str | int = "best", key: str = "--checkpoint") -> None:
     """A training workdir of ours (with the requested step), a HF Whisper directory, or a hub id."""
     path = Path(checkpoint).expanduser()
-    if (path / WORKDIR_CONFIG_FILE).is_file():
+    if (path / MODEL_CONFIG_FILE).is_file():
         steps = sorted(
-            int(p.name) for p in (path / "checkpoints").glob("*") if p.name.isdigit() and p.is_dir()
+            int(p.name) for p in (path / CHECKPOINT_DIR).glob("*") if p.name.isdigit() and p.is_dir()
         )
         _require(
             bool(steps),
-            f"{key}={path} is a training workdir without any finished checkpoint in {path / 'checkpoints'}.",
+            f"{key}={path} is a training workdir without any finished checkpoint in {path / CHECKPOINT_DIR}.",
             "train longer (checkpoint.every_steps) or pick another workdir",
         )
         if str(step) not in STEP_CHOICES:
@@ -128,7 +128,7 @@ def check_checkpoint(checkpoint: str, step: str | int = "best", key: str = "--ch
         _require(
             (path / HF_CONFIG_FILE).is_file(),
             f"{key}={path} is neither a training workdir (no "
-            f"{WORKDIR_CONFIG_FILE}) nor a HF Whisper checkpoint (no {HF_CONFIG_FILE}).",
+            f"{MODEL_CONFIG_FILE}) nor a HF Whisper checkpoint (no {HF_CONFIG_FILE}).",
             "pass a workdir written by `audiocap_jax.train` or a HF directory such as hf_export/",
         )
         return
@@ -240,9 +240,9 @@ def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int
 # ---------------------------------------------------------------------------------------------------------------
 # TFDS builds.
 # ---------------------------------------------------------------------------------------------------------------
-def tfds_splits(data_dir: str | os.PathLike, builder: str, config: str, dir_key: str) -> list[str]:
-    """Split names of the newest build of `builder/config` under `data_dir` (the flag `dir_key`); UserError
-    when there is none."""
+def tfds_splits(data_dir: str | os.PathLike, builder: str, config: str, dir_key: str) -> dict[str, int]:
+    """{split: number of examples} of the newest build of `builder/config` under `data_dir` (the flag
+    `dir_key`), from its dataset_info.json; UserError when there is none."""
     data_dir = Path(data_dir).expanduser()
     build_hint = (
         f"build it: python -m tfds_builders build tfds_builders/{builder} --config={config} "
@@ -256,7 +256,7 @@ def tfds_splits(data_dir: str | os.PathLike, builder: str, config: str, dir_key:
     infos = sorted((data_dir / builder / config).glob("*/dataset_info.json"))
     _require(bool(infos), f"{dir_key}={data_dir} holds no TFDS dataset {builder}/{config}.", build_hint)
     info = json.loads(infos[-1].read_text(encoding="utf-8"))
-    return [split["name"] for split in info.get("splits", [])]
+    return {split["name"]: sum(map(int, split.get("shardLengths", []))) for split in info.get("splits", [])}
 
 
 def check_dataset(
@@ -280,6 +280,11 @@ def check_dataset(
         f"{key}: {builder}/{mel_config} in {data_dir} has no split {base!r}; it has "
         f"{', '.join(splits) or 'none'}.",
         f"use one of {', '.join(splits)}",
+    )
+    _require(
+        splits[base] > 0,
+        f"{key}: split {base!r} of {builder}/{mel_config} in {data_dir} is empty (the build kept no clip).",
+        "check the build's skipped clips (metadata.json beside dataset_info.json) and rebuild, or use another split",
     )
 
 

@@ -258,6 +258,8 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
     def _generate_examples(self, split: str, folder: pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
         rows = read_split_rows(folder)
+        if not rows:
+            logging.warning("%s %s: the split is empty (%s lists no clip).", self.name, split, folder)
         if self._shard:
             index, count = self._shard
             rows = rows[index::count]
