@@ -363,11 +363,6 @@ def run(
             ]
             if config is not None:
                 text += ["", config_help(config, config_spec.partition(":")[0], config_flag)]
-            elif config_flag:
-                text += [
-                    "",
-                    f"--{config_flag}=FILE.py: --{program} --{config_flag}=FILE --help lists its keys.",
-                ]
             print("\n".join(text))
             sys.exit(EXIT_OK)
         if config is not None:
