@@ -131,6 +131,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     f = flags.FLAGS
+    preflight.check_spice(f["spice"].value)
     if f["checkpoint"].value is not None:
         if f["dataset"].value is None:
             raise app.UsageError("--checkpoint needs --dataset (clotho, audiocaps or audioset).")
@@ -198,10 +199,6 @@ def main(argv: list[str]) -> None:
         )
     except metrics.AlignmentError as error:
         raise cli.UserError(str(error), _alignment_fix(error, predictions, references)) from error
-    except metrics.SpiceUnavailableError as error:
-        raise cli.UserError(
-            str(error), "pass --spice=auto (skip SPICE when it cannot run) or --spice=off"
-        ) from error
     print(metrics.format_table(scores))
     out_dir.mkdir(parents=True, exist_ok=True)
     with cli.atomic_path(json_path) as partial:

@@ -21,7 +21,7 @@ from typing import Any
 
 import ml_collections
 
-from audiocap_jax import text
+from audiocap_jax import metrics, text
 from audiocap_jax.cli import UserError
 from audiocap_jax.data import pipeline
 from audiocap_jax.load import CHECKPOINT_DIR, MODEL_CONFIG_FILE
@@ -234,6 +234,17 @@ def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int
             c.batch_size % parallel == 0,
             f"{key}.batch_size={c.batch_size} does not split over the {parallel} data-parallel devices.",
             f"set {key}.batch_size to a multiple of {parallel}",
+        )
+
+
+def check_spice(spice: str) -> None:
+    """`--spice=on` needs the SPICE jars and Java now, not after the captioning."""
+    if spice == "on":
+        status = metrics.spice_status()
+        _require(
+            status.available,
+            f"--spice=on: {status.reason}",
+            "pass --spice=auto (skip SPICE when it cannot run) or --spice=off",
         )
 
 

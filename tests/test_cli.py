@@ -14,6 +14,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -144,6 +145,8 @@ CASES = [
      ["--predictions={root}/missing.csv", "--references={refs}", "--output_dir={root}/out/e"], ["'b.wav'", "pass --allow_missing"]),
     ("evaluate-bad-header", "audiocap_jax.evaluate",
      ["--predictions={root}/bad_header.csv", "--references={refs}", "--output_dir={root}/out/e"], ["bad_header.csv", "lacks columns"]),
+    ("evaluate-spice-required", "audiocap_jax.evaluate", [*EVALUATE, "--dataset=clotho", "--spice=on"],
+     ["--spice=on: SPICE unavailable", "--spice=off"]),
     ("evaluate-unknown-dataset", "audiocap_jax.evaluate", [*EVALUATE, "--dataset=wavcaps"],
      ["--dataset='wavcaps'", "clotho, audiocaps, audioset"]),
     ("evaluate-unknown-split", "audiocap_jax.evaluate", [*EVALUATE, "--dataset=clotho", "--split=valid"],
@@ -189,17 +192,16 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def results(paths, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
-    """Case id -> (exit code, stdout, stderr) of every case, one forking subprocess per command.
+def results(paths, tmp_path_factory) -> Callable[[str], subprocess.CompletedProcess]:
+    """Case id -> its (exit code, stdout, stderr); the cases of a command run together, when first needed.
 
     Whether a case created <root>/out (where every output path of the cases lies) is recorded in the
     result's `created` attribute; the runner then removes it, so each case starts clean.
     """
-    by_module: dict[str, list[tuple[str, list[str]]]] = {}
-    for case_id, module, args, _ in CASES:
-        by_module.setdefault(module, []).append((case_id, [arg.format(**paths) for arg in args]))
-    done = {}
-    for module, cases in by_module.items():
+    done: dict[str, subprocess.CompletedProcess] = {}
+
+    def run_module(module: str) -> None:
+        cases = [(c[0], [arg.format(**paths) for arg in c[2]]) for c in CASES if c[1] == module]
         out = tmp_path_factory.mktemp(module.replace(".", "_"))
         (out / "cases.json").write_text(json.dumps([args for _, args in cases]))
         forbidden = pathlib.Path(paths["root"]) / "out"
@@ -214,12 +216,18 @@ def results(paths, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
                 (out / f"{index}.err").read_text(),
             )
             done[case_id].created = outcome["created"]
-    return done
+
+    def result_of(case_id: str) -> subprocess.CompletedProcess:
+        if case_id not in done:
+            run_module(next(c[1] for c in CASES if c[0] == case_id))
+        return done[case_id]
+
+    return result_of
 
 
 @pytest.mark.parametrize("case_id, expected", [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_a_user_error(paths, results, case_id, expected):
-    result = results[case_id]
+    result = results(case_id)
     assert result.returncode == cli.EXIT_USER, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     message = result.stderr[result.stderr.rindex("error: ") :]
@@ -245,7 +253,11 @@ def test_traceback_on_request(paths):
             [],
             ["--take-first-n", "num_beams", "  style  ", "the forced dataset/style prefix"],
         ),
-        ("audiocap_jax.evaluate", [], ["allow_extra: Ignore predictions", "long_audio", "threads decoding audio files"]),
+        (
+            "audiocap_jax.evaluate",
+            [],
+            ["allow_extra: Ignore predictions", "long_audio", "threads decoding audio files"],
+        ),
         (
             "audiocap_jax.train",
             ["--config=configs/smoke.py"],
