@@ -2,18 +2,23 @@
 
 Keeps the last K checkpoints plus the best N by a validation score. Saves are asynchronous. A checkpoint that
 was interrupted mid-save is never listed (Orbax finalises a step directory atomically); one that is listed but
-fails to restore (corrupted files) is skipped with a warning and the previous one is used.
+fails to restore (corrupted, partial or unreadable files) is moved aside to `<step>.corrupt-<UTC time>` (kept
+for inspection, never deleted; Orbax ignores the name), named in a warning, and the previous one is used, so
+training passes that step again and saves it anew instead of failing with StepAlreadyExistsError.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 BEST_KEY = "best_score"  # the metric Orbax ranks checkpoints by (higher is better)
@@ -67,16 +72,29 @@ class Checkpointer:
                     ),
                 )
             except Exception as e:  # orbax/tensorstore raise many types for damaged files
+                aside = self.move_aside(step)
                 logging.warning(
-                    "Checkpoint step %d in %s cannot be restored (%s: %s); falling back to the previous one.",
+                    "Checkpoint step %d in %s cannot be restored (%s: %s); moved it aside to %s and falling "
+                    "back to the previous one (training redoes the steps after it).",
                     step,
                     self.directory,
                     type(e).__name__,
-                    str(e).splitlines()[0][:300],
+                    (str(e).splitlines() or [""])[0][:300],
+                    aside,
                 )
                 continue
             return step, restored["state"], dict(restored["data"])
         return None
+
+    def move_aside(self, step: int) -> Path:
+        """Renames step directory `step` to `<step>.corrupt-<UTC time>` (process 0; every process waits)."""
+        if jax.process_index() == 0:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            os.rename(self.directory / str(step), self.directory / f"{step}.corrupt-{stamp}")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+        self._manager.reload()
+        return max(self.directory.glob(f"{step}.corrupt-*"))  # the newest, should a step be corrupt again
 
     def restore_subset(self, step: int, abstract_subset: dict[str, Any]) -> dict[str, Any]:
         """Only some top-level fields of a saved state (e.g. params and frozen for inference, no optimizer)."""

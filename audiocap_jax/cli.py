@@ -1,12 +1,388 @@
-"""The exit codes every command (`train`, `predict`, `evaluate`, `prepare`, the TFDS build) uses.
+"""The exit codes and the one error convention of every command (`train`, `predict`, `evaluate`, `prepare`,
+the TFDS build).
 
-One table so scripts and job schedulers can tell the outcomes apart (documented in the README).
+One table of exit codes so scripts and job schedulers can tell the outcomes apart (README, "Exit codes and
+errors"). One exception type for problems the user can fix: `UserError(problem, fix)`. Library code raises it
+where it validates input (`preflight.py`, the config checks here, checkpoint and dataset loading);
+`run(main)` wraps an absl `app.run` program so that a `UserError`, a bad flag or a bad `--config.x.y`
+override prints
+
+    error: <what is wrong, naming the key / file / line>
+    fix: <what to do>
+
+and exits with `EXIT_USER`, without a traceback unless `--verbosity=1` (or `AUDIOCAP_TRACEBACK=1`) asks for
+one. Anything else is an internal failure: Python's traceback and exit code 1, unchanged. A dedicated class
+rather than "every ValueError" because a ValueError raised deep inside JAX or TFDS is a bug to report, not a
+flag to fix; `UserError` subclasses ValueError so callers that catch ValueError keep working.
+
+`--help` (`-h`) lists the command's flags and every key of its ml_collections config with its default and the
+one-line comment it has in the config files, and exits 0 without starting a JAX backend.
+
+This module imports only absl and ml_collections, so every command can use it before its heavy imports.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import difflib
+import importlib.util
+import io
+import logging
+import os
+import re
+import sys
+import tokenize
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import ml_collections
+from absl import app, flags
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug or an unexpected failure: the traceback is kept
-EXIT_USER = 2  # a user error (bad flag, config key or value, missing or unreadable input): one message, no traceback
+EXIT_USER = (
+    2  # a user error (bad flag, config key or value, missing or unreadable input): one message, no traceback
+)
 EXIT_PARTIAL = 3  # finished, but some inputs were skipped (counted and named in the output)
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM with a checkpoint saved; rerun the same command to resume
+EXIT_PREEMPTED = (
+    75  # EX_TEMPFAIL: stopped by SIGTERM with a checkpoint saved; rerun the same command to resume
+)
+
+TRACEBACK_ENV = "AUDIOCAP_TRACEBACK"  # "1": user errors also print their traceback
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"  # the repository's config files
+PREDICT_CONFIG = str(CONFIGS_DIR / "predict.py")  # predict's and evaluate's default, wherever they run from
+QUIET_LOGGERS = ("jax", "orbax", "tensorflow_datasets", "grain")  # WARNING and up unless --verbosity>=1
+HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
+
+
+class UserError(ValueError):
+    """A problem the user can fix: what is wrong (naming the key, file or line) and how to fix it."""
+
+    def __init__(self, problem: str, fix: str = ""):
+        super().__init__(problem, fix)
+        self.problem = problem
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.problem}\nfix: {self.fix}" if self.fix else self.problem
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reporting.
+# ---------------------------------------------------------------------------------------------------------------
+def wants_traceback(argv: Sequence[str] = ()) -> bool:
+    """`AUDIOCAP_TRACEBACK=1`, or absl verbosity >= 1 (parsed, or still on the command line)."""
+    if os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes"):
+        return True
+    if flags.FLAGS.is_parsed() and "verbosity" in flags.FLAGS:
+        return flags.FLAGS.verbosity >= 1
+    for index, arg in enumerate(argv):
+        match = re.fullmatch(r"--?(?:verbosity|v)(?:=(-?\d+))?", arg)
+        if match:
+            value = match.group(1) or (argv[index + 1] if index + 1 < len(argv) else "0")
+            return value.lstrip("-").isdigit() and int(value) >= 1
+    return False
+
+
+def print_user_error(error: BaseException, argv: Sequence[str] = ()) -> None:
+    """Print `error: ...` (and `fix: ...`) on stderr, after the traceback only when asked for one."""
+    if wants_traceback(argv):
+        traceback.print_exception(error)
+    print(f"error: {error}", file=sys.stderr)
+
+
+def exit_user_error(error: BaseException, argv: Sequence[str] = ()) -> NoReturn:
+    print_user_error(error, argv)
+    sys.exit(EXIT_USER)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; renamed onto `path` on success, removed on failure.
+
+    So an output file is either complete or absent (its previous version kept), never half-written.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ml_collections config files: loading, keys, comments, override checks.
+# ---------------------------------------------------------------------------------------------------------------
+def load_config(spec: str, flag: str) -> ml_collections.ConfigDict:
+    """`path.py[:arg]` -> its `get_config(arg)`, as ml_collections' config flag loads it; UserError on failure."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise UserError(
+            f"--{flag}={spec}: no such config file (relative paths start at {Path.cwd()}).",
+            f"pass an existing file, e.g. --{flag}={CONFIGS_DIR / 'smoke.py'}",
+        )
+    module_spec = importlib.util.spec_from_file_location(f"{flag.replace('-', '_')}_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    try:
+        return module.get_config(*([arg] if arg else []))
+    except ValueError as error:  # configs/common.py:parse_arg names the unknown argument
+        raise UserError(f"--{flag}={spec}: {error}", f"fix the part after ':' in --{flag}") from error
+
+
+def config_leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """`{"optim.lr": 2e-05, ...}`: every non-ConfigDict value by its dotted path, in definition order."""
+    leaves: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            leaves |= config_leaves(value, f"{prefix}{key}.")
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def config_comments(path: str | Path) -> dict[str, str]:
+    """One-line meaning of each key a config file sets: its trailing comment, else the comment block above.
+
+    Covers `c.a.b = value  # comment` and keys of `dict(key=value, ...)` / `{"key": value}` literals assigned
+    to a path. Config files that the file imports from `configs` (e.g. base.py) are read first, so a file's own
+    comment on a key wins over the base's.
+    """
+    path = Path(path)
+    source = path.read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    lines = source.splitlines()
+    found: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "configs":
+            for alias in node.names:
+                imported = path.parent / f"{alias.name}.py"
+                if imported.is_file():
+                    found = config_comments(imported) | found
+
+    def meaning(first_line: int, last_line: int) -> str:
+        for n in range(first_line, last_line + 1):
+            if n in comments and not lines[n - 1].lstrip().startswith("#"):
+                return comments[n]
+        above, n = [], first_line - 1
+        while n >= 1 and lines[n - 1].lstrip().startswith("#"):
+            above.insert(0, comments.get(n, ""))
+            n -= 1
+        text = " ".join(above)
+        return text.split(". ")[0].rstrip(".") if text else ""
+
+    def literal_keys(value: ast.AST, prefix: str) -> Iterator[tuple[str, ast.AST]]:
+        if (
+            isinstance(value, ast.Call) and value.args and not value.keywords
+        ):  # ConfigDict(dict(...)) / ({...})
+            yield from literal_keys(value.args[0], prefix)
+        elif isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "dict":
+            for keyword in value.keywords:
+                if keyword.arg:
+                    yield f"{prefix}.{keyword.arg}", keyword
+                    yield from literal_keys(keyword.value, f"{prefix}.{keyword.arg}")
+        elif isinstance(value, ast.Dict):
+            for key, item in zip(value.keys, value.values, strict=True):
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    yield f"{prefix}.{key.value}", item
+                    yield from literal_keys(item, f"{prefix}.{key.value}")
+
+    own: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+            continue
+        parts, target = [], node.targets[0]
+        while isinstance(target, ast.Attribute):
+            parts.insert(0, target.attr)
+            target = target.value
+        if not parts or not isinstance(target, ast.Name):
+            continue
+        key = ".".join(parts)
+        pairs = [(key, meaning(node.lineno, node.lineno))]
+        pairs += [(k, meaning(n.lineno, n.end_lineno)) for k, n in literal_keys(node.value, key)]
+        for (
+            sub_key,
+            text,
+        ) in pairs:  # a later, uncommented assignment (e.g. a runlocal branch) keeps the meaning
+            if text or sub_key not in own:
+                own[sub_key] = text
+    return found | {key: text for key, text in own.items() if text or key not in found}
+
+
+def _override_paths(argv: Sequence[str], flag: str) -> Iterator[tuple[str, str]]:
+    """(argument as typed, dotted key) of every `--flag.a.b[=v]` / `--noflag.a.b` on the command line."""
+    pattern = re.compile(rf"--?(?:no)?{re.escape(flag)}\.([^=]+)(?:=.*)?")
+    for arg in argv:
+        match = pattern.fullmatch(arg)
+        if match:
+            yield arg, match.group(1)
+
+
+def _initials(name: str) -> str:
+    return "".join(part[0] for part in name.split("_") if part)
+
+
+def _nearest(name: str, candidates: Sequence[str]) -> list[str]:
+    """Spelling neighbours (difflib), and abbreviations either way: learning_rate <-> lr."""
+    abbreviated = [c for c in candidates if len(c) > 1 and (c == _initials(name) or name == _initials(c))]
+    return abbreviated + [
+        c for c in difflib.get_close_matches(name, candidates, n=3, cutoff=0.6) if c not in abbreviated
+    ]
+
+
+def check_overrides(argv: Sequence[str], flag: str, config: ml_collections.ConfigDict, program: str) -> None:
+    """Every `--<flag>.<key>` names an existing key; otherwise a UserError suggesting the nearest ones.
+
+    ml_collections would fail too, but after 20-50 lines of chained tracebacks ending in an escaped repr
+    (`'\\'num_beam\\'\\nDid you mean...'`) or a bare `AttributeError: "'learning_rate'"`.
+    """
+    leaves = config_leaves(config)
+    sections = {key.rpartition(".")[0] for key in leaves}
+    for arg, key in _override_paths(argv, flag):
+        if key in leaves or key in sections:
+            continue
+        parent, _, name = key.rpartition(".")
+        while parent and parent not in sections:
+            parent, _, name = parent.rpartition(".")
+        siblings = sorted(
+            {
+                k[len(parent) + 1 :].split(".")[0] if parent else k.split(".")[0]
+                for k in leaves
+                if not parent or k.startswith(parent + ".")
+            }
+        )
+        close = [
+            f"{parent}.{s}" if parent else s for s in _nearest(name, siblings)
+        ] or difflib.get_close_matches(key, list(leaves), n=3, cutoff=0.6)
+        where = f"--{flag}.{parent}" if parent else f"--{flag}"
+        suggestion = f"did you mean {' or '.join(f'--{flag}.{c}' for c in close)}? " if close else ""
+        raise UserError(
+            f"{arg.split('=')[0]}: the config has no key {key!r}; {where} has: {', '.join(siblings)}.",
+            f"{suggestion}`{program} --help` lists every key with its default.",
+        )
+
+
+def config_help(config: ml_collections.ConfigDict, config_path: str | Path, flag: str) -> str:
+    """The `--help` table of a config: key, default and the one-line meaning from the config files."""
+    comments = config_comments(config_path)
+    leaves = config_leaves(config)
+    width = max(len(key) for key in leaves) + 2
+    lines = [f"Config keys of {config_path} (override with --{flag}.<key>=<value>):"]
+    for key, value in leaves.items():
+        default = repr(value)
+        meaning = comments.get(key, "")
+        lines.append(f"  {key:<{width}}{default:<24} {meaning}".rstrip())
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The wrapper around absl's app.run.
+# ---------------------------------------------------------------------------------------------------------------
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg.startswith(f"--{flag}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{flag}" and index + 1 < len(argv):
+            return argv[index + 1]
+    return None
+
+
+_TYPE_NAMES = {
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    tuple: "a tuple",
+}
+
+
+def _flag_error(error: flags.Error, leaves: Mapping[str, Any], flag: str | None) -> UserError:
+    """A flag parsing error as a UserError; for a config key, its expected type and default."""
+    message = str(error).strip()
+    match = re.match(r"flag --([\w.-]+)=", message)
+    name = match.group(1) if match else ""
+    if flag and name.startswith(f"{flag}."):
+        key = name[len(flag) + 1 :]
+        if key in leaves:
+            default = leaves[key]
+            kind = _TYPE_NAMES.get(type(default), type(default).__name__)
+            return UserError(message, f"--{name} takes {kind}, e.g. its default: --{name}={default!r}")
+    return UserError(message, "see --help for the flags and their types")
+
+
+def run(
+    main: Callable[[list[str]], Any],
+    *,
+    define_flags: Callable[[], None] | None = None,
+    config_flag: str | None = None,
+    default_config: str | None = None,
+    program: str = "",
+    flags_parser: Callable[[list[str]], Any] | None = None,
+) -> NoReturn:
+    """`app.run(main)` with the error convention: UserError / bad flags -> `error:` + fix, exit 2.
+
+    Args:
+      main: the absl main; it may raise UserError or app.UsageError for the user to fix.
+      define_flags: defines the command's flags (called here, after the config overrides are checked,
+        because ml_collections parses a config flag's default as soon as it is defined).
+      config_flag: name of the command's `config_flags.DEFINE_config_file` flag, e.g. "config".
+      default_config: the config file `--help` and the override check read when the flag is not given.
+      program: how the user runs it, for messages (`python -m audiocap_jax.train`).
+      flags_parser: a parser other than absl's flags (the TFDS build's); it handles `--help` itself and
+        raises UserError for bad arguments.
+    """
+    argv = list(sys.argv)
+    if not wants_traceback(argv):  # quiet by default: no third-party INFO (e.g. jax's backend probing)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    program = program or f"python -m {sys.modules['__main__'].__spec__.name}"
+    leaves: dict[str, Any] = {}
+    try:
+        config_spec = (_flag_value(argv, config_flag) or default_config) if config_flag else None
+        config = load_config(config_spec, config_flag) if config_spec else None
+        if config is not None:
+            leaves = config_leaves(config)
+        if flags_parser is None and any(arg in HELP_FLAGS for arg in argv[1:]):
+            sys.argv = argv[:1]  # define the flags without parsing any override
+            if define_flags is not None:
+                define_flags()
+            text = [
+                (sys.modules["__main__"].__doc__ or "").strip(),
+                "",
+                "Flags:",
+                flags.FLAGS.main_module_help(),
+            ]
+            if config is not None:
+                text += ["", config_help(config, config_spec.partition(":")[0], config_flag)]
+            print("\n".join(text))
+            sys.exit(EXIT_OK)
+        if config is not None:
+            check_overrides(argv[1:], config_flag, config, program)
+        if define_flags is not None:
+            define_flags()
+
+        def parse_flags(args: list[str]) -> list[str]:
+            try:
+                return flags.FLAGS(args)
+            except flags.Error as error:
+                raise _flag_error(error, leaves, config_flag) from error
+
+        def guarded_main(args: list[str]) -> Any:
+            try:
+                return main(args)
+            except app.UsageError as error:
+                raise UserError(str(error), f"`{program} --help` lists the flags") from error
+
+        app.run(guarded_main, flags_parser=flags_parser or parse_flags)
+    except UserError as error:
+        exit_user_error(error, argv)
+    sys.exit(EXIT_OK)  # app.run always exits; this line is for type checkers

@@ -15,22 +15,24 @@ Presets (--metrics): coco (today's set), dcase2023 (+ SPIDEr-FL, FER), dcase2024
 SPIDEr-FL, Vocab). Several rows per clip in the predictions CSV are an N-best list: the first row is scored,
 and SPIDEr-max is added. Prints a table and writes a JSON file (corpus scores, intervals, unavailable metrics
 with the fix, warnings, per-clip scores incl. CIDEr-D). `audioset > keywords` outputs also get keyword
-precision/recall/F1 (`--keywords`, on by default for a keywords prefix).
+precision/recall/F1 (`--keywords`, on by default for a keywords prefix). Inputs, dataset/split names and the
+output folder are checked before any model loads; output files are written complete or not at all; problems
+with the inputs exit 2 with one `error:` and one `fix:` line (README, "Exit codes and errors").
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import decode, inference, load, metrics
+from audiocap_jax import cli, decode, inference, load, metrics, preflight
 from audiocap_jax.data import pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
@@ -42,6 +44,7 @@ def score_files(
     *,
     keywords: bool = False,
     allow_missing: bool = False,
+    allow_extra: bool = False,
     spice: str = "auto",
     **score_options: Any,
 ) -> metrics.CaptionScores:
@@ -50,11 +53,10 @@ def score_files(
     score_options go to `metrics.score` as given: preset, candidates, model_dir, bootstrap, seed.
     """
     spice_arg: Any = {"auto": "auto", "on": True, "off": False}[spice]
-    scores = metrics.score(
-        predictions, references, spice=spice_arg, allow_missing=allow_missing, **score_options
-    )
+    allow = dict(allow_missing=allow_missing, allow_extra=allow_extra)
+    scores = metrics.score(predictions, references, spice=spice_arg, **allow, **score_options)
     if keywords:
-        keyword_scores = metrics.score_keywords(predictions, references, allow_missing=allow_missing)
+        keyword_scores = metrics.score_keywords(predictions, references, **allow)
         scores = dataclasses.replace(scores, corpus={**scores.corpus, **keyword_scores.corpus})
     return scores
 
@@ -114,6 +116,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("output_dir", None, "Where predictions.csv / scores.json go (default: beside).")
     flags.DEFINE_bool("keywords", None, "Also keyword P/R/F1 (default: on for a keywords prefix).")
     flags.DEFINE_bool("allow_missing", False, "Score only the clips that have predictions.")
+    flags.DEFINE_bool("allow_extra", False, "Ignore predictions for clips without references.")
     flags.DEFINE_enum(
         "spice", "auto", ["auto", "on", "off"], "SPICE: when the jars exist, required, or skipped."
     )
@@ -125,83 +128,110 @@ def _define_flags() -> None:
     flags.DEFINE_string(
         "metrics_model_dir", None, "FENSE/FER models (default: $AUDIOCAP_METRICS_MODELS or ~/.cache)."
     )
-    config_flags.DEFINE_config_file(
-        "config-file", "configs/predict.py", "Decoding settings.", lock_config=True
-    )
+    config_flags.DEFINE_config_file("config-file", cli.PREDICT_CONFIG, "Decoding settings.", lock_config=True)
+
+
+def _alignment_fix(error: metrics.AlignmentError, predictions: dict[str, str], references: dict) -> str:
+    """The command-line fix for a predictions/references mismatch (metrics speaks of Python arguments)."""
+    if not set(predictions) & set(references):
+        return "write the file names relative to the same folder in both files"
+    switches = [
+        f"--{name}"
+        for name, names in (("allow_missing", error.missing), ("allow_extra", error.extra))
+        if names
+    ]
+    if not switches:
+        return "give every clip at least one non-empty reference caption"
+    return f"correct the file names, or pass {' '.join(switches)} to score the clips found in both"
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
+    f = flags.FLAGS
+    preflight.check_spice(f["spice"].value)
     n_best = None  # several rows per clip in --predictions: SPIDEr-max over them
-    if flags.FLAGS["checkpoint"].value is not None:
-        if flags.FLAGS["dataset"].value is None:
+    if f["checkpoint"].value is not None:
+        if f["dataset"].value is None:
             raise app.UsageError("--checkpoint needs --dataset (clotho, audiocaps or audioset).")
-        predictions, references, prefix = predict_split(
-            flags.FLAGS["checkpoint"].value,
-            flags.FLAGS["dataset"].value,
-            flags.FLAGS["split"].value,
-            flags.FLAGS["data_dir"].value,
-            flags.FLAGS["config-file"].value,
-            mel_config=flags.FLAGS["mel_config"].value,
-            style=flags.FLAGS["style"].value,
+        config = f["config-file"].value
+        out_dir = preflight.check_writable_dir(
+            f["output_dir"].value or Path(f["checkpoint"].value) / "evaluation", "--output_dir"
         )
-        out_dir = Path(
-            flags.FLAGS["output_dir"].value or Path(flags.FLAGS["checkpoint"].value) / "evaluation"
+        preflight.check_decoding(config, "--config-file", jax.device_count())
+        preflight.check_checkpoint(f["checkpoint"].value, config.step)
+        preflight.check_evaluate(
+            f["dataset"].value, f["split"].value, f["data_dir"].value, f["mel_config"].value, f["style"].value
+        )
+        predictions, references, prefix = predict_split(
+            f["checkpoint"].value,
+            f["dataset"].value,
+            f["split"].value,
+            f["data_dir"].value,
+            config,
+            mel_config=f["mel_config"].value,
+            style=f["style"].value,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
-        metrics.write_predictions_csv(
-            out_dir / f"{flags.FLAGS['dataset'].value}_predictions.csv", predictions
-        )
-        json_path = out_dir / f"{flags.FLAGS['dataset'].value}_scores.json"
+        with cli.atomic_path(out_dir / f"{f['dataset'].value}_predictions.csv") as partial:
+            metrics.write_predictions_csv(partial, predictions)
+        json_path = out_dir / f"{f['dataset'].value}_scores.json"
         source = {
-            "checkpoint": flags.FLAGS["checkpoint"].value,
-            "dataset": flags.FLAGS["dataset"].value,
-            "split": flags.FLAGS["split"].value,
-            "prefix": prefix,
+            "checkpoint": f["checkpoint"].value,
+            "dataset": f["dataset"].value,
+            "split": f["split"].value,
         }
-    elif flags.FLAGS["predictions"].value is not None and flags.FLAGS["references"].value is not None:
-        candidates = metrics.read_candidates_csv(flags.FLAGS["predictions"].value)
+        source["prefix"] = prefix
+    elif f["predictions"].value is not None and f["references"].value is not None:
+        predictions_path = preflight.check_readable_file(
+            f["predictions"].value, "--predictions", "a predictions CSV"
+        )
+        references_path = preflight.check_readable_file(
+            f["references"].value, "--references", "a Clotho captions CSV or an AudioFolder metadata.jsonl"
+        )
+        out_dir = preflight.check_writable_dir(
+            f["output_dir"].value or predictions_path.parent, "--output_dir"
+        )
+        try:
+            candidates = metrics.read_candidates_csv(predictions_path)
+            references = metrics.read_references(references_path)
+        except ValueError as error:  # the readers name the file, line and what is wrong with it
+            raise cli.UserError(
+                str(error), "correct the file named above (docs/metrics.md shows the layouts)"
+            ) from error
         predictions = {name: captions[0] for name, captions in candidates.items()}
         if any(len(captions) > 1 for captions in candidates.values()):
             n_best = candidates
-        references = metrics.read_references(flags.FLAGS["references"].value)
         prefix = ""
-        out_dir = Path(flags.FLAGS["output_dir"].value or Path(flags.FLAGS["predictions"].value).parent)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        json_path = out_dir / (Path(flags.FLAGS["predictions"].value).stem + "_scores.json")
-        source = {
-            "predictions": flags.FLAGS["predictions"].value,
-            "references": flags.FLAGS["references"].value,
-        }
+        json_path = out_dir / (predictions_path.stem + "_scores.json")
+        source = {"predictions": f["predictions"].value, "references": f["references"].value}
     else:
         raise app.UsageError("Give --predictions and --references, or --checkpoint and --dataset.")
     keywords = (
-        flags.FLAGS["keywords"].value
-        if flags.FLAGS["keywords"].value is not None
-        else prefix.rstrip().endswith("keywords:")
+        f["keywords"].value if f["keywords"].value is not None else prefix.rstrip().endswith("keywords:")
     )
     try:
         scores = score_files(
             predictions,
             references,
             keywords=keywords,
-            allow_missing=flags.FLAGS["allow_missing"].value,
-            spice=flags.FLAGS["spice"].value,
-            preset=flags.FLAGS["metrics"].value,
+            allow_missing=f["allow_missing"].value,
+            allow_extra=f["allow_extra"].value,
+            spice=f["spice"].value,
+            preset=f["metrics"].value,
             candidates=n_best,
-            model_dir=flags.FLAGS["metrics_model_dir"].value,
-            bootstrap=flags.FLAGS["bootstrap"].value,
-            seed=flags.FLAGS["bootstrap_seed"].value,
+            model_dir=f["metrics_model_dir"].value,
+            bootstrap=f["bootstrap"].value,
+            seed=f["bootstrap_seed"].value,
         )
     except metrics.AlignmentError as error:
-        print(f"error: {error} (on the command line: --allow_missing)", file=sys.stderr)
-        sys.exit(2)
+        raise cli.UserError(str(error), _alignment_fix(error, predictions, references)) from error
     print(metrics.format_table(scores))
-    metrics.write_json(json_path, scores, **source)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with cli.atomic_path(json_path) as partial:
+        metrics.write_json(partial, scores, **source)
     print(f"Scores: {json_path}")
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    cli.run(main, define_flags=_define_flags, config_flag="config-file", default_config=cli.PREDICT_CONFIG)

@@ -4,8 +4,10 @@
         [--recursive] [--take-first-n=N] [--config-file=configs/predict.py --config-file.num_beams=10]
 
 Writes `out.csv` (`file_name,caption_predicted`, UTF-8, CSV-quoted) and `out_log.json` (settings, timings, files
-that could not be decoded); raw outputs (special tokens and prefix included) go to stdout. Files that fail to
-decode are listed and skipped; the exit code is non-zero only when nothing could be captioned.
+that could not be decoded); raw outputs (special tokens and prefix included) go to stdout. Everything that can be
+checked from the flags and the file system (checkpoint, settings, output path) is checked before the model
+loads; both files are written complete or not at all. Files that fail to decode are listed and skipped: exit
+code 3 (`cli.EXIT_PARTIAL`) when some were, 2 when none could be captioned (README, "Exit codes and errors").
 
 The model's window is `num_frames / 100` seconds: 30 s for every released Whisper, shorter for models trained
 with a smaller `max_source_positions` (the demo's: 10 s). Features are computed exactly as the TFDS builds store
@@ -33,7 +35,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import audio, decode, inference, load, metrics, text
+from audiocap_jax import audio, cli, decode, inference, load, metrics, preflight, text
 from audiocap_jax.data.prepare import AUDIO_EXTENSIONS
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
@@ -42,11 +44,17 @@ from audiocap_jax.model.hf import resolve_checkpoint_dir
 def list_audio(folder: str | Path, recursive: bool = False) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"--data {folder} is not a folder of audio files.")
+        raise cli.UserError(f"--data={folder} is not a folder.", "pass the folder that holds the audio files")
     pattern = "**/*" if recursive else "*"
-    return sorted(
-        p for p in folder.glob(pattern) if p.is_file() and p.name.lower().endswith(AUDIO_EXTENSIONS)
+    files = sorted(
+        p for p in folder.glob(pattern) if p.name.lower().endswith(AUDIO_EXTENSIONS) and not p.is_dir()
     )
+    if not files:
+        raise cli.UserError(
+            f"--data={folder} holds no audio files ({', '.join(AUDIO_EXTENSIONS)}){'' if recursive else ' at its top level'}.",
+            "pass the folder that holds them" + ("" if recursive else ", or add --recursive for subfolders"),
+        )
+    return files
 
 
 def _segments(clip: np.ndarray, long_audio: str, window: int) -> list[tuple[float, np.ndarray]]:
@@ -125,13 +133,24 @@ def predict(
     recursive: bool = False,
     take_first_n: int = 0,
 ) -> dict[str, Any]:
-    """Caption every audio file under `data`; returns the run log (also written beside the CSV)."""
+    """Caption every audio file under `data`; returns the run log (also written beside the CSV).
+
+    Raises UserError before loading the model for bad settings or paths, and after captioning when no file
+    could be decoded (then nothing is written).
+    """
     started = time.perf_counter()
+    if take_first_n < 0:
+        raise cli.UserError(
+            f"--take-first-n={take_first_n} is negative.", "pass the number of files to caption, or 0 for all"
+        )
+    output_file = preflight.check_writable_file(output_file, "--output-file")
+    log_path = output_file.with_name(output_file.stem + "_log.json")
+    preflight.check_writable_file(log_path, "the log beside --output-file")
+    preflight.check_decoding(config, "--config-file", jax.device_count())
+    preflight.check_checkpoint(checkpoint, config.step)
     files = list_audio(data, recursive)
     if take_first_n:
         files = files[:take_first_n]
-    if not files:
-        raise FileNotFoundError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) in {data}.")
     mesh = sharding.make_mesh(dict(config.mesh))
     model, model_config, tokenizer = load.load_model(
         checkpoint, mesh=mesh, step=config.step, dtype=config.dtype, attention_impl="auto"
@@ -165,11 +184,18 @@ def predict(
         total=math.ceil(len(files) / config.batch_size),
     )
     finished = time.perf_counter()
+    if not predictions:
+        reasons = "; ".join(f"{f['file_name']}: {f['reason']}" for f in failures[:3])
+        raise cli.UserError(
+            f"none of the {len(files)} files in {data} could be decoded ({reasons}{'; ...' if len(failures) > 3 else ''}); "
+            f"nothing was written.",
+            f"check the files with `python -m audiocap_jax.data.prepare find-corrupted {data}`",
+        )
     for p in predictions:
         print(f"{p.file_name}\t{p.raw}")
-    output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_predictions_csv(output_file, {p.file_name: p.caption for p in predictions})
+    with cli.atomic_path(output_file) as partial:
+        metrics.write_predictions_csv(partial, {p.file_name: p.caption for p in predictions})
     log = {
         "checkpoint": str(checkpoint),
         "data": str(data),
@@ -188,8 +214,8 @@ def predict(
         "clips_per_second": len(predictions) / max(finished - loaded, 1e-9),
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     }
-    log_path = output_file.with_name(output_file.stem + "_log.json")
-    log_path.write_text(json.dumps(log, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with cli.atomic_path(log_path) as partial:
+        partial.write_text(json.dumps(log, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     logging.info(
         "Captioned %d of %d files (%d failed) in %.1f s -> %s, log %s",
         len(predictions),
@@ -209,12 +235,10 @@ def _define_flags() -> None:
     flags.DEFINE_bool("recursive", False, "Also caption files in subfolders.")
     flags.DEFINE_string("output-file", None, "CSV to write: file_name,caption_predicted.")
     flags.DEFINE_integer("take-first-n", 0, "Caption only the first N files (sorted by path); 0 = all.")
-    config_flags.DEFINE_config_file(
-        "config-file", "configs/predict.py", "Decoding settings.", lock_config=True
-    )
+    config_flags.DEFINE_config_file("config-file", cli.PREDICT_CONFIG, "Decoding settings.", lock_config=True)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     for name in ("checkpoint", "data", "output-file"):
@@ -228,13 +252,15 @@ def main(argv: list[str]) -> None:
         recursive=flags.FLAGS["recursive"].value,
         take_first_n=flags.FLAGS["take-first-n"].value,
     )
-    if log["num_captioned"] == 0:
+    if log["failed_files"]:
         print(
-            f"Nothing could be captioned: {len(log['failed_files'])} files failed to decode.", file=sys.stderr
+            f"Captioned {log['num_captioned']} of {log['num_files']} files; {len(log['failed_files'])} failed to "
+            f"decode (listed in {Path(log['output_file']).stem}_log.json).",
+            file=sys.stderr,
         )
-        sys.exit(1)
+        return cli.EXIT_PARTIAL
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    cli.run(main, define_flags=_define_flags, config_flag="config-file", default_config=cli.PREDICT_CONFIG)

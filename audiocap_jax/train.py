@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from audiocap_jax import checkpoint, decode, inference, load, metrics, report, text, training
+from audiocap_jax import checkpoint, cli, decode, inference, load, metrics, preflight, report, text, training
 from audiocap_jax.data import demo, pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
@@ -509,6 +509,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("Both --config=configs/<name>.py and --workdir=DIR are required.")
     _maybe_initialize_distributed()
+    preflight.check_train(_CONFIG.value, _WORKDIR.value, jax.device_count())  # before the workdir exists
     np.set_printoptions(precision=4)
     run(_CONFIG.value, _WORKDIR.value)
     if jax.process_index() == 0:
@@ -516,4 +517,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, config_flag="config", default_config=str(cli.CONFIGS_DIR / "base.py"))

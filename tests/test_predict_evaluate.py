@@ -87,17 +87,38 @@ def test_long_clips_as_windows(checkpoint, clips, tmp_path):
     assert list(metrics.read_predictions_csv(tmp_path / "w.csv")) == ["long.wav#t=0", "long.wav#t=30"]
 
 
-def test_nothing_captioned_exits_non_zero(checkpoint, tmp_path):
-    folder = tmp_path / "all_broken"
+def test_exit_codes_of_skipped_files_and_no_partial_output(checkpoint, tmp_path):
+    """Some files undecodable: exit 3 (cli.EXIT_PARTIAL) with the rest captioned; none decodable: exit 2, no CSV."""
+    folder = tmp_path / "clips"
     folder.mkdir()
     test_audio.write_not_audio(folder / "a.wav")
-    result = subprocess.run(
-        [sys.executable, "-m", "audiocap_jax.predict", f"--checkpoint={checkpoint}", f"--data={folder}",
-         f"--output-file={tmp_path / 'o.csv'}", "--config-file.max_length=16"],
-        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 1
-    assert "Nothing could be captioned: 1 files failed to decode" in result.stderr
+
+    def run(output):
+        return subprocess.run(
+            [sys.executable, "-m", "audiocap_jax.predict", f"--checkpoint={checkpoint}", f"--data={folder}",
+             f"--output-file={output}", "--config-file.max_length=16", "--config-file.num_beams=1"],
+            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+        )  # fmt: skip
+
+    nothing = run(tmp_path / "none.csv")
+    assert nothing.returncode == 2, nothing.stderr[-3000:]
+    assert (
+        "error: none of the 1 files in" in nothing.stderr
+        and "a.wav: not a readable audio file" in nothing.stderr
+    )
+    assert "fix: check the files with `python -m audiocap_jax.data.prepare find-corrupted" in nothing.stderr
+    assert not list(tmp_path.glob("none*"))
+
+    test_audio.write_audio(folder / "b.wav", test_audio.tone(1.0, 440.0))
+    partial = run(tmp_path / "some.csv")
+    assert partial.returncode == 3, partial.stderr[-3000:]
+    assert "Captioned 1 of 2 files; 1 failed to decode (listed in some_log.json)" in partial.stderr
+    assert list(metrics.read_predictions_csv(tmp_path / "some.csv")) == ["b.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "clips",
+        "some.csv",
+        "some_log.json",
+    ]  # no temp files
 
 
 def test_evaluate_predictions_against_clotho_csv(tmp_path):
@@ -118,6 +139,10 @@ def test_evaluate_predictions_against_clotho_csv(tmp_path):
     )
     with pytest.raises(metrics.AlignmentError, match="'c.wav'"):
         evaluate.score_files({**predictions, "c.wav": "x"}, metrics.read_references(references), spice="off")
+    extra = evaluate.score_files(
+        {**predictions, "c.wav": "x"}, metrics.read_references(references), allow_extra=True, spice="off"
+    )
+    assert extra.corpus == scores.corpus
 
 
 def test_evaluate_checkpoint_on_tfds_split(checkpoint, tmp_path):

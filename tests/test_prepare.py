@@ -1,5 +1,6 @@
 """Tests of the AudioFolder preparation commands on tiny datasets in the exact real layouts."""
 
+import csv
 import json
 import os
 import pathlib
@@ -438,7 +439,7 @@ def test_find_corrupted_cli_uses_worker_processes_and_sets_the_exit_status(tmp_p
     command = [sys.executable, "-m", "audiocap_jax.data.prepare", "find-corrupted", "--workers", "2"]
 
     found = subprocess.run([*command, str(broken), "--report", str(report)], capture_output=True, text=True)
-    assert found.returncode == 1, found.stderr
+    assert found.returncode == 3, found.stderr  # cli.EXIT_PARTIAL
     assert [line.split("\t")[0] for line in found.stdout.splitlines()] == [
         "development/Santa Motor.wav",
         "evaluation/typing_keyboard.wav",
@@ -458,3 +459,77 @@ def test_find_corrupted_cli_uses_worker_processes_and_sets_the_exit_status(tmp_p
 def test_captions_of_orders_caption_columns_numerically():
     row = {"file_name": "a.wav", "caption_10": "ten", "caption_2": "two", "caption_1": "one", "labels": ["x"]}
     assert prepare.captions_of(row) == ["one", "two", "ten"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# the same rules in every layout: unreadable entries, byte-order marks, uncaptioned rows, empty splits
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_unreadable_directory_entries_are_reported_and_counts_add_up(tmp_path):
+    audiofolder = layouts.write_clotho(tmp_path / "clotho")
+    development, test = audiofolder / "development", audiofolder / "test"
+    (development / "Santa Motor.wav").unlink()
+    os.symlink("gone.wav", development / "Santa Motor.wav")  # a listed clip whose link dangles
+    os.symlink("loop.wav", development / "loop.wav")  # `ln -s loop.wav loop.wav`, listed nowhere
+    os.symlink("loop.wav", test / "loop.wav")
+
+    summaries = prepare.prepare_clotho(tmp_path / "clotho")
+
+    dev = summaries["development"]
+    assert [(p.file_name, p.problem) for p in dev.problems] == [
+        ("Santa Motor.wav", "unreadable directory entry (No such file or directory)"),
+        ("loop.wav", "unreadable directory entry (Too many levels of symbolic links)"),
+    ]
+    rows, unlisted_entries = len(layouts.CLOTHO_CAPTIONS["development"]), 1
+    assert dev.num_clips + len(dev.problems) == rows + unlisted_entries
+    assert names_in(development) == ["Café ambience, Paris.wav", "rain_on_tin_roof_02.wav"]
+    assert summaries["test"].num_clips == len(layouts.CLOTHO_TEST_FILES)
+    assert [p.file_name for p in summaries["test"].problems] == ["loop.wav"]
+
+    audiocaps_dir, audioset_dir = write_audiocaps_inputs(tmp_path)
+    download = audioset_dir / "audios" / "eval" / "vJ7JPEFhyLA.mp3"
+    download.unlink()
+    os.symlink(download.name, download)
+    valid = prepare.prepare_audiocaps(audiocaps_dir, audioset_dir, tmp_path / "ac", splits=["valid"])["valid"]
+    assert [(p.file_name, p.problem) for p in valid.problems] == [
+        ("vJ7JPEFhyLA.mp3", "unreadable directory entry (Too many levels of symbolic links)")
+    ]
+    assert valid.num_clips == 1
+
+
+def test_bom_uncaptioned_rows_and_empty_splits_are_reported_alike_in_every_layout(tmp_path, caplog):
+    clotho = tmp_path / "clotho"
+    layouts.write_clotho(clotho)
+    captions = clotho / "clotho_captions_development.csv"
+    lines = captions.read_text(encoding="utf-8").split("\n")
+    lines[1] = '"Santa Motor.wav",,," ",,'  # every caption empty
+    captions.write_text("\ufeff" + "\n".join(lines), encoding="utf-8")
+    evaluation = clotho / "clotho_captions_evaluation.csv"
+    evaluation.write_text(evaluation.read_text(encoding="utf-8").split("\n")[0] + "\n", encoding="utf-8")
+
+    audiocaps_dir, audioset_dir = write_audiocaps_inputs(tmp_path)
+    valid_csv = audiocaps_dir / "valid.csv"
+    header, *records = csv.reader(valid_csv.read_text(encoding="utf-8").splitlines())
+    records = [[*r[:3], ""] if r[1] == "vfY_TJq7n_U" else r for r in records]  # all its captions empty
+    with valid_csv.open("w", encoding="utf-8", newline="") as f:
+        f.write("\ufeff")
+        csv.writer(f, lineterminator="\n").writerows([header, *records])
+    (audiocaps_dir / "test.csv").write_text(",".join(header) + "\n", encoding="utf-8")
+
+    clotho_summaries = prepare.prepare_clotho(clotho)
+    audiocaps_summaries = prepare.prepare_audiocaps(audiocaps_dir, audioset_dir, tmp_path / "ac")
+
+    assert [(p.file_name, p.problem) for p in clotho_summaries["development"].problems] == [
+        ("Santa Motor.wav", prepare.NO_CAPTION)
+    ]
+    assert [(p.file_name, p.problem) for p in audiocaps_summaries["valid"].problems] == [
+        ("vfY_TJq7n_U.mp3", prepare.NO_CAPTION)
+    ]
+    assert not (tmp_path / "ac" / "valid" / "vfY_TJq7n_U.mp3").exists()  # left out before copying
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for path in (captions, valid_csv):
+        assert f"{path} starts with a UTF-8 byte-order mark (BOM); it is ignored." in warnings
+    for split in ("evaluation", "test"):
+        assert any(w.startswith(f"{split}: the split is empty (") for w in warnings), warnings
+    assert clotho_summaries["evaluation"].num_clips == audiocaps_summaries["test"].num_clips == 0

@@ -377,7 +377,7 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         plan = SplitPlan(num_rows=len(rows), clips=[], skipped=[])
         for index, (row, (captions, labels)) in enumerate(zip(rows, texts, strict=True)):
             if expects_captions and not captions:
-                plan.skipped.append(Skip(index, row["file_name"], "the metadata row has no caption"))
+                plan.skipped.append(Skip(index, row["file_name"], prepare.NO_CAPTION))
             else:
                 plan.clips.append(Clip(index, row["file_name"], captions, labels))
         return plan
@@ -385,6 +385,8 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     def _generate_examples(self, split: str, folder: pathlib.Path) -> Any:
         """The split's examples: a Beam PTransform when building on Beam, else a generator (local pool)."""
         plan = self._plan_split(folder)
+        if not plan.num_rows:
+            logging.warning("%s %s: the split is empty (%s lists no clip).", self.name, split, folder)
         if self._use_beam:
             return self._beam_examples(split, folder, plan)
         return self._local_examples(split, folder, plan)

@@ -18,8 +18,8 @@ clip with `file_name` (relative to the split folder) and the reference captions 
 each command writes `<folder>/report_<split>.csv` (`file_name,problem`; only the header when all is well)
 and logs the count. The layouts and the row schemas are documented in docs/data.md.
 
-Exit status of the CLI: 0 done; 1 `find-corrupted` found files that do not decode; 2 bad arguments or input
-(missing files, a refused limit), with the reason on stderr.
+Exit status of the CLI (audiocap_jax/cli.py): 0 done; 3 `find-corrupted` found files that do not decode; 2 bad
+arguments or input (missing files, a refused limit), with `error:` and the reason on stderr.
 """
 
 import argparse
@@ -42,7 +42,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from audiocap_jax import audio
+from audiocap_jax import audio, cli
 from audiocap_jax.ontology import Ontology
 
 METADATA_FILE = "metadata.jsonl"
@@ -81,6 +81,11 @@ MISSING_AUDIO = "missing audio"
 EMPTY_AUDIO = "empty audio file (0 bytes)"
 UNLISTED_AUDIO = "audio file without a caption row"
 DUPLICATE_ROW = "duplicate row (the first one is kept)"
+NO_CAPTION = "the metadata row has no caption (every caption is empty)"
+UNREADABLE_ENTRY = (
+    "unreadable directory entry"  # + the OS reason: a symlink loop, a dangling link, permissions
+)
+_BOM = b"\xef\xbb\xbf"
 
 _CAPTION_KEY = re.compile(r"caption_(\d+)")
 _MAX_NAMES_LOGGED = 10
@@ -146,8 +151,41 @@ def report_path(folder: str | os.PathLike, split: str) -> pathlib.Path:
     return pathlib.Path(folder) / f"report_{split}.csv"
 
 
+@contextlib.contextmanager
+def _open_text(path: pathlib.Path) -> Iterator[Any]:
+    """Opens a UTF-8 source file (CSV or jsonl) the same way for every layout: a byte-order mark is skipped
+    and reported, undecodable bytes raise a ValueError naming the file and the conversion to run."""
+    with path.open("rb") as f:
+        if f.read(len(_BOM)) == _BOM:
+            logging.warning("%s starts with a UTF-8 byte-order mark (BOM); it is ignored.", path)
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            yield f
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 ({error}). Convert it, e.g. `iconv -f latin1 -t utf-8`, or restore it from "
+            "the dataset release."
+        ) from error
+
+
+def _read_csv(path: pathlib.Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row by header) of a CSV whose header must be `columns` (quoted commas, UTF-8)."""
+    with _open_text(path) as f:
+        reader = csv.reader(f)
+        header = tuple(next(reader, ()))
+        if header != tuple(columns):
+            raise ValueError(f"{path} has columns {list(header)}, expected {list(columns)}.")
+        for record in reader:
+            if len(record) != len(header):
+                raise ValueError(
+                    f"{path}:{reader.line_num} has {len(record)} fields, expected {len(header)}; a "
+                    "caption holding a comma must be quoted. Restore the file from the dataset release."
+                )
+            yield reader.line_num, dict(zip(header, record, strict=True))
+
+
 def _read_jsonl(path: pathlib.Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
+    with _open_text(path) as f:
         for line_number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -169,7 +207,10 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
 def _finish_split(
     folder: pathlib.Path, split: str, rows: list[dict[str, Any]], problems: list[Problem]
 ) -> SplitSummary:
-    """Writes a split's metadata.jsonl and report, and logs what was left out."""
+    """Writes a split's metadata.jsonl and report, and logs what was left out.
+
+    An empty split is written, and warned about the same way for every layout.
+    """
     split_dir = folder / split
     write_metadata(split_dir, rows)
     report = report_path(folder, split)
@@ -178,6 +219,10 @@ def _finish_split(
         writer.writerow([field.name for field in dataclasses.fields(Problem)])
         writer.writerows((problem.file_name, problem.problem) for problem in problems)
     logging.info("%s: %d clips written to %s", split, len(rows), split_dir / METADATA_FILE)
+    if not rows:
+        logging.warning(
+            "%s: the split is empty (%d clips left out, listed in %s).", split, len(problems), report
+        )
     if problems:
         names = ", ".join(f"{p.file_name!r} ({p.problem})" for p in problems[:_MAX_NAMES_LOGGED])
         more = len(problems) - _MAX_NAMES_LOGGED
@@ -200,13 +245,35 @@ def _require(paths: Sequence[pathlib.Path], what: str) -> None:
         )
 
 
-def _audio_file_names(directory: pathlib.Path) -> set[str]:
+def _has_no_caption(row: Mapping[str, Any]) -> bool:
+    """A row with caption keys that are all empty; every layout leaves it out as `NO_CAPTION` (rows without
+    caption keys, e.g. Clotho's test split, are audio-only and kept)."""
+    captions = captions_of(row)
+    return bool(captions) and not any(isinstance(c, str) and c.strip() for c in captions)
+
+
+def _scan_audio_files(directory: pathlib.Path) -> tuple[set[str], dict[str, str]]:
+    """Names of the audio files in `directory`, and {name: reason} of audio entries that cannot be read.
+
+    A symlink loop, a dangling link or a file without read permission is reported like any unusable clip
+    (`UNREADABLE_ENTRY`) instead of stopping the scan.
+    """
+    usable, unreadable = set(), {}
     with os.scandir(directory) as entries:
-        return {
-            entry.name
-            for entry in entries
-            if entry.name.lower().endswith(AUDIO_EXTENSIONS) and not entry.is_dir()
-        }
+        for entry in entries:
+            if not entry.name.lower().endswith(AUDIO_EXTENSIONS):
+                continue
+            try:
+                if entry.is_dir():
+                    continue
+                os.stat(entry.path)  # follows links: ELOOP for a loop, ENOENT for a dangling link
+                if not os.access(entry.path, os.R_OK):
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            except OSError as error:
+                unreadable[entry.name] = f"{UNREADABLE_ENTRY} ({error.strerror})"
+                continue
+            usable.add(entry.name)
+    return usable, unreadable
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -231,58 +298,50 @@ def prepare_clotho(root: str | os.PathLike) -> dict[str, SplitSummary]:
     summaries = {}
     for split in CLOTHO_SPLITS:
         split_dir = audiofolder / split
-        audio_names = _audio_file_names(split_dir)
+        audio_names, unreadable = _scan_audio_files(split_dir)
         if split in CLOTHO_CAPTIONED_SPLITS:
             rows, problems = _match_clotho_rows(
-                _read_clotho_captions(root / f"clotho_captions_{split}.csv"), split_dir, audio_names
+                _read_clotho_captions(root / f"clotho_captions_{split}.csv"),
+                split_dir,
+                audio_names,
+                unreadable,
             )
         else:
-            rows, problems = [{"file_name": name} for name in sorted(audio_names)], []
+            rows = [{"file_name": name} for name in sorted(audio_names)]
+            problems = [Problem(name, reason) for name, reason in sorted(unreadable.items())]
         summaries[split] = _finish_split(audiofolder, split, rows, problems)
     return summaries
 
 
 def _read_clotho_captions(path: pathlib.Path) -> list[dict[str, str]]:
     """Reads a `clotho_captions_<split>.csv` (quoted commas, UTF-8) into rows keyed by its header."""
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
-            header = tuple(next(reader, ()))
-            if header != CLOTHO_CAPTION_COLUMNS:
-                raise ValueError(
-                    f"{path} has columns {list(header)}, expected {list(CLOTHO_CAPTION_COLUMNS)}."
-                )
-            rows = []
-            for record in reader:
-                if len(record) != len(header):
-                    raise ValueError(
-                        f"{path}:{reader.line_num} has {len(record)} fields, expected {len(header)}; a "
-                        "caption holding a comma must be quoted. Restore the file from the Clotho release."
-                    )
-                rows.append(dict(zip(header, record, strict=True)))
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{path} is not UTF-8 ({error}). Clotho v2.1 CSVs are UTF-8; convert it, e.g. "
-            f"`iconv -f latin1 -t utf-8`, or restore it from the release."
-        ) from error
-    return rows
+    return [row for _, row in _read_csv(path, CLOTHO_CAPTION_COLUMNS)]
 
 
 def _match_clotho_rows(
-    rows: list[dict[str, str]], split_dir: pathlib.Path, audio_names: set[str]
+    rows: list[dict[str, str]], split_dir: pathlib.Path, audio_names: set[str], unreadable: Mapping[str, str]
 ) -> tuple[list[dict[str, str]], list[Problem]]:
-    """Keeps the caption rows that have an audio file; reports the others and audio files without a row."""
+    """Keeps the caption rows that have an audio file; reports the others and audio files without a row.
+
+    Every row and every unreadable or unlisted audio file gets exactly one outcome, so kept + reported =
+    rows + audio files without a row.
+    """
     kept, problems, listed = [], [], set()
     for row in rows:
         name = row["file_name"]
         if name in listed:
             problems.append(Problem(name, DUPLICATE_ROW))
+        elif name in unreadable:
+            problems.append(Problem(name, unreadable[name]))
+        elif _has_no_caption(row):
+            problems.append(Problem(name, NO_CAPTION))
         elif not (split_dir / name).is_file():
             problems.append(Problem(name, MISSING_AUDIO))
         else:
             kept.append(row)
         listed.add(name)
     problems += [Problem(name, UNLISTED_AUDIO) for name in sorted(audio_names - listed)]
+    problems += [Problem(name, reason) for name, reason in sorted(unreadable.items()) if name not in listed]
     return kept, problems
 
 
@@ -408,8 +467,16 @@ def _locate_clip(
     candidates = sorted(index.get(youtube_id, []), key=lambda path: path.parent.name != preferred_folder)
     if not candidates:
         return None, MISSING_AUDIO
-    non_empty = [path for path in candidates if path.stat().st_size > 0]
-    return (non_empty[0], None) if non_empty else (None, EMPTY_AUDIO)
+    sizes, unreadable = {}, ""
+    for path in candidates:
+        try:  # a symlink loop or dangling link in the download is an unusable clip, not a crash
+            sizes[path] = path.stat().st_size
+        except OSError as error:
+            unreadable = f"{UNREADABLE_ENTRY} ({error.strerror})"
+    non_empty = [path for path in candidates if sizes.get(path, 0) > 0]
+    if non_empty:
+        return non_empty[0], None
+    return None, EMPTY_AUDIO if sizes else unreadable
 
 
 def _place_one(source: pathlib.Path, target: pathlib.Path, link: str) -> None:
@@ -461,12 +528,13 @@ def _build_split(
     """
     rows, pairs, problems = [], [], []
     for file_name, row, source, problem in clips:
+        problem = problem or (NO_CAPTION if _has_no_caption(row) else None)
         if problem is not None:
             problems.append(Problem(file_name, problem))
         else:
             rows.append(row)
             pairs.append((source, output / split / file_name))
-    if not rows:
+    if problems and not rows:
         raise FileNotFoundError(
             f"None of the {len(problems)} clips of {source_description} were found in the AudioSet download. "
             "Check --audioset-path (it must hold audios/<segment list>/<youtube_id>.<fmt>) and "
@@ -510,25 +578,21 @@ def prepare_audiocaps(
 def _read_audiocaps_csv(path: pathlib.Path) -> dict[str, tuple[int, list[str]]]:
     """youtube_id -> (start_time in seconds, captions in file order)."""
     clips: dict[str, tuple[int, list[str]]] = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != AUDIOCAPS_COLUMNS:
-            raise ValueError(f"{path} has columns {reader.fieldnames}, expected {list(AUDIOCAPS_COLUMNS)}.")
-        for record in reader:
-            try:
-                start_time = int(record["start_time"])
-            except (TypeError, ValueError) as error:
-                raise ValueError(
-                    f"{path}:{reader.line_num} has start_time {record['start_time']!r}, expected seconds."
-                ) from error
-            youtube_id = record["youtube_id"]
-            known_start, captions = clips.setdefault(youtube_id, (start_time, []))
-            if known_start != start_time:
-                raise ValueError(
-                    f"{path}:{reader.line_num}: clip {youtube_id} starts at {start_time} s here and at "
-                    f"{known_start} s in an earlier row; one AudioFolder file cannot hold both segments."
-                )
-            captions.append(record["caption"])
+    for line_number, record in _read_csv(path, AUDIOCAPS_COLUMNS):
+        try:
+            start_time = int(record["start_time"])
+        except ValueError as error:
+            raise ValueError(
+                f"{path}:{line_number} has start_time {record['start_time']!r}, expected seconds."
+            ) from error
+        youtube_id = record["youtube_id"]
+        known_start, captions = clips.setdefault(youtube_id, (start_time, []))
+        if known_start != start_time:
+            raise ValueError(
+                f"{path}:{line_number}: clip {youtube_id} starts at {start_time} s here and at "
+                f"{known_start} s in an earlier row; one AudioFolder file cannot hold both segments."
+            )
+        captions.append(record["caption"])
     return clips
 
 
@@ -730,7 +794,7 @@ def _run_find_corrupted(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"{problem.file_name}\t{problem.problem}")
     print(f"{len(problems)} files under {args.folder} do not decode", file=sys.stderr)
-    return 1 if problems else 0
+    return cli.EXIT_PARTIAL if problems else cli.EXIT_OK
 
 
 def _comma_list(text: str) -> list[str]:
@@ -859,14 +923,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs one command; returns the exit status (0 done, 1 corrupted files found, 2 bad input)."""
+    """Runs one command; returns the exit status (0 done, 3 corrupted files found, 2 bad input).
+
+    Every ValueError / FileNotFoundError these commands raise is about their input and names the file.
+    """
     args = _build_parser().parse_args(argv)
     logging.set_verbosity(logging.INFO)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        cli.print_user_error(error, sys.argv if argv is None else argv)
+        return cli.EXIT_USER
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
+from audiocap_jax.cli import UserError
 from audiocap_jax.model import sharding
 from audiocap_jax.model.backend import resolve_runtime
 from audiocap_jax.model.config import WhisperConfig
@@ -43,8 +44,10 @@ _IGNORED_HF_TENSORS = ("proj_out.weight",)  # tied to embed_tokens
 _HF_PREFIX = "model."  # WhisperForConditionalGeneration nests WhisperModel under `model`
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory or file that cannot be loaded; the message names the file and tensor."""
+class CheckpointError(UserError):
+    """A checkpoint directory or file that cannot be loaded; the message names the file and tensor.
+
+    A user error (cli.py): the commands print it without a traceback and exit 2."""
 
 
 # ----------------------------------------------------------------------------------------------------------

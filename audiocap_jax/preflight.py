@@ -1,0 +1,438 @@
+"""Checks run before any work: everything that can be known wrong from the config and the file system.
+
+`train`, `predict` and `evaluate` call one `check_*` function each before they load a model, decode audio or
+create a directory, so a typo costs seconds instead of a run. Every check is a function of (config values,
+file system) and raises `cli.UserError` naming the key or file and the fix; none writes anything. The
+numeric rules: lr > 0, warmup_steps < total_steps, num_beams >= 1, take_first_n >= 0, mixture weights >= 0
+with one > 0, max_length longer than the forced prompt, batch sizes that split over the mesh's data-parallel
+devices. TFDS datasets and splits are checked from the build's `dataset_info.json`, without asking TFDS (which
+answers a missing dataset with its catalogue of ~250 names).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from audiocap_jax import metrics, text
+from audiocap_jax.cli import UserError
+from audiocap_jax.data import pipeline
+from audiocap_jax.load import CHECKPOINT_DIR, MODEL_CONFIG_FILE
+from audiocap_jax.model.sharding import MESH_AXES
+
+STEP_CHOICES = ("best", "latest")  # or a step number
+LONG_AUDIO_CHOICES = ("truncate", "windows")
+LENGTH_PENALTY_FORMS = ("hf", "gnmt")
+DTYPES = ("float32", "bfloat16")
+MEL_CONFIGS = ("mel80", "mel128")
+INITS = ("hf", "scratch", "ours")
+SCHEDULES = ("linear", "cosine", "constant")
+WANDB_MODES = ("online", "offline", "disabled")
+HF_CONFIG_FILE = "config.json"  # what makes a directory a HF checkpoint
+
+
+def _require(condition: bool, problem: str, fix: str) -> None:
+    if not condition:
+        raise UserError(problem, fix)
+
+
+def _choice(value: Any, key: str, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    _require(
+        value in choices,
+        f"{key}={value!r} is not one of {', '.join(map(repr, choices))}.",
+        f"set {key} to one of {', '.join(choices)}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paths.
+# ---------------------------------------------------------------------------------------------------------------
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_dir(path: str | os.PathLike, key: str, shown: str | os.PathLike | None = None) -> Path:
+    """`path` is, or can be created as, a directory this process may write; nothing is created.
+
+    `shown` is the path the user typed as `key` when `path` is derived from it (the folder of an output file).
+    """
+    path = Path(path).expanduser().absolute()
+    target = _existing_ancestor(path)
+    where = f"{key}={shown or path}"
+    _require(
+        target.is_dir(),
+        f"{where}: {target} is a file, so {path} cannot be {'used' if target == path else 'created'} as a folder.",
+        f"choose another {key}",
+    )
+    _require(
+        os.access(target, os.W_OK | os.X_OK),
+        f"{where}: {target} is not writable.",
+        f"choose a {key} you can write, or fix the permissions of {target}",
+    )
+    return path
+
+
+def check_writable_file(path: str | os.PathLike, key: str) -> Path:
+    """`path` can be (re)written as a file: not a directory, and its folder is (or can be made) writable."""
+    path = Path(path).expanduser().absolute()
+    _require(
+        not path.is_dir(), f"{key}={path} is a directory.", f"give {key} a file name, e.g. {path / 'out.csv'}"
+    )
+    if path.exists():
+        _require(
+            os.access(path, os.W_OK),
+            f"{key}={path} is not writable.",
+            "choose another file or fix its permissions",
+        )
+    check_writable_dir(path.parent, key, shown=path)
+    return path
+
+
+def check_readable_file(path: str | os.PathLike, key: str, what: str) -> Path:
+    path = Path(path).expanduser()
+    _require(path.exists(), f"{key}={path} does not exist.", f"pass the path of {what}")
+    _require(os.access(path, os.R_OK), f"{key}={path} is not readable.", f"fix the permissions of {path}")
+    return path
+
+
+def check_checkpoint(checkpoint: str, step: str | int = "best", key: str = "--checkpoint") -> None:
+    """A training workdir of ours (with the requested step), a HF Whisper directory, or a hub id."""
+    path = Path(checkpoint).expanduser()
+    if (path / MODEL_CONFIG_FILE).is_file():
+        steps = sorted(
+            int(p.name) for p in (path / CHECKPOINT_DIR).glob("*") if p.name.isdigit() and p.is_dir()
+        )
+        _require(
+            bool(steps),
+            f"{key}={path} is a training workdir without any finished checkpoint in {path / CHECKPOINT_DIR}.",
+            "train longer (checkpoint.every_steps) or pick another workdir",
+        )
+        if str(step) not in STEP_CHOICES:
+            _require(
+                int(step) in steps,
+                f"{key}={path} has no checkpoint at step {step}; it has steps {', '.join(map(str, steps))}.",
+                "set step to one of them, 'best' or 'latest'",
+            )
+        return
+    if path.is_dir():
+        _require(
+            (path / HF_CONFIG_FILE).is_file(),
+            f"{key}={path} is neither a training workdir (no "
+            f"{MODEL_CONFIG_FILE}) nor a HF Whisper checkpoint (no {HF_CONFIG_FILE}).",
+            "pass a workdir written by `audiocap_jax.train` or a HF directory such as hf_export/",
+        )
+        return
+    looks_local = path.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1
+    _require(
+        not looks_local,
+        f"{key}={checkpoint} is not a directory (nor a hub id like 'openai/whisper-tiny').",
+        "pass an existing workdir or HF directory, or a hub id owner/name",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config values.
+# ---------------------------------------------------------------------------------------------------------------
+def check_step(step: Any, key: str) -> None:
+    _require(
+        str(step) in STEP_CHOICES or re.fullmatch(r"\d+", str(step)) is not None,
+        f"{key}={step!r} is neither 'best', 'latest' nor a step number.",
+        f"set {key}=best, {key}=latest or {key}=<step>, e.g. {key}=1000",
+    )
+
+
+def check_mesh(mesh: Mapping[str, int], key: str, num_devices: int | None = None) -> int | None:
+    """Axis sizes -1 or >= 1, at most one -1; with `num_devices`, returns the data-parallel device count."""
+    unknown = sorted(set(mesh) - set(MESH_AXES))
+    _require(not unknown, f"{key} has unknown axes {unknown}.", f"use only {', '.join(MESH_AXES)}")
+    sizes = {axis: int(mesh.get(axis, 1)) for axis in MESH_AXES}
+    _require(
+        all(s == -1 or s >= 1 for s in sizes.values()),
+        f"{key}={sizes}: sizes must be >= 1 or -1.",
+        f"set each of {key}.{{{','.join(MESH_AXES)}}} to a positive size, or -1 for 'the rest'",
+    )
+    _require(
+        list(sizes.values()).count(-1) <= 1,
+        f"{key}={sizes}: more than one axis is -1.",
+        "set all but one axis to a size",
+    )
+    if num_devices is None:
+        return None
+    known = math.prod(s for s in sizes.values() if s != -1)
+    fits = num_devices % known == 0 if -1 in sizes.values() else known == num_devices
+    _require(
+        fits,
+        f"{key}={sizes} does not fit the {num_devices} visible devices.",
+        f"make the sizes multiply to {num_devices} (or set one axis to -1)",
+    )
+    sizes = {a: (num_devices // known if s == -1 else s) for a, s in sizes.items()}
+    return sizes["data"] * sizes["fsdp"]
+
+
+def prompt_length(prefix: str) -> int:
+    """Tokens of the forced decoder prompt: Whisper's special tokens + the prefix."""
+    return len(text.Tokenizer.from_assets().prompt_ids(prefix))
+
+
+def style_prompt_length(style: str, key: str) -> int:
+    """`prompt_length` of a config style string, which must parse ('clotho > caption')."""
+    try:
+        prefix = text.parse_style(style)
+    except ValueError as error:
+        raise UserError(f"{key}: {error}", f"set {key} like 'clotho > caption'") from error
+    return prompt_length(prefix)
+
+
+def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int | None = None) -> None:
+    """The decoding settings of configs/predict.py (`key` is the flag, e.g. '--config-file')."""
+    c = config
+    _require(
+        c.num_beams >= 1,
+        f"{key}.num_beams={c.num_beams} must be >= 1.",
+        f"set {key}.num_beams=1 (greedy) or more",
+    )
+    _require(
+        1 <= c.num_return_sequences <= c.num_beams,
+        f"{key}.num_return_sequences={c.num_return_sequences} must be between 1 and num_beams={c.num_beams}.",
+        f"set {key}.num_return_sequences=1",
+    )
+    _require(c.batch_size >= 1, f"{key}.batch_size={c.batch_size} must be >= 1.", f"set {key}.batch_size=8")
+    _require(
+        c.loader_workers >= 0,
+        f"{key}.loader_workers={c.loader_workers} must be >= 0.",
+        f"set {key}.loader_workers=4",
+    )
+    prompt = style_prompt_length(c.style, f"{key}.style")
+    _require(
+        c.max_length > prompt,
+        f"{key}.max_length={c.max_length} leaves no room for a caption after the "
+        f"{prompt}-token prompt of style {c.style!r}.",
+        f"set {key}.max_length above {prompt}, e.g. 80",
+    )
+    _require(
+        0 <= c.min_length < c.max_length,
+        f"{key}.min_length={c.min_length} must be in [0, max_length).",
+        f"set {key}.min_length=0",
+    )
+    _choice(c.length_penalty_form, f"{key}.length_penalty_form", LENGTH_PENALTY_FORMS)
+    _choice(c.long_audio, f"{key}.long_audio", LONG_AUDIO_CHOICES)
+    _choice(c.dtype, f"{key}.dtype", DTYPES)
+    check_step(c.step, f"{key}.step")
+    parallel = check_mesh(dict(c.mesh), f"{key}.mesh", num_devices)
+    if parallel:
+        _require(
+            c.batch_size % parallel == 0,
+            f"{key}.batch_size={c.batch_size} does not split over the {parallel} data-parallel devices.",
+            f"set {key}.batch_size to a multiple of {parallel}",
+        )
+
+
+def check_spice(spice: str) -> None:
+    """`--spice=on` needs the SPICE jars and Java now, not after the captioning."""
+    if spice == "on":
+        status = metrics.spice_status()
+        _require(
+            status.available,
+            f"--spice=on: {status.reason}",
+            "pass --spice=auto (skip SPICE when it cannot run) or --spice=off",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TFDS builds.
+# ---------------------------------------------------------------------------------------------------------------
+def tfds_splits(data_dir: str | os.PathLike, builder: str, config: str, dir_key: str) -> dict[str, int]:
+    """{split: number of examples} of the newest build of `builder/config` under `data_dir` (the flag
+    `dir_key`), from its dataset_info.json; UserError when there is none."""
+    data_dir = Path(data_dir).expanduser()
+    build_hint = (
+        f"build it: python -m tfds_builders build tfds_builders/{builder} --config={config} "
+        f"--manual_dir=AUDIOFOLDER --data_dir={data_dir} (docs/pipeline.md)"
+    )
+    _require(
+        data_dir.is_dir(),
+        f"{dir_key}={data_dir} does not exist.",
+        f"point {dir_key} at the folder your TFDS builds went to, or {build_hint}",
+    )
+    infos = sorted((data_dir / builder / config).glob("*/dataset_info.json"))
+    _require(bool(infos), f"{dir_key}={data_dir} holds no TFDS dataset {builder}/{config}.", build_hint)
+    info = json.loads(infos[-1].read_text(encoding="utf-8"))
+    return {split["name"]: sum(map(int, split.get("shardLengths", []))) for split in info.get("splits", [])}
+
+
+def check_dataset(
+    name: str,
+    split: str | None,
+    data_dir: str | os.PathLike,
+    mel_config: str,
+    key: str,
+    default_splits: Mapping[str, str],
+    dir_key: str,
+) -> None:
+    """Dataset `name` (clotho, audiocaps, audioset) is built in `data_dir` with split `split`."""
+    _choice(name, f"{key} dataset", pipeline.TFDS_NAMES)
+    _choice(mel_config, f"{key} mel config", MEL_CONFIGS)
+    split = split or default_splits[name]
+    builder = pipeline.TFDS_NAMES[name]
+    splits = tfds_splits(data_dir, builder, mel_config, dir_key)
+    base = split.split("[")[0]
+    _require(
+        base in splits,
+        f"{key}: {builder}/{mel_config} in {data_dir} has no split {base!r}; it has "
+        f"{', '.join(splits) or 'none'}.",
+        f"use one of {', '.join(splits)}",
+    )
+    _require(
+        splits[base] > 0,
+        f"{key}: split {base!r} of {builder}/{mel_config} in {data_dir} is empty (the build kept no clip).",
+        "check the build's skipped clips (metadata.json beside dataset_info.json) and rebuild, or use another split",
+    )
+
+
+def check_evaluate(
+    dataset: str, split: str | None, data_dir: str, mel_config: str | None, style: str | None
+) -> None:
+    """`evaluate --checkpoint --dataset`: a known dataset and split, built (mel_config: None = the model's)."""
+    if style is not None:
+        style_prompt_length(style, "--style")
+    if mel_config is not None:
+        check_dataset(
+            dataset, split, data_dir, mel_config, "--dataset/--split", pipeline.EVAL_SPLITS, "--data_dir"
+        )
+    else:  # the model decides; at least one build must hold the split
+        _choice(dataset, "--dataset", pipeline.TFDS_NAMES)
+        errors = []
+        for config in MEL_CONFIGS:
+            try:
+                check_dataset(
+                    dataset, split, data_dir, config, "--dataset/--split", pipeline.EVAL_SPLITS, "--data_dir"
+                )
+                return
+            except UserError as error:
+                errors.append(error)
+        raise errors[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training.
+# ---------------------------------------------------------------------------------------------------------------
+def check_train(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, num_devices: int | None = None
+) -> None:
+    """The training config (`--config.<key>`) and workdir, before the workdir or anything else is created."""
+    c, k = config, "--config"
+    check_writable_dir(workdir, "--workdir")
+    _require(c.total_steps >= 1, f"{k}.total_steps={c.total_steps} must be >= 1.", f"set {k}.total_steps")
+    _require(
+        c.optim.lr > 0,
+        f"{k}.optim.lr={c.optim.lr} must be > 0 (a negative rate climbs the loss).",
+        f"set {k}.optim.lr to a positive rate, e.g. 2e-5",
+    )
+    _require(
+        0 <= c.optim.warmup_steps < c.total_steps,
+        f"{k}.optim.warmup_steps={c.optim.warmup_steps} must be in [0, total_steps={c.total_steps}).",
+        f"set {k}.optim.warmup_steps below {c.total_steps}",
+    )
+    _choice(c.optim.schedule, f"{k}.optim.schedule", SCHEDULES)
+    _require(
+        c.batch_size >= 1 and c.accum_steps >= 1 and c.batch_size % c.accum_steps == 0,
+        f"{k}.batch_size={c.batch_size} is not a positive multiple of {k}.accum_steps={c.accum_steps}.",
+        f"set {k}.batch_size to a multiple of {k}.accum_steps",
+    )
+    _choice(c.model.init, f"{k}.model.init", INITS)
+    if c.model.init == "ours":
+        _require(
+            bool(c.model.init_from),
+            f"{k}.model.init='ours' without {k}.model.init_from.",
+            f"set {k}.model.init_from=<a training workdir>",
+        )
+        check_checkpoint(c.model.init_from, "latest", f"{k}.model.init_from")
+    if c.model.init == "hf":
+        check_checkpoint(c.model.hf_checkpoint, key=f"{k}.model.hf_checkpoint")
+    _choice(c.data.mel_config, f"{k}.data.mel_config", MEL_CONFIGS)
+    _choice(c.log.wandb_mode, f"{k}.log.wandb_mode", WANDB_MODES)
+
+    weights = dict(c.data.mixture)
+    for name, weight in weights.items():
+        _choice(name, f"{k}.data.mixture", pipeline.TFDS_NAMES)
+        _require(weight >= 0, f"{k}.data.mixture.{name}={weight} is negative.", "set it to 0 or more")
+    _require(
+        any(w > 0 for w in weights.values()),
+        f"{k}.data.mixture={weights}: no dataset has a positive weight.",
+        f"set at least one, e.g. {k}.data.mixture.clotho=1",
+    )
+    for name, weight in weights.items():
+        if weight > 0:
+            prompt = prompt_length(pipeline.DatasetSpec(name=name, data_dir="").prefix)
+            _require(
+                c.data.max_length > prompt + 1,
+                f"{k}.data.max_length={c.data.max_length} leaves no room "
+                f"for a {name} caption after the {prompt}-token prompt.",
+                f"set {k}.data.max_length above {prompt + 1}, e.g. 80",
+            )
+    for name in c.eval.datasets:
+        _choice(name, f"{k}.eval.datasets", pipeline.TFDS_NAMES)
+        prompt = prompt_length(pipeline.DatasetSpec(name=name, data_dir="").prefix)
+        _require(
+            c.eval.max_length > prompt,
+            f"{k}.eval.max_length={c.eval.max_length} leaves no room for a "
+            f"{name} caption after the {prompt}-token prompt.",
+            f"set {k}.eval.max_length above {prompt}",
+        )
+    _require(
+        c.eval.num_beams >= 1,
+        f"{k}.eval.num_beams={c.eval.num_beams} must be >= 1.",
+        f"set {k}.eval.num_beams=1 (greedy) or more",
+    )
+    _require(
+        c.eval.every_steps >= 0 and c.checkpoint.every_steps >= 1 and c.log.every_steps >= 1,
+        f"{k}.eval.every_steps / checkpoint.every_steps / log.every_steps must be >= 0 / 1 / 1.",
+        "set them to step intervals",
+    )
+
+    parallel = check_mesh(dict(c.mesh), f"{k}.mesh", num_devices)
+    if parallel:
+        for key, size in (
+            ("batch_size", c.batch_size // c.accum_steps),
+            ("eval.batch_size", c.eval.batch_size),
+        ):
+            _require(
+                size % parallel == 0,
+                f"{k}.{key}: {size} examples per (micro-)batch do not split over "
+                f"the {parallel} data-parallel devices.",
+                f"set {k}.{key} to a multiple of {parallel}",
+            )
+
+    if not c.data.synthetic.enabled:  # the synthetic set is built into data_dir by the run itself
+        for name, weight in weights.items():
+            if weight > 0:
+                check_dataset(
+                    name,
+                    None,
+                    c.data.data_dir,
+                    c.data.mel_config,
+                    f"{k}.data.mixture.{name}",
+                    pipeline.TRAIN_SPLITS,
+                    f"{k}.data.data_dir",
+                )
+        for name, split in c.eval.datasets.items():
+            if c.eval.every_steps:
+                check_dataset(
+                    name,
+                    split,
+                    c.data.data_dir,
+                    c.data.mel_config,
+                    f"{k}.eval.datasets.{name}",
+                    pipeline.EVAL_SPLITS,
+                    f"{k}.data.data_dir",
+                )
