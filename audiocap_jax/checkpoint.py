@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run: model + optimizer + step + RNG (one pytree) and the data iterator state.
+"""Orbax checkpoints of a training run: step + model weights + optimizer (one pytree) and the data iterator state.
 
 Keeps the last K checkpoints plus the best N by a validation score. Saves are asynchronous. A checkpoint that
 was interrupted mid-save is never listed (Orbax finalises a step directory atomically); one that is listed but
@@ -39,7 +39,11 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=preservation, enable_async_checkpointing=async_save, create=True
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
+        )
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -91,6 +95,11 @@ class Checkpointer:
             ),
         )
         return dict(restored["state"])
+
+    def saved_dtypes(self, step: int, field: str) -> list[Any]:
+        """The dtypes of the arrays under one top-level field of the saved state (from metadata only)."""
+        metadata = self._manager.item_metadata(step)["state"]
+        return [leaf.dtype for leaf in jax.tree.leaves(metadata[field])]
 
     def best_step(self) -> int | None:
         return self._manager.best_step()

@@ -14,37 +14,18 @@ default for a keywords prefix).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
 
 import ml_collections
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import decode, inference, load, metrics
+from audiocap_jax import inference, load, metrics, search, writer
 from audiocap_jax.data import pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
-
-
-def score_files(
-    predictions: dict[str, str],
-    references: dict[str, list[str]],
-    *,
-    keywords: bool = False,
-    allow_missing: bool = False,
-    spice: str = "auto",
-) -> metrics.CaptionScores:
-    """Captioning metrics (and keyword metrics) over aligned predictions and references."""
-    spice_arg: Any = {"auto": "auto", "on": True, "off": False}[spice]
-    scores = metrics.score(predictions, references, spice=spice_arg, allow_missing=allow_missing)
-    if keywords:
-        keyword_scores = metrics.score_keywords(predictions, references, allow_missing=allow_missing)
-        scores = dataclasses.replace(scores, corpus={**scores.corpus, **keyword_scores.corpus})
-    return scores
 
 
 def predict_split(
@@ -59,9 +40,8 @@ def predict_split(
 ) -> tuple[dict[str, str], dict[str, list[str]], str]:
     """Caption a TFDS split with the shared beam search: (predictions, references, prefix)."""
     mesh = sharding.make_mesh(dict(config.mesh))
-    model, model_config, tokenizer = load.load_model(
-        checkpoint, mesh=mesh, step=config.step, dtype=config.dtype
-    )
+    built = load.build_model(load.ModelInit.from_path(checkpoint, config.step, dtype=config.dtype), mesh=mesh)
+    model, model_config, tokenizer = built.model, built.config, built.tokenizer
     spec = pipeline.DatasetSpec(
         name=dataset,
         data_dir=str(Path(data_dir).expanduser()),
@@ -78,7 +58,7 @@ def predict_split(
         max_length=config.max_length,
         max_frames=model_config.num_frames,
     )
-    decode_fn = decode.make_decode_fn(model, settings, mesh)
+    decode_fn = search.make_decode_fn(model, settings, mesh)
     predictions = inference.caption_batches(
         decode_fn, nnx.state(model), batches, tokenizer, mesh, desc=f"{dataset}"
     )
@@ -111,6 +91,7 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
+    writer.quiet_library_logs()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     if flags.FLAGS["checkpoint"].value is not None:
@@ -155,15 +136,15 @@ def main(argv: list[str]) -> None:
     keywords = (
         flags.FLAGS["keywords"].value
         if flags.FLAGS["keywords"].value is not None
-        else prefix.rstrip().endswith("keywords:")
+        else inference.keyword_style(prefix)
     )
     try:
-        scores = score_files(
+        scores = inference.score_captions(
             predictions,
             references,
             keywords=keywords,
             allow_missing=flags.FLAGS["allow_missing"].value,
-            spice=flags.FLAGS["spice"].value,
+            spice={"auto": "auto", "on": True, "off": False}[flags.FLAGS["spice"].value],
         )
     except metrics.AlignmentError as error:
         print(f"error: {error} (on the command line: --allow_missing)", file=sys.stderr)

@@ -1,7 +1,11 @@
-"""The pure parts of training: schedule, optimizer with freezing masks, loss, and the sharded train step.
+"""The pure parts of training: schedule, optimizer, which parameters train, loss, and the sharded train step.
 
 Legend: B global batch, A gradient-accumulation steps, T target tokens, V vocab.
 The train loop (train.py) owns I/O; everything here is a function of arrays, safe under `jax.jit`.
+
+Freezing is a split, not a mask: `trainable(train_only, freeze)` is an NNX filter, the step differentiates
+only the parameters it selects, and the optimizer sees only those. Frozen parameters (and the never-trained
+encoder positions) get no gradient and no optimizer state, and `grad_norm` is over what trains.
 """
 
 from __future__ import annotations
@@ -17,8 +21,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from audiocap_jax.data.pipeline import batch_sharding
-from audiocap_jax.model.whisper import FrozenParam, Whisper
+from audiocap_jax.model.sharding import batch_sharding
 
 SCHEDULES = ("linear", "cosine", "constant")
 # Leaves of a training batch that go to the device; the rest (file names, references) stays on the host.
@@ -30,10 +33,8 @@ class TrainState:
     """Everything a resumed run needs besides the data iterator state (saved beside it)."""
 
     step: jax.Array  # int32: []
-    params: Any  # nnx.State of the nnx.Param leaves (master weights, param_dtype); some may be masked frozen
-    opt_state: Any  # optax state, same sharding as params where it mirrors them
-    frozen: Any  # nnx.State of FrozenParam leaves (encoder positions): saved, never updated
-    rng: jax.Array  # uint32: [2], jax.random key data (reserved for stochastic layers; Whisper has none)
+    weights: Any  # nnx.State of every model variable (param_dtype master weights), trained or not
+    opt_state: Any  # optax state of the trained weights only, sharded like them
 
 
 def make_schedule(
@@ -60,38 +61,44 @@ def make_schedule(
     return optax.join_schedules([warmup, after], [warmup_steps])
 
 
-def param_names(params: Any) -> Any:
-    """Tree of dotted parameter names, e.g. 'decoder.layers.fc1.kernel'."""
-
-    def name(path: tuple[Any, ...], _: Any) -> str:
-        keys = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
-        return ".".join(k for k in keys if k != "value")
-
-    return jax.tree_util.tree_map_with_path(name, params)
+def dotted_name(path: tuple[Any, ...]) -> str:
+    """A state path as a dotted parameter name, e.g. 'decoder.layers.fc1.kernel'."""
+    keys = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+    return ".".join(k for k in keys if k != "value")
 
 
-def trainable_labels(params: Any, train_only: Sequence[str] = (), freeze: Sequence[str] = ()) -> Any:
-    """'train' or 'freeze' per parameter, from regexes over dotted names.
+def trainable(train_only: Sequence[str] = (), freeze: Sequence[str] = ()) -> Callable[[Any, Any], bool]:
+    """NNX filter of the parameters that train, from regexes over dotted names.
 
-    `train_only` non-empty: only matching parameters train (the original's fc1-only "slice" = ["fc1"]).
-    `freeze`: matching parameters never train (e.g. ["^encoder\\."]).
+    Only `nnx.Param` can train (the encoder's sinusoidal positions are `FrozenParam`). `train_only` non-empty:
+    only matching parameters train (the original's fc1-only "slice" = ["fc1"]). `freeze`: matching
+    parameters never train (e.g. ["^encoder\\."]).
     """
 
-    def label(name: str) -> str:
+    def selects(path: tuple[Any, ...], value: Any) -> bool:
+        if not isinstance(value, nnx.Param):
+            return False
+        name = dotted_name(path)
         if train_only and not any(re.search(p, name) for p in train_only):
-            return "freeze"
-        return "freeze" if any(re.search(p, name) for p in freeze) else "train"
+            return False
+        return not any(re.search(p, name) for p in freeze)
 
-    labels = jax.tree.map(label, param_names(params))
-    if "train" not in jax.tree.leaves(labels):
-        raise ValueError(
-            f"config.optim.train_only={list(train_only)} / freeze={list(freeze)} leave no parameter to train."
-        )
-    return labels
+    return selects
+
+
+def split_trained(weights: Any, selects: Callable[[Any, Any], bool]) -> tuple[Any, Any]:
+    """(trained, fixed) parts of a model state; `nnx.merge_state(trained, fixed)` puts them back."""
+    return nnx.split_state(weights, selects, ...)
+
+
+def check_trainable(weights: Any, selects: Callable[[Any, Any], bool], settings: str) -> None:
+    """Fail at start, naming the settings, when the filter leaves nothing to train."""
+    trained, _ = split_trained(weights, selects)
+    if not jax.tree.leaves(trained):
+        raise ValueError(f"{settings} leave no parameter to train; loosen the patterns.")
 
 
 def make_optimizer(
-    params: Any,
     schedule: optax.Schedule,
     *,
     b1: float = 0.9,
@@ -99,15 +106,10 @@ def make_optimizer(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     max_grad_norm: float | None = 1.0,
-    train_only: Sequence[str] = (),
-    freeze: Sequence[str] = (),
 ) -> optax.GradientTransformation:
-    """AdamW (HF/torch defaults, as the original) with global-norm clipping; frozen parameters get no update
-    and no optimizer state."""
+    """AdamW (HF/torch defaults, as the original) with global-norm clipping, over the trained weights."""
     adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    train = optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw) if max_grad_norm else adamw
-    labels = trainable_labels(params, train_only, freeze)
-    return optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, labels)
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw) if max_grad_norm else adamw
 
 
 def token_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
@@ -125,60 +127,56 @@ def token_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> dict[s
     return {"loss_sum": (nll * mask).sum(), "tokens": mask.sum(), "correct": (correct * mask).sum()}
 
 
-def split_model(model: Whisper) -> tuple[nnx.GraphDef, Any, Any]:
-    """(graphdef, params, frozen): trainable-kind parameters and never-trained ones (encoder positions)."""
-    return nnx.split(model, nnx.Param, FrozenParam)
-
-
-def full_state(graphdef: nnx.GraphDef, params: Any, frozen: Any) -> Any:
-    """`nnx.state(model)` for the model made of these pieces (what decode.make_decode_fn takes)."""
-    return nnx.state(nnx.merge(graphdef, params, frozen))
-
-
 def make_train_step(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule, accum_steps: int = 1
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    selects: Callable[[Any, Any], bool],
+    accum_steps: int = 1,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-    """`step(state, batch) -> (state, metrics)`: one optimizer update over A micro-batches."""
+    """`step(state, batch) -> (state, metrics)`: one optimizer update of the `selects` weights over A
+    micro-batches; the other weights are constants of the step (no gradient is computed for them)."""
 
-    def micro_sums(params: Any, frozen: Any, micro: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
-        model = nnx.merge(graphdef, params, frozen)
-        logits = model(micro["mel"], micro["decoder_input_ids"])
+    def micro_sums(trained: Any, fixed: Any, micro: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+        model = nnx.merge(graphdef, nnx.merge_state(trained, fixed))
+        logits = model(micro["mel"], micro["decoder_input_ids"])  # mel arrives float16; the model casts it
         sums = token_loss(logits, micro["targets"], micro["loss_mask"])
         return sums["loss_sum"], sums
 
     grad_fn = jax.grad(micro_sums, has_aux=True)
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
-        frozen = state.frozen
+        trained, fixed = split_trained(state.weights, selects)
         batch = {k: batch[k] for k in TRAIN_KEYS}
         if accum_steps == 1:
-            grads, sums = grad_fn(state.params, frozen, batch)
+            grads, sums = grad_fn(trained, fixed, batch)
         else:
             micro = jax.tree.map(
                 lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch
             )  # --> [A, B/A, ...]
 
             def accumulate(carry: Any, mb: Any) -> tuple[Any, None]:
-                grads, sums = grad_fn(state.params, frozen, mb)
+                grads, sums = grad_fn(trained, fixed, mb)
                 return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
             zeros = (
-                jax.tree.map(jnp.zeros_like, state.params),
+                jax.tree.map(jnp.zeros_like, trained),
                 {"loss_sum": 0.0, "tokens": 0.0, "correct": 0.0},
             )
             (grads, sums), _ = jax.lax.scan(accumulate, zeros, micro)
         tokens = jnp.maximum(sums["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / tokens, grads)  # mean over all tokens of the global batch
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = tx.update(grads, state.opt_state, trained)
+        trained = optax.apply_updates(trained, updates)
         metrics = {
             "loss": sums["loss_sum"] / tokens,
             "token_accuracy": sums["correct"] / tokens,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": optax.tree.norm(grads),  # of the trained weights only
             "lr": schedule(state.step),
             "tokens": sums["tokens"],
         }
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        weights = nnx.merge_state(trained, fixed)
+        return state.replace(step=state.step + 1, weights=weights, opt_state=opt_state), metrics
 
     return step
 
@@ -187,6 +185,7 @@ def jit_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
+    selects: Callable[[Any, Any], bool],
     state: TrainState,
     mesh: Mesh,
     accum_steps: int = 1,
@@ -195,30 +194,38 @@ def jit_train_step(
     the mesh's data-parallel axes."""
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     return jax.jit(
-        make_train_step(graphdef, tx, schedule, accum_steps),
+        make_train_step(graphdef, tx, schedule, selects, accum_steps),
         in_shardings=(state_shardings, batch_sharding(mesh)),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
 
 
+def _jit_init(
+    tx: optax.GradientTransformation, selects: Callable[[Any, Any], bool]
+) -> Callable[[Any], TrainState]:
+    def init(weights: Any) -> TrainState:
+        trained, _ = split_trained(weights, selects)
+        return TrainState(step=jnp.zeros((), jnp.int32), weights=weights, opt_state=tx.init(trained))
+
+    return jax.jit(init)
+
+
 def init_train_state(
-    params: Any, frozen: Any, tx: optax.GradientTransformation, seed: int, mesh: Mesh
+    weights: Any, tx: optax.GradientTransformation, selects: Callable[[Any, Any], bool], mesh: Mesh
 ) -> TrainState:
-    """Optimizer state created on the mesh with the parameters' shardings (adam moments mirror them)."""
-
-    def init(params: Any, frozen: Any) -> TrainState:
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            frozen=frozen,
-            rng=jax.random.key_data(jax.random.key(seed)),
-        )
-
+    """Step 0 and a fresh optimizer state on the mesh, sharded like the weights it mirrors."""
     with jax.set_mesh(mesh):
-        return jax.jit(init)(params, frozen)
+        return _jit_init(tx, selects)(weights)
 
 
-def state_shardings(state: TrainState) -> TrainState:
-    return jax.tree.map(lambda x: x.sharding, state)
+def abstract_train_state(
+    abstract_weights: Any, tx: optax.GradientTransformation, selects: Callable[[Any, Any], bool], mesh: Mesh
+) -> TrainState:
+    """Shapes, dtypes and shardings of `init_train_state`'s result, computed without allocating anything:
+    the target a checkpoint is restored into."""
+    with jax.set_mesh(mesh):
+        compiled = _jit_init(tx, selects).trace(abstract_weights).lower().compile()
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), compiled.out_info
+    )
