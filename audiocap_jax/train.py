@@ -543,6 +543,9 @@ def _compile(step_fn: Any, state: Any, batch: Any, s: Setup, throughput: _Throug
         throughput.step_flops or float("nan"),
     )
     s.writer.write(step, {"compile_seconds": seconds})
+    # Compile times differ between hosts; the first step's collectives open the cross-process connections,
+    # whose own connect timeout (gloo's, on CPU) is short, so every process starts that step together.
+    barrier("train step compiled", step)
     throughput.restart()
     return compiled
 
