@@ -39,11 +39,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=preservation, enable_async_checkpointing=async_save, create=True
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
-        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -98,7 +94,7 @@ class Checkpointer:
 
     def saved_dtypes(self, step: int, field: str) -> list[Any]:
         """The dtypes of the arrays under one top-level field of the saved state (from metadata only)."""
-        metadata = self._manager.item_metadata(step)["state"]
+        metadata = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
         return [leaf.dtype for leaf in jax.tree.leaves(metadata[field])]
 
     def best_step(self) -> int | None:
