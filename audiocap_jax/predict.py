@@ -134,7 +134,8 @@ def predict(
         raise FileNotFoundError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) in {data}.")
     mesh = sharding.make_mesh(dict(config.mesh))
     built = load.build_model(
-        load.ModelInit.from_path(checkpoint, config.step, dtype=config.dtype, attention_impl="auto"), mesh=mesh
+        load.ModelInit.from_path(checkpoint, config.step, dtype=config.dtype, attention_impl="auto"),
+        mesh=mesh,
     )
     model, model_config, tokenizer = built.model, built.config, built.tokenizer
     checkpoint_dir = None if load.is_workdir(checkpoint) else resolve_checkpoint_dir(checkpoint)

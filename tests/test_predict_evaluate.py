@@ -117,7 +117,9 @@ def test_evaluate_predictions_against_clotho_csv(tmp_path):
         scores.corpus == metrics.score(predictions, metrics.read_references(references), spice=False).corpus
     )
     with pytest.raises(metrics.AlignmentError, match="'c.wav'"):
-        inference.score_captions({**predictions, "c.wav": "x"}, metrics.read_references(references), spice=False)
+        inference.score_captions(
+            {**predictions, "c.wav": "x"}, metrics.read_references(references), spice=False
+        )
 
 
 def test_evaluate_checkpoint_on_tfds_split(checkpoint, tmp_path):
