@@ -348,8 +348,15 @@ class Validation:
                     for p in samples
                 ],
             )
+            logging.info(
+                "step %d %s (%d clips): %s",
+                step,
+                spec.name,
+                scores.num_clips,
+                report.headline(results, spec.name),
+            )
             table = metrics.format_table(dataclasses.replace(scores, unavailable={}))
-            logging.info("step %d %s:\n%s", step, spec.name, table)
+            logging.vlog(1, "step %d %s:\n%s", step, spec.name, table)
             if predictions_dir is not None and jax.process_index() == 0:
                 predictions_dir.mkdir(parents=True, exist_ok=True)
                 stem = f"{spec.name}_{spec.split_or(pipeline.EVAL_SPLITS)}"

@@ -142,7 +142,7 @@ def _start_pair(workdir, data_dir, logs):
     ]
 
 
-def _wait(processes, logs, timeout=600):
+def _wait(processes, logs, timeout=1500):
     for p in processes:
         p.wait(timeout=timeout)
     return [(p.returncode, (logs / f"process{i}.log").read_text()) for i, p in enumerate(processes)]
@@ -162,7 +162,7 @@ def pod_runs(tmp_path_factory, data_dir):
     pair = _start_pair(root / "multi", data_dir, root / "multi_logs")
     for code, log in _wait(pair, root / "multi_logs"):
         assert code == 0, log[-3000:]
-    assert single.wait(timeout=600) == 0, (root / "single.log").read_text()[-3000:]
+    assert single.wait(timeout=1500) == 0, (root / "single.log").read_text()[-3000:]
     return root / "single", root / "multi"
 
 
@@ -194,13 +194,13 @@ def test_two_processes_validate_export_and_equal_one(pod_runs):
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path, data_dir, pod_runs):
     workdir, logs = tmp_path / "preempted", tmp_path / "logs"
     pair = _start_pair(workdir, data_dir, logs)
-    deadline = time.time() + 400
+    deadline = time.time() + 1200
     while not (workdir / "checkpoints" / "2").is_dir():
         assert all(p.poll() is None for p in pair), (logs / "process0.log").read_text()[-3000:]
-        assert time.time() < deadline, "no checkpoint 2 within 400 s"
+        assert time.time() < deadline, "no checkpoint 2 within 1200 s"
         time.sleep(0.05)
     pair[1].send_signal(signal.SIGTERM)
-    outcomes = _wait(pair, logs, timeout=120)
+    outcomes = _wait(pair, logs, timeout=300)
     assert [code for code, _ in outcomes] == [cli.EXIT_PREEMPTED] * 2, outcomes[0][1][-3000:]
     stopped = {int(log.split("Pre-empted: stopped at step ")[1].split()[0]) for _, log in outcomes}
     assert len(stopped) == 1, stopped  # both processes stopped after the same step
