@@ -1,9 +1,9 @@
 """Train a Whisper captioner: `python -m audiocap_jax.train --config=configs/<x>.py --workdir=DIR`.
 
 `run` reads as its stages: `setup` (mesh, checkpoints, writer) -> `build_state` (the model in the resume order
-of `load.build_model`, optimizer, train state restored or fresh) -> `build_data` (train stream at its saved
-position, validation) -> `compile_step` -> `train_loop` (log, validate with the shared beam search, checkpoint,
-agreed pre-emption) -> `finish` (HF export, final report). Overrides such as `--config.optim.lr=4e-6` are
+of `load.build_model`, optimizer, train state restored or fresh) -> `compile_step` (the jitted step and the
+shared beam search) -> `build_data` (train stream at its saved position, validation) -> `train_loop` (log,
+validate, checkpoint, agreed pre-emption) -> `finish` (HF export, final report). Overrides such as `--config.optim.lr=4e-6` are
 type-checked by ml_collections; unknown keys fail at start.
 
 Every stage works with any number of processes (one per host, each with its own data shard): validation
@@ -229,19 +229,16 @@ def build_state(s: Setup) -> Trainee:
         schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm
     )
     start_step, data_state = 0, None
-    restored = None
     if built.resume:
-        abstract = train_step.abstract_train_state(weights, tx, selects, s.mesh)
-        restored = s.checkpoints.restore_latest(abstract)
-    if restored is not None:
+        restored = s.checkpoints.restore_latest(train_step.abstract_train_state(weights, tx, selects, s.mesh))
+        if restored is None:
+            raise FileNotFoundError(
+                f"No checkpoint in {s.checkpoints.directory} can be restored (see the warnings above); move the "
+                "folder aside to start over."
+            )
         start_step, state, data_state = restored
         s.writer.truncate_after(start_step)
         logging.info("Resumed from step %d in %s", start_step, s.checkpoints.directory)
-    elif built.resume:
-        raise FileNotFoundError(
-            f"No checkpoint in {s.checkpoints.directory} can be restored (see the warnings above); move the "
-            "folder aside to start over."
-        )
     else:
         state = train_step.init_train_state(weights, tx, selects, s.mesh)
     return Trainee(
