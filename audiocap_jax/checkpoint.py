@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run: model + optimizer + step + RNG (one pytree) and the data iterator state.
+"""Orbax checkpoints of a training run: step + model weights + optimizer (one pytree) and the data iterator state.
 
 Keeps the last K checkpoints plus the best N by a validation score. Saves are asynchronous. A checkpoint that
 was interrupted mid-save is never listed (Orbax finalises a step directory atomically); one that is listed but
@@ -109,6 +109,11 @@ class Checkpointer:
             ),
         )
         return dict(restored["state"])
+
+    def saved_dtypes(self, step: int, field: str) -> list[Any]:
+        """The dtypes of the arrays under one top-level field of the saved state (from metadata only)."""
+        metadata = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+        return [leaf.dtype for leaf in jax.tree.leaves(metadata[field])]
 
     def best_step(self) -> int | None:
         return self._manager.best_step()

@@ -22,9 +22,7 @@ with the inputs exit 2 with one `error:` and one `fix:` line (README, "Exit code
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
 
 import jax
 import ml_collections
@@ -32,33 +30,10 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import cli, decode, inference, load, metrics, preflight
+from audiocap_jax import cli, inference, load, metrics, preflight, search, writer
 from audiocap_jax.data import pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
-
-
-def score_files(
-    predictions: dict[str, str],
-    references: dict[str, list[str]],
-    *,
-    keywords: bool = False,
-    allow_missing: bool = False,
-    allow_extra: bool = False,
-    spice: str = "auto",
-    **score_options: Any,
-) -> metrics.CaptionScores:
-    """Captioning metrics (and keyword metrics) over aligned predictions and references.
-
-    score_options go to `metrics.score` as given: preset, candidates, model_dir, bootstrap, seed.
-    """
-    spice_arg: Any = {"auto": "auto", "on": True, "off": False}[spice]
-    allow = dict(allow_missing=allow_missing, allow_extra=allow_extra)
-    scores = metrics.score(predictions, references, spice=spice_arg, **allow, **score_options)
-    if keywords:
-        keyword_scores = metrics.score_keywords(predictions, references, **allow)
-        scores = dataclasses.replace(scores, corpus={**scores.corpus, **keyword_scores.corpus})
-    return scores
 
 
 def predict_split(
@@ -73,9 +48,8 @@ def predict_split(
 ) -> tuple[dict[str, str], dict[str, list[str]], str]:
     """Caption a TFDS split with the shared beam search: (predictions, references, prefix)."""
     mesh = sharding.make_mesh(dict(config.mesh))
-    model, model_config, tokenizer = load.load_model(
-        checkpoint, mesh=mesh, step=config.step, dtype=config.dtype
-    )
+    built = load.build_model(load.ModelInit.from_path(checkpoint, config.step, dtype=config.dtype), mesh=mesh)
+    model, model_config, tokenizer = built.model, built.config, built.tokenizer
     spec = pipeline.DatasetSpec(
         name=dataset,
         data_dir=str(Path(data_dir).expanduser()),
@@ -92,7 +66,7 @@ def predict_split(
         max_length=config.max_length,
         max_frames=model_config.num_frames,
     )
-    decode_fn = decode.make_decode_fn(model, settings, mesh)
+    decode_fn = search.make_decode_fn(model, settings, mesh)
     predictions = inference.caption_batches(
         decode_fn, nnx.state(model), batches, tokenizer, mesh, desc=f"{dataset}"
     )
@@ -146,6 +120,7 @@ def _alignment_fix(error: metrics.AlignmentError, predictions: dict[str, str], r
 
 
 def main(argv: list[str]) -> None:
+    writer.quiet_library_logs()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     f = flags.FLAGS
@@ -207,17 +182,15 @@ def main(argv: list[str]) -> None:
         source = {"predictions": f["predictions"].value, "references": f["references"].value}
     else:
         raise app.UsageError("Give --predictions and --references, or --checkpoint and --dataset.")
-    keywords = (
-        f["keywords"].value if f["keywords"].value is not None else prefix.rstrip().endswith("keywords:")
-    )
+    keywords = f["keywords"].value if f["keywords"].value is not None else inference.keyword_style(prefix)
     try:
-        scores = score_files(
+        scores = inference.score_captions(
             predictions,
             references,
             keywords=keywords,
             allow_missing=f["allow_missing"].value,
             allow_extra=f["allow_extra"].value,
-            spice=f["spice"].value,
+            spice={"auto": "auto", "on": True, "off": False}[f["spice"].value],
             preset=f["metrics"].value,
             candidates=n_best,
             model_dir=f["metrics_model_dir"].value,

@@ -1,6 +1,6 @@
 """Caption batches with the shared jitted beam search: what training validation, `predict` and `evaluate` run.
 
-The host side of decoding: batches go onto the mesh, `decode.make_decode_fn`'s function runs, each process
+The host side of decoding: batches go onto the mesh, `search.make_decode_fn`'s function runs, each process
 turns its own rows back into text, and the texts of all processes are gathered so every process sees every
 prediction in dataset order.
 """
@@ -18,8 +18,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from audiocap_jax import decode
-from audiocap_jax.data.pipeline import batch_sharding
+from audiocap_jax import metrics, search
+from audiocap_jax.model.sharding import global_to_host, host_to_global
 from audiocap_jax.text import Tokenizer
 
 
@@ -32,7 +32,7 @@ class Prediction:
     references: tuple[str, ...] = ()
 
 
-def decode_settings(config: Any, tokenizer: Tokenizer, checkpoint_dir: Path | None) -> decode.DecodeSettings:
+def decode_settings(config: Any, tokenizer: Tokenizer, checkpoint_dir: Path | None) -> search.DecodeSettings:
     """Beam settings from the config; suppress lists from a HF checkpoint's generation_config when asked."""
     fields: dict[str, Any] = dict(
         eos_id=tokenizer.specials.eot,
@@ -45,19 +45,8 @@ def decode_settings(config: Any, tokenizer: Tokenizer, checkpoint_dir: Path | No
     )
     generation = checkpoint_dir / "generation_config.json" if checkpoint_dir is not None else None
     if config.use_checkpoint_suppress_tokens and generation is not None and generation.exists():
-        return decode.DecodeSettings.from_generation_config(generation, **fields)
-    return decode.DecodeSettings(**fields)
-
-
-def _global(x: np.ndarray, mesh: Mesh) -> jax.Array:
-    return jax.make_array_from_process_local_data(batch_sharding(mesh), np.ascontiguousarray(x))
-
-
-def _local(x: jax.Array, mesh: Mesh) -> np.ndarray:
-    """This process's rows of a global [G, ...] array, in the order it contributed them."""
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, batch_sharding(mesh).spec))
+        return search.DecodeSettings.from_generation_config(generation, **fields)
+    return search.DecodeSettings(**fields)
 
 
 def allgather_strings(texts: list[str]) -> list[str]:
@@ -102,10 +91,9 @@ def caption_batches(
     for batch in tqdm(batches, desc=desc, total=total, disable=not show, unit="batch"):
         prompt = np.asarray(batch["decoder_prompt"], np.int32)
         lengths = np.asarray(batch.get("prompt_lengths", np.full(len(prompt), prompt.shape[1])), np.int32)
-        sequences, scores = decode_fn(
-            model_state, _global(batch["mel"], mesh), _global(prompt, mesh), _global(lengths, mesh)
-        )
-        sequences, scores = _local(sequences, mesh), _local(scores, mesh)
+        inputs = host_to_global({"mel": batch["mel"], "prompt": prompt, "lengths": lengths}, mesh)
+        sequences, scores = decode_fn(model_state, inputs["mel"], inputs["prompt"], inputs["lengths"])
+        sequences, scores = global_to_host(sequences, mesh), global_to_host(scores, mesh)
         mask = np.asarray(batch.get("mask", np.ones(len(prompt), bool)))
         for i in np.flatnonzero(mask):
             ids = sequences[i, 0]
@@ -128,3 +116,31 @@ def caption_batches(
         Prediction(f, c, r, float(s), tuple(x for x in refs.split("\x1f") if x))
         for f, c, r, s, refs in zip(*columns, scores, references, strict=True)
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring.
+# ---------------------------------------------------------------------------------------------------------------
+def keyword_style(prefix: str) -> bool:
+    """Whether a prefix asks for keywords (`audioset > keywords: `): those outputs also get keyword P/R/F1."""
+    return prefix.rstrip().endswith("keywords:")
+
+
+def score_captions(
+    captions: dict[str, str],
+    references: dict[str, list[str]],
+    *,
+    keywords: bool = False,
+    spice: str | bool = "auto",
+    allow_missing: bool = False,
+    allow_extra: bool = False,
+    **score_options: Any,
+) -> metrics.CaptionScores:
+    """Captioning metrics over aligned predictions and references; with `keywords`, keyword P/R/F1 too.
+    `score_options` go to `metrics.score` as given: preset, candidates, model_dir, bootstrap, seed."""
+    allow = dict(allow_missing=allow_missing, allow_extra=allow_extra)
+    scores = metrics.score(captions, references, spice=spice, **allow, **score_options)
+    if keywords:
+        keyword_scores = metrics.score_keywords(captions, references, **allow)
+        scores = dataclasses.replace(scores, corpus={**scores.corpus, **keyword_scores.corpus})
+    return scores

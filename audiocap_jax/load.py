@@ -1,35 +1,115 @@
-"""Load a captioning model from a HF Whisper directory / hub id or from one of our training workdirs.
+"""The one way to build a captioning model: `build_model(ModelInit, mesh=...)`, for `train`, `predict` and
+`evaluate`.
 
-One entry point for `train` (`model.init_from`), `predict` and `evaluate`: `load_model(path)`.
-A workdir holds `model_config.json`, `tokenizer/` and `checkpoints/` (written by train.py).
+Where the weights come from, first match wins (the resume order):
+  1. this workdir's latest checkpoint, when a training run resumes (`resume_from` has finished steps): the
+     model comes back *abstract* (shapes, dtypes, shardings) and the caller restores its whole train state
+     (weights, optimizer, data position) into it;
+  2. `init_from`: one of our training workdirs (`init="ours"`), its `step` restored into the abstract model;
+  3. `hf_checkpoint`: a HF Whisper directory or hub id (`init="hf"`), read tensor by tensor into the shards;
+  4. a fresh init of `variant` + `arch_overrides` (`init="scratch"`), created directly in its shards.
+Nothing is initialised at random and then overwritten: restores and HF imports fill an `nnx.eval_shape`
+model, so the host never holds a second copy. A restored workdir keeps its saved parameter dtype unless
+`runtime` asks for a `param_dtype`.
+
+A workdir holds `model_config.json`, `tokenizer/` and `checkpoints/` (written by train.py), so it loads
+without the training config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
+import ml_collections
+import numpy as np
 from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from audiocap_jax.checkpoint import Checkpointer, abstract_like
+from audiocap_jax.checkpoint import Checkpointer
+from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint, resolve_checkpoint_dir
-from audiocap_jax.model.lora import LoRASpec, apply_lora, merge_lora
 from audiocap_jax.model.whisper import Whisper, create_model
 from audiocap_jax.text import Tokenizer, num_languages_for_vocab_size
-from audiocap_jax.training import split_model
 
 MODEL_CONFIG_FILE = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
+WEIGHTS_KEY = "weights"  # the field of a saved train state that holds every model variable
+INITS = ("ours", "hf", "scratch")
+_RUNTIME_KEYS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInit:
+    """Where a model's weights come from when no checkpoint of the run itself exists.
+
+    Attributes:
+      init: "ours" (`init_from`), "hf" (`hf_checkpoint`) or "scratch" (`variant`).
+      init_from: a training workdir of ours.
+      step: which checkpoint of `init_from`: "latest", "best" or a step number.
+      hf_checkpoint: a HF Whisper directory or hub id.
+      variant: architecture of a fresh init (`WhisperConfig.from_variant`), changed by `arch_overrides`.
+      conv_init_std: fresh init only: std of the encoder's two input convolutions; 0 = HF's 0.02.
+      seed: fresh init only.
+      runtime: run options (dtype, param_dtype, remat, scan_layers, attention_impl); without param_dtype a
+        restored workdir keeps the dtype it was saved in.
+    """
+
+    init: str
+    init_from: str = ""
+    step: int | str = "latest"
+    hf_checkpoint: str = ""
+    variant: str = "tiny"
+    arch_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    conv_init_std: float = 0.0
+    seed: int = 0
+    runtime: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> ModelInit:
+        """From a training config (`config.model` and `config.seed`)."""
+        m = config.model
+        if m.init not in INITS:
+            raise ValueError(f"config.model.init={m.init!r} unknown; choose one of {INITS}.")
+        if m.init == "ours" and not m.init_from:
+            raise ValueError("config.model.init='ours' needs config.model.init_from=<a training workdir>.")
+        return cls(
+            init=m.init,
+            init_from=m.init_from,
+            hf_checkpoint=m.hf_checkpoint,
+            variant=m.variant,
+            arch_overrides=dict(m.arch_overrides),
+            conv_init_std=m.conv_init_std,
+            seed=config.seed,
+            runtime={k: m[k] for k in _RUNTIME_KEYS},
+        )
+
+    @classmethod
+    def from_path(cls, path: str | Path, step: int | str = "best", **runtime: Any) -> ModelInit:
+        """For `predict` / `evaluate --checkpoint`: a workdir of ours (its `step`) or a HF directory / hub id."""
+        if is_workdir(path):
+            return cls(init="ours", init_from=str(path), step=step, runtime=runtime)
+        return cls(init="hf", hf_checkpoint=str(path), runtime=runtime)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltModel:
+    model: Whisper  # concrete; abstract (jax.ShapeDtypeStruct leaves with shardings) when `resume` is True
+    config: WhisperConfig
+    tokenizer: Tokenizer
+    origin: str  # where the weights came from, for the log
+    resume: bool  # True: restore the run's own latest checkpoint into `model`
 
 
 def is_workdir(path: str | Path) -> bool:
-    return (Path(path) / MODEL_CONFIG_FILE).is_file()
+    return (Path(path).expanduser() / MODEL_CONFIG_FILE).is_file()
 
 
 def tokenizer_for(directory: Path | None, config: WhisperConfig) -> Tokenizer:
@@ -39,49 +119,98 @@ def tokenizer_for(directory: Path | None, config: WhisperConfig) -> Tokenizer:
     return Tokenizer.from_assets(num_languages_for_vocab_size(config.vocab_size))
 
 
-def save_run_files(
-    workdir: Path, config: WhisperConfig, tokenizer: Tokenizer, lora: LoRASpec | None = None
-) -> None:
-    """What a workdir needs to be loadable without the training config (with LoRA: the adapters' shapes)."""
+def save_run_files(workdir: Path, config: WhisperConfig, tokenizer: Tokenizer) -> None:
+    """What a workdir needs to be loadable without the training config."""
     workdir.mkdir(parents=True, exist_ok=True)
-    adapters = {"lora": dataclasses.asdict(lora)} if lora is not None and lora.enabled else {}
     (workdir / MODEL_CONFIG_FILE).write_text(
-        json.dumps({"model_type": "whisper", **config.architecture(), **adapters}, indent=1)
+        json.dumps({"model_type": "whisper", **config.architecture()}, indent=1)
     )
     tokenizer.save_pretrained(workdir / TOKENIZER_DIR)
 
 
-def load_model(
-    path: str | Path, *, mesh: Mesh | None = None, step: int | str = "best", **runtime: Any
-) -> tuple[Whisper, WhisperConfig, Tokenizer]:
-    """(model, config, tokenizer) from a training workdir (its best, latest or given step) or a HF checkpoint.
+def build_model(
+    init: ModelInit,
+    *,
+    mesh: Mesh | None = None,
+    resume_from: Checkpointer | None = None,
+    run_files: Path | None = None,
+) -> BuiltModel:
+    """The model on `mesh` (None: one device), its config and tokenizer, in the resume order above.
 
-    `runtime` sets run options (dtype, attention_impl, ...); parameters of a workdir keep their saved dtype
-    unless param_dtype is given. A LoRA run's adapters are merged: the model returned is plain Whisper.
+    Args:
+      init: where the weights come from unless the run resumes.
+      mesh: where the parameters live; each is created, read or restored directly in its shards.
+      resume_from: the run's own checkpoints; when it has steps, the model comes back abstract.
+      run_files: the run's workdir (holding `model_config.json` and `tokenizer/`), read when resuming.
     """
-    path = Path(path).expanduser()
-    if is_workdir(path):
-        config = WhisperConfig.from_json_file(path / MODEL_CONFIG_FILE, **runtime)
-        model = create_model(config, mesh=mesh)
-        saved_lora = json.loads((path / MODEL_CONFIG_FILE).read_text()).get("lora")
-        if saved_lora is not None:  # The checkpoint holds adapters: restore them too, then merge.
-            apply_lora(model, LoRASpec(**{**saved_lora, "targets": tuple(saved_lora["targets"])}))
-        manager = Checkpointer(path / CHECKPOINT_DIR, async_save=False)
+    mesh = mesh or sharding.make_mesh({}, devices=jax.devices()[:1])
+    runtime = dict(init.runtime)
+    if resume_from is not None and resume_from.all_steps():
+        if run_files is None or not is_workdir(run_files):
+            raise FileNotFoundError(
+                f"{resume_from.directory} has checkpoints but {run_files} lacks {MODEL_CONFIG_FILE}; "
+                "resume from the workdir the checkpoints came from."
+            )
+        config = WhisperConfig.from_json_file(run_files / MODEL_CONFIG_FILE, **runtime)
+        model = _abstract_model(config, mesh)
+        tokenizer = Tokenizer.from_pretrained(run_files / TOKENIZER_DIR)
+        return BuiltModel(model, config, tokenizer, f"resuming {resume_from.directory}", resume=True)
+    if init.init == "ours":
+        return _restore_workdir(Path(init.init_from).expanduser(), init.step, mesh, runtime)
+    if init.init == "hf":
+        directory = resolve_checkpoint_dir(init.hf_checkpoint)
+        model, config = load_hf_checkpoint(directory, mesh=mesh, **runtime)
+        return BuiltModel(model, config, tokenizer_for(directory, config), f"HF {directory}", resume=False)
+    if init.init == "scratch":
+        config = WhisperConfig.from_variant(init.variant, **dict(init.arch_overrides), **runtime)
+        model = create_model(config, mesh=mesh, seed=init.seed)
+        if init.conv_init_std:
+            _redraw_input_convs(model, init.conv_init_std, init.seed)
+        tokenizer = Tokenizer.from_assets(num_languages_for_vocab_size(config.vocab_size))
+        return BuiltModel(model, config, tokenizer, f"fresh init of {init.variant}", resume=False)
+    raise ValueError(f"model init {init.init!r} unknown; choose one of {INITS}.")
+
+
+def _abstract_model(config: WhisperConfig, mesh: Mesh) -> Whisper:
+    """The model with `jax.ShapeDtypeStruct` leaves carrying their shardings: a restore target, no memory."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Whisper(config, rngs=nnx.Rngs(0))))
+    shardings = sharding.state_shardings(state, mesh)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    return nnx.merge(graphdef, abstract)
+
+
+def _restore_workdir(path: Path, step: int | str, mesh: Mesh, runtime: dict[str, Any]) -> BuiltModel:
+    if not is_workdir(path):
+        raise FileNotFoundError(
+            f"{path} is not a training workdir (no {MODEL_CONFIG_FILE}); give one written by audiocap_jax.train."
+        )
+    manager = Checkpointer(path / CHECKPOINT_DIR, async_save=False)
+    try:
         steps = manager.all_steps()
         if not steps:
             raise FileNotFoundError(f"{path / CHECKPOINT_DIR} has no finished checkpoint to load.")
         chosen = _choose_step(manager, steps, step, path)
-        graphdef, params, frozen = split_model(model)
-        restored = manager.restore_subset(
-            chosen, {"params": abstract_like(params), "frozen": abstract_like(frozen)}
-        )
+        if "param_dtype" not in runtime:
+            runtime["param_dtype"] = _saved_param_dtype(manager.saved_dtypes(chosen, WEIGHTS_KEY))
+        config = WhisperConfig.from_json_file(path / MODEL_CONFIG_FILE, **runtime)
+        abstract = _abstract_model(config, mesh)
+        graphdef, target = nnx.split(abstract)
+        weights = manager.restore_subset(chosen, {WEIGHTS_KEY: target})[WEIGHTS_KEY]
+    finally:
         manager.close()
-        logging.info("Loaded step %d of %s", chosen, path)
-        model = merge_lora(nnx.merge(graphdef, restored["params"], restored["frozen"]))
-        return model, config, Tokenizer.from_pretrained(path / TOKENIZER_DIR)
-    directory = resolve_checkpoint_dir(path)
-    model, config = load_hf_checkpoint(directory, mesh=mesh, **runtime)
-    return model, config, tokenizer_for(directory, config)
+    logging.info("Loaded step %d of %s", chosen, path)
+    model = nnx.merge(graphdef, weights)
+    return BuiltModel(
+        model, config, Tokenizer.from_pretrained(path / TOKENIZER_DIR), f"{path} step {chosen}", resume=False
+    )
+
+
+def _saved_param_dtype(dtypes: list[np.dtype]) -> str:
+    """The one floating dtype the weights were saved in (WhisperConfig.param_dtype)."""
+    floating = {np.dtype(d).name for d in dtypes if jax.numpy.issubdtype(d, jax.numpy.floating)}
+    if len(floating) != 1:
+        raise ValueError(f"saved weights mix dtypes {sorted(floating)}; pass param_dtype to choose one.")
+    return floating.pop()
 
 
 def _choose_step(manager: Checkpointer, steps: list[int], step: int | str, path: Path) -> int:
@@ -93,3 +222,20 @@ def _choose_step(manager: Checkpointer, steps: list[int], step: int | str, path:
     if int(step) not in steps:
         raise ValueError(f"{path} has no checkpoint at step {step}; it has steps {steps}.")
     return int(step)
+
+
+def _redraw_input_convs(model: Whisper, std: float, seed: int) -> None:
+    """Re-initialise the encoder's two input convolution kernels from N(0, std^2), in their shardings.
+
+    With HF's N(0, 0.02^2) for every weight, the convolutions' output at init varies ~100x less over time
+    than the frozen sinusoidal positions added to it, so a model trained from scratch is nearly deaf for its
+    first few hundred steps (measured in configs/demo.py).
+    """
+    key = jax.random.key(seed)
+    for index, conv in enumerate((model.encoder.conv1, model.encoder.conv2)):
+        kernel = conv.kernel.get_value()
+        draw = jax.jit(
+            lambda k, shape=kernel.shape, dtype=kernel.dtype: std * jax.random.normal(k, shape, dtype),
+            out_shardings=kernel.sharding,
+        )
+        conv.kernel.set_value(draw(jax.random.fold_in(key, index)))

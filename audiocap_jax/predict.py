@@ -35,7 +35,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import audio, cli, decode, inference, load, metrics, preflight, text
+from audiocap_jax import audio, cli, inference, load, metrics, preflight, search, text, writer
 from audiocap_jax.data.prepare import AUDIO_EXTENSIONS
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
@@ -152,9 +152,11 @@ def predict(
     if take_first_n:
         files = files[:take_first_n]
     mesh = sharding.make_mesh(dict(config.mesh))
-    model, model_config, tokenizer = load.load_model(
-        checkpoint, mesh=mesh, step=config.step, dtype=config.dtype, attention_impl="auto"
+    built = load.build_model(
+        load.ModelInit.from_path(checkpoint, config.step, dtype=config.dtype, attention_impl="auto"),
+        mesh=mesh,
     )
+    model, model_config, tokenizer = built.model, built.config, built.tokenizer
     checkpoint_dir = None if load.is_workdir(checkpoint) else resolve_checkpoint_dir(checkpoint)
     settings = inference.decode_settings(config, tokenizer, checkpoint_dir)
     prefix = text.parse_style(config.style)
@@ -173,7 +175,7 @@ def predict(
         failures=failures,
         num_frames=model_config.num_frames,
     )
-    decode_fn = decode.make_decode_fn(model, settings, mesh)
+    decode_fn = search.make_decode_fn(model, settings, mesh)
     predictions = inference.caption_batches(
         decode_fn,
         nnx.state(model),
@@ -239,6 +241,7 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> int:
+    writer.quiet_library_logs()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     for name in ("checkpoint", "data", "output-file"):

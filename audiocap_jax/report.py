@@ -57,6 +57,14 @@ def _headline_keys(records: Sequence[Mapping[str, float]], plotted_only: bool = 
     return keys
 
 
+def headline(results: Mapping[str, float], dataset: str) -> str:
+    """One dataset's headline scores from `dataset/metric` results, e.g. `CIDEr-D 2.8614, METEOR 0.2571,
+    BLEU-4 0.1502` (keyword styles: keyword F1/precision/recall): one log line per dataset and validation,
+    so a run's log stays short; the full tables are in the predictions' JSON and at --verbosity=1."""
+    keys = [key for key in _headline_keys([results]) if key.startswith(f"{dataset}/")]
+    return ", ".join(f"{metrics.METRIC_NAMES[key.split('/', 1)[1]]} {results[key]:.4f}" for key in keys)
+
+
 def _series(records: Sequence[Mapping[str, float]], key: str) -> tuple[list[int], list[float]]:
     points = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
     return [int(s) for s, _ in points], [float(v) for _, v in points]

@@ -1,8 +1,16 @@
 """Train a Whisper captioner: `python -m audiocap_jax.train --config=configs/<x>.py --workdir=DIR`.
 
-One readable loop in stages: setup -> model -> optimizer + state -> data -> resume -> jitted step -> loop
-(log, validate with the shared beam search, checkpoint) -> final save and export. Overrides such as
-`--config.optim.lr=4e-6` are type-checked by ml_collections; unknown keys fail at start.
+`run` reads as its stages: `setup` (mesh, checkpoints, writer) -> `build_state` (the model in the resume order
+of `load.build_model`, optimizer, train state restored or fresh) -> `compile_step` (the jitted step and the
+shared beam search) -> `build_data` (train stream at its saved position, validation) -> `train_loop` (log,
+validate, checkpoint, agreed pre-emption) -> `finish` (HF export, final report). Overrides such as `--config.optim.lr=4e-6` are
+type-checked by ml_collections; unknown keys fail at start.
+
+Every stage works with any number of processes (one per host, each with its own data shard): validation
+decodes padded global batches and gathers the captions, the export gathers the weights, and pre-emption is
+agreed: a SIGTERM reaching any process stops all of them after the same step, each saves that step and the
+command exits with `cli.EXIT_PREEMPTED`. Waits for the other processes carry a timeout whose message names
+the process and the step.
 """
 
 from __future__ import annotations
@@ -11,39 +19,48 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 from absl import app, flags, logging
 from flax import nnx
+from jax._src import distributed
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from audiocap_jax import checkpoint, cli, decode, inference, load, metrics, preflight, report, text, training
+from audiocap_jax import (
+    checkpoint,
+    cli,
+    inference,
+    load,
+    metrics,
+    mfu,
+    preflight,
+    report,
+    search,
+    text,
+    train_step,
+)
 from audiocap_jax.data import demo, pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
-from audiocap_jax.model.hf import load_hf_checkpoint, resolve_checkpoint_dir
-from audiocap_jax.model.whisper import Whisper, create_model
-from audiocap_jax.writer import MetricWriter, read_metrics
-
-# Dense bf16 peak FLOP/s per device, for the MFU estimate.
-_PEAK_FLOPS = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5": 459e12,
-}
+from audiocap_jax.writer import MetricWriter, quiet_library_logs, read_metrics
 
 PREDICTIONS_DIR = "predictions"  # final validation predictions and their scores, per dataset
+HF_EXPORT_DIR = "hf_export"
+SHARDING_TABLE_FILE = "sharding.txt"  # shape and mesh spec of every parameter
+CONFIG_FILE = "config.json"  # the run's full config (logged only at --verbosity=1)
+# How long a process waits for the others at a step boundary, the export or the end before it fails, naming
+# itself and the step: longer than any legitimate skew (a slow checkpoint write, a compile), shorter than a
+# job scheduler's patience.
+COLLECTIVE_TIMEOUT_SECONDS = 600
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -60,69 +77,179 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (ma
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Model construction (resume order: workdir checkpoint > init_from > hf_checkpoint > fresh init).
+# Waiting for the other processes.
 # ---------------------------------------------------------------------------------------------------------------
-def _runtime(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    m = config.model
-    return dict(
-        dtype=m.dtype,
-        param_dtype=m.param_dtype,
-        remat=m.remat,
-        scan_layers=m.scan_layers,
-        attention_impl=m.attention_impl,
+def barrier(name: str, step: int, timeout_seconds: float = COLLECTIVE_TIMEOUT_SECONDS) -> None:
+    """Wait until every process reaches `name` at `step`; fail after the timeout instead of hanging."""
+    if jax.process_count() == 1:
+        return
+    try:
+        distributed.global_state.client.wait_at_barrier(
+            f"audiocap/{name}/{step}", int(timeout_seconds * 1000)
+        )
+    except Exception as error:  # the coordination service reports timeouts and dead peers alike
+        raise TimeoutError(
+            f"process {jax.process_index()} of {jax.process_count()} waited {timeout_seconds:.0f} s at "
+            f"'{name}' (step {step}) for the other processes: {str(error).splitlines()[0][:300]}. Check the "
+            "other processes' logs; a process that died or hangs there is the cause."
+        ) from error
+
+
+class Preemption:
+    """SIGTERM on any process stops every process after the same step.
+
+    The handler only sets a local flag. At each step boundary a process that saw the signal publishes it under
+    that step in the coordination service's key-value store, all processes meet at the step's barrier, and
+    then each reads that step's keys: a key written before the barrier is seen by everyone after it, so all
+    processes agree on the step. One process: the local flag.
+    """
+
+    def __init__(self) -> None:
+        self._signalled = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        logging.warning("SIGTERM received: every process saves a checkpoint and stops after this step.")
+        self._signalled = True
+
+    def agreed(self, step: int) -> bool:
+        """Whether the run stops after `step` (the same answer on every process)."""
+        if jax.process_count() == 1:
+            return self._signalled
+        client = distributed.global_state.client
+        if self._signalled:
+            client.key_value_set(f"audiocap/preempt/{step}/{jax.process_index()}", "SIGTERM")
+        barrier("step", step)
+        return bool(client.key_value_dir_get(f"audiocap/preempt/{step}/"))
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 1: setup.
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Setup:
+    config: ml_collections.ConfigDict
+    workdir: Path
+    mesh: jax.sharding.Mesh
+    checkpoints: checkpoint.Checkpointer
+    writer: MetricWriter
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str | Path) -> Setup:
+    """Banner, batch-size checks against the mesh, the run's checkpoints and metric writer."""
+    workdir = Path(workdir).expanduser().absolute()
+    logging.info(
+        "audiocap-jax train: process %d/%d, %d devices (%s), workdir %s",
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+        jax.devices()[0].device_kind,
+        workdir,
+    )
+    logging.vlog(1, "Config:\n%s", config)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
+    if config.batch_size % config.accum_steps:
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by accum_steps {config.accum_steps}; "
+            "set --config.batch_size to a multiple of --config.accum_steps."
+        )
+    mesh = sharding.make_mesh(dict(config.mesh))
+    data_parallel = sharding.data_parallel_size(mesh)
+    for key, size in (
+        ("batch_size", config.batch_size // config.accum_steps),
+        ("eval.batch_size", config.eval.batch_size),
+    ):
+        if size % data_parallel:
+            raise ValueError(
+                f"{key} {size} (per micro-batch) does not split over the {data_parallel} data-parallel devices of "
+                f"mesh {dict(mesh.shape)}; set --config.{key} to a multiple of {data_parallel}."
+            )
+    checkpoints = checkpoint.Checkpointer(
+        workdir / load.CHECKPOINT_DIR,
+        keep_last=config.checkpoint.keep_last,
+        keep_best=config.checkpoint.keep_best,
+        async_save=config.checkpoint.async_save,
+    )
+    log = config.log
+    writer = MetricWriter(
+        workdir,
+        wandb_settings=dict(
+            mode=log.wandb_mode, project=log.project, group=log.group, name=log.name, tags=log.tags
+        ),
+        config=config.to_dict(),
+    )
+    return Setup(config, workdir, mesh, checkpoints, writer)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 2: model, optimizer and train state (restored or fresh).
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Trainee:
+    """The model being trained and what updates it."""
+
+    graphdef: nnx.GraphDef
+    model_config: WhisperConfig
+    tokenizer: text.Tokenizer
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    selects: Any  # NNX filter of the trained weights (train_step.trainable)
+    state: train_step.TrainState
+    start_step: int
+    data_state: dict[str, Any] | None  # the train stream's saved position when resuming
+
+
+def build_state(s: Setup) -> Trainee:
+    """The model in `load.build_model`'s resume order, then the optimizer and the train state: restored
+    from this workdir's latest checkpoint (into abstract arrays, nothing allocated twice) or fresh."""
+    config, o = s.config, s.config.optim
+    built = load.build_model(
+        load.ModelInit.from_config(config), mesh=s.mesh, resume_from=s.checkpoints, run_files=s.workdir
+    )
+    logging.info("Model: %s", built.origin)
+    if jax.process_index() == 0:
+        load.save_run_files(s.workdir, built.config, built.tokenizer)
+    graphdef, weights = nnx.split(built.model)
+    sharding.log_sharding_overview(weights, s.mesh, s.workdir / SHARDING_TABLE_FILE)
+    selects = train_step.trainable(tuple(o.train_only), tuple(o.freeze))
+    train_step.check_trainable(
+        weights, selects, f"config.optim.train_only={list(o.train_only)} / freeze={list(o.freeze)}"
+    )
+    schedule = train_step.make_schedule(
+        lr=o.lr,
+        warmup_steps=o.warmup_steps,
+        total_steps=config.total_steps,
+        decay=o.schedule,
+        end_lr_fraction=o.end_lr_fraction,
+    )
+    tx = train_step.make_optimizer(
+        schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm
+    )
+    start_step, data_state = 0, None
+    if built.resume:
+        restored = s.checkpoints.restore_latest(train_step.abstract_train_state(weights, tx, selects, s.mesh))
+        if restored is None:
+            raise FileNotFoundError(
+                f"No checkpoint in {s.checkpoints.directory} can be restored (see the warnings above); move the "
+                "folder aside to start over."
+            )
+        start_step, state, data_state = restored
+        s.writer.truncate_after(start_step)
+        logging.info("Resumed from step %d in %s", start_step, s.checkpoints.directory)
+    else:
+        state = train_step.init_train_state(weights, tx, selects, s.mesh)
+    return Trainee(
+        graphdef, built.config, built.tokenizer, tx, schedule, selects, state, start_step, data_state
     )
 
 
-def _redraw_input_convs(model: Whisper, std: float, seed: int) -> None:
-    """Re-initialise the encoder's two input convolution kernels from N(0, std^2), in their shardings.
-
-    With HF's N(0, 0.02^2) for every weight, the convolutions' output at init varies ~100x less over time
-    than the frozen sinusoidal positions added to it, so a model trained from scratch is nearly deaf for its
-    first few hundred steps (measured in configs/demo.py).
-    """
-    key = jax.random.key(seed)
-    for index, conv in enumerate((model.encoder.conv1, model.encoder.conv2)):
-        kernel = conv.kernel.get_value()
-        fresh = std * jax.random.normal(jax.random.fold_in(key, index), kernel.shape, kernel.dtype)
-        conv.kernel.set_value(jax.device_put(fresh, kernel.sharding))
-
-
-def build_model(
-    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, resuming: bool
-) -> tuple[Whisper, text.Tokenizer]:
-    """The initial model on the mesh; when resuming, a cheap random init that the checkpoint overwrites."""
-    m = config.model
-    runtime = _runtime(config)
-    if m.init == "hf":
-        directory = resolve_checkpoint_dir(m.hf_checkpoint)
-        if resuming:
-            model_config = WhisperConfig.from_json_file(directory / "config.json", **runtime)
-            return create_model(model_config, mesh=mesh, seed=config.seed), load.tokenizer_for(
-                directory, model_config
-            )
-        model, model_config = load_hf_checkpoint(directory, mesh=mesh, **runtime)
-        return model, load.tokenizer_for(directory, model_config)
-    if m.init == "scratch":
-        model_config = WhisperConfig.from_variant(m.variant, **dict(m.arch_overrides), **runtime)
-        tokenizer = text.Tokenizer.from_assets(text.num_languages_for_vocab_size(model_config.vocab_size))
-        model = create_model(model_config, mesh=mesh, seed=config.seed)
-        if m.conv_init_std:
-            _redraw_input_convs(model, m.conv_init_std, config.seed)
-        return model, tokenizer
-    if m.init == "ours":
-        if not m.init_from:
-            raise ValueError("config.model.init='ours' needs config.model.init_from=<a training workdir>.")
-        if resuming:
-            model_config = WhisperConfig.from_json_file(Path(m.init_from) / load.MODEL_CONFIG_FILE, **runtime)
-            tokenizer = text.Tokenizer.from_pretrained(Path(m.init_from) / load.TOKENIZER_DIR)
-            return create_model(model_config, mesh=mesh, seed=config.seed), tokenizer
-        model, _, tokenizer = load.load_model(m.init_from, mesh=mesh, step="latest", **runtime)
-        return model, tokenizer
-    raise ValueError(f"config.model.init={m.init!r} unknown; choose 'hf', 'scratch' or 'ours'.")
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# Data.
+# Stage 3: data (train stream and validation).
 # ---------------------------------------------------------------------------------------------------------------
 def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> str:
     """The TFDS data_dir to read; with `data.synthetic.enabled`, first makes the synthetic set there.
@@ -145,353 +272,330 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> str:
             config=config.data.mel_config,
             workers=synthetic.workers,
         )
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("synthetic data built")
+    barrier("synthetic data built", 0, timeout_seconds=max(COLLECTIVE_TIMEOUT_SECONDS, 3600))
     return data_dir
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Validation with the shared jitted beam search.
-# ---------------------------------------------------------------------------------------------------------------
-def _eval_specs(config: ml_collections.ConfigDict, data_dir: str) -> list[pipeline.DatasetSpec]:
-    """One spec per validation set (its first `eval.max_clips` clips; 0 = all)."""
-    return [
-        pipeline.DatasetSpec(
-            name=name,
-            data_dir=data_dir,
-            split=split,
-            config=config.data.mel_config,
-            max_clips=config.eval.max_clips,
-        )
-        for name, split in config.eval.datasets.items()
-    ]
+class Validation:
+    """Training's validation: each configured dataset captioned with its own prefix by the shared beam search
+    and scored by `inference.score_captions` (as `evaluate --checkpoint` does), logged; the best-checkpoint
+    score. SPICE that cannot run is announced once per run (with its fix), not in every table."""
 
-
-def validate(
-    step: int,
-    specs: list[pipeline.DatasetSpec],
-    decode_fn: decode.DecodeFn,
-    model_state: Any,
-    tokenizer: text.Tokenizer,
-    mesh: jax.sharding.Mesh,
-    config: ml_collections.ConfigDict,
-    writer: MetricWriter,
-    *,
-    max_frames: int = 0,
-    predictions_dir: Path | None = None,
-) -> dict[str, float]:
-    """Caption each validation set with its own prefix and score it; returns `{dataset/metric: value}`.
-
-    With `predictions_dir` (the final validation), process 0 also writes `<dataset>_<split>.csv` there
-    (`file_name,caption_predicted`) and `<dataset>_<split>_metrics.json` (corpus and per-clip scores).
-    """
-    results: dict[str, float] = {}
-    for spec in specs:
-        batches = pipeline.eval_dataset(
-            spec,
-            tokenizer,
-            global_batch_size=config.eval.batch_size,
-            max_length=config.eval.max_length,
-            max_frames=max_frames,
-        )
-        predictions = inference.caption_batches(
-            decode_fn, model_state, batches, tokenizer, mesh, desc=f"validate {spec.name}"
-        )
-        captions = {p.file_name: p.caption for p in predictions}
-        references = {p.file_name: list(p.references) for p in predictions}
-        scores = metrics.score(captions, references, preset=config.eval.metrics)
-        if spec.prefix.rstrip().endswith("keywords:"):
-            scores = dataclasses.replace(
-                scores, corpus={**scores.corpus, **metrics.score_keywords(captions, references).corpus}
+    def __init__(self, s: Setup, t: Trainee, data_dir: str, decode_fn: search.DecodeFn):
+        self._s, self._t, self._decode_fn = s, t, decode_fn
+        config = s.config
+        self.specs = [
+            pipeline.DatasetSpec(
+                name=name,
+                data_dir=data_dir,
+                split=split,
+                config=config.data.mel_config,
+                max_clips=config.eval.max_clips,
             )
-        for key, value in scores.corpus.items():
-            if value is not None:
-                results[f"{spec.name}/{key}"] = value
-        writer.write_samples(
-            step,
-            spec.name,
-            [
-                {"file_name": p.file_name, "prediction": p.caption, "references": " | ".join(p.references)}
-                for p in predictions[: config.eval.num_samples_logged]
-            ],
-        )
-        logging.info("step %d %s:\n%s", step, spec.name, metrics.format_table(scores))
-        if predictions_dir is not None and jax.process_index() == 0:
-            predictions_dir.mkdir(parents=True, exist_ok=True)
-            stem = f"{spec.name}_{spec.split}"
-            metrics.write_predictions_csv(predictions_dir / f"{stem}.csv", captions)
-            metrics.write_json(
-                predictions_dir / f"{stem}_metrics.json", scores, step=step, prefix=spec.prefix
+            for name, split in config.eval.datasets.items()
+        ]
+        self._spice: str | bool = "auto"
+
+    def due(self, step: int) -> bool:
+        every = self._s.config.eval.every_steps
+        return bool(self.specs) and every > 0 and (step % every == 0 or step == self._s.config.total_steps)
+
+    def run(self, step: int, weights: Any, predictions_dir: Path | None = None) -> dict[str, float]:
+        """Scores `{dataset/metric: value}`; with `predictions_dir`, process 0 writes each set's captions
+        (`<dataset>_<split>.csv`) and scores (`<dataset>_<split>_metrics.json`) there."""
+        config, writer = self._s.config, self._s.writer
+        results: dict[str, float] = {}
+        for spec in self.specs:
+            batches = pipeline.eval_dataset(
+                spec,
+                self._t.tokenizer,
+                global_batch_size=config.eval.batch_size,
+                max_length=config.eval.max_length,
+                max_frames=self._t.model_config.num_frames,
             )
-    return results
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Throughput bookkeeping.
-# ---------------------------------------------------------------------------------------------------------------
-def _peak_flops(config: ml_collections.ConfigDict) -> float | None:
-    if config.log.peak_tflops_per_device:
-        return config.log.peak_tflops_per_device * 1e12
-    kind = jax.devices()[0].device_kind
-    for name, flops in _PEAK_FLOPS.items():
-        if name in kind:
-            return flops
-    return None
-
-
-def _step_flops(compiled: Any) -> float | None:
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
-    return float(analysis["flops"]) if analysis and "flops" in analysis else None
-
-
-class _Preemption:
-    """SIGTERM (pre-emption) sets a flag; the loop saves and exits cleanly at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        logging.warning("SIGTERM received: saving a checkpoint and exiting after this step.")
-        self.requested = True
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The run.
-# ---------------------------------------------------------------------------------------------------------------
-def run(
-    config: ml_collections.ConfigDict, workdir: str | Path, *, on_step: Callable[[int], None] | None = None
-) -> dict[str, float]:
-    """Train per `config` in `workdir`, resuming from its latest checkpoint; returns the last validation."""
-    workdir = Path(workdir).expanduser().absolute()
-    is_main = jax.process_index() == 0
-    logging.info(
-        "audiocap-jax train: process %d/%d, %d devices (%s), workdir %s\n%s",
-        jax.process_index(),
-        jax.process_count(),
-        jax.device_count(),
-        jax.devices()[0].device_kind,
-        workdir,
-        config,
-    )
-    if config.batch_size % config.accum_steps:
-        raise ValueError(
-            f"batch_size {config.batch_size} is not divisible by accum_steps {config.accum_steps}; "
-            "set --config.batch_size to a multiple of --config.accum_steps."
-        )
-
-    # --- Mesh and model -------------------------------------------------------------------------------------
-    mesh = sharding.make_mesh(dict(config.mesh))
-    data_parallel = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
-    for key, size in (
-        ("batch_size", config.batch_size // config.accum_steps),
-        ("eval.batch_size", config.eval.batch_size),
-    ):
-        if size % data_parallel:
-            raise ValueError(
-                f"{key} {size} (per micro-batch) does not split over the {data_parallel} data-parallel devices of "
-                f"mesh {dict(mesh.shape)}; set --config.{key} to a multiple of {data_parallel}."
+            predictions = inference.caption_batches(
+                self._decode_fn,
+                weights,
+                batches,
+                self._t.tokenizer,
+                self._s.mesh,
+                desc=f"validate {spec.name}",
             )
-    ckpt = checkpoint.Checkpointer(
-        workdir / load.CHECKPOINT_DIR,
-        keep_last=config.checkpoint.keep_last,
-        keep_best=config.checkpoint.keep_best,
-        async_save=config.checkpoint.async_save,
-    )
-    resuming = bool(ckpt.all_steps())
-    model, tokenizer = build_model(config, mesh, resuming)
-    model_frames = model.config.num_frames  # the stored 30 s log-mels are cropped to the model's window
-    if is_main:
-        load.save_run_files(workdir, model.config, tokenizer)
-    graphdef, params, frozen = training.split_model(model)
-    sharding.log_sharding_overview(params, mesh)
+            scores = inference.score_captions(
+                {p.file_name: p.caption for p in predictions},
+                {p.file_name: list(p.references) for p in predictions},
+                keywords=inference.keyword_style(spec.prefix),
+                spice=self._spice,
+                preset=config.eval.metrics,
+            )
+            if "spice" in scores.unavailable and self._spice == "auto":
+                logging.warning(
+                    "SPICE and SPIDEr are not computed in this run: %s", scores.unavailable["spice"]
+                )
+                self._spice = False
+            results |= {f"{spec.name}/{k}": v for k, v in scores.corpus.items() if v is not None}
+            samples = predictions[: config.eval.num_samples_logged]
+            writer.write_samples(
+                step,
+                spec.name,
+                [
+                    {
+                        "file_name": p.file_name,
+                        "prediction": p.caption,
+                        "references": " | ".join(p.references),
+                    }
+                    for p in samples
+                ],
+            )
+            logging.info(
+                "step %d %s (%d clips): %s",
+                step,
+                spec.name,
+                scores.num_clips,
+                report.headline(results, spec.name),
+            )
+            table = metrics.format_table(dataclasses.replace(scores, unavailable={}))
+            logging.vlog(1, "step %d %s:\n%s", step, spec.name, table)
+            if predictions_dir is not None and jax.process_index() == 0:
+                predictions_dir.mkdir(parents=True, exist_ok=True)
+                stem = f"{spec.name}_{spec.split_or(pipeline.EVAL_SPLITS)}"
+                captions = {p.file_name: p.caption for p in predictions}
+                metrics.write_predictions_csv(predictions_dir / f"{stem}.csv", captions)
+                metrics.write_json(
+                    predictions_dir / f"{stem}_metrics.json", scores, step=step, prefix=spec.prefix
+                )
+        return results
 
-    # --- Optimizer and state --------------------------------------------------------------------------------
-    o = config.optim
-    schedule = training.make_schedule(
-        lr=o.lr,
-        warmup_steps=o.warmup_steps,
-        total_steps=config.total_steps,
-        decay=o.schedule,
-        end_lr_fraction=o.end_lr_fraction,
-    )
-    tx = training.make_optimizer(
-        params,
-        schedule,
-        b1=o.b1,
-        b2=o.b2,
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        max_grad_norm=o.max_grad_norm,
-        train_only=tuple(o.train_only),
-        freeze=tuple(o.freeze),
-    )
-    state = training.init_train_state(params, frozen, tx, config.seed, mesh)
-    del model, params, frozen
 
-    # --- Data -----------------------------------------------------------------------------------------------
-    data_dir = prepare_data(config, workdir)
+@dataclasses.dataclass
+class Data:
+    train: pipeline.GlobalBatchIterator
+    validation: Validation
+
+
+def build_data(s: Setup, t: Trainee, decode_fn: search.DecodeFn) -> Data:
+    """The train stream (this process's shard, at its saved position when resuming) and the validation."""
+    config = s.config
+    data_dir = prepare_data(config, s.workdir)
     mixture = pipeline.mixture_specs(dict(config.data.mixture), data_dir, config.data.mel_config)
     train_data = pipeline.train_dataset(
         mixture,
-        tokenizer,
+        t.tokenizer,
         global_batch_size=config.batch_size,
         max_length=config.data.max_length,
         seed=config.seed,
         train_prompt=config.data.train_prompt,
         augment_config=pipeline.AugmentConfig(**dict(config.data.augment)),
-        max_frames=model_frames,
+        max_frames=t.model_config.num_frames,
         read=pipeline.ReadConfig(
             num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch_batches
         ),
     )
-    train_iter = pipeline.GlobalBatchIterator(train_data, mesh)
+    train = pipeline.GlobalBatchIterator(train_data, s.mesh)
+    if t.data_state is not None:
+        train.set_state(t.data_state)
+    return Data(train, Validation(s, t, data_dir, decode_fn))
 
-    # --- Resume (1. latest complete checkpoint of this workdir; else the init chosen above) -------------------
-    writer = MetricWriter(
-        workdir,
-        wandb_settings=dict(
-            mode=config.log.wandb_mode,
-            project=config.log.project,
-            group=config.log.group,
-            name=config.log.name,
-            tags=config.log.tags,
-        ),
-        config=config.to_dict(),
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 4: the jitted step and the shared beam search.
+# ---------------------------------------------------------------------------------------------------------------
+def compile_step(s: Setup, t: Trainee) -> tuple[Any, search.DecodeFn]:
+    """(train step, decode fn): the step jitted with the state's shardings (donated), the beam search bound
+    to the model's structure."""
+    step_fn = train_step.jit_train_step(
+        t.graphdef, t.tx, t.schedule, t.selects, t.state, s.mesh, s.config.accum_steps
     )
-    restored = ckpt.restore_latest(checkpoint.abstract_like(state)) if resuming else None
-    if restored is not None:
-        start_step, state, data_state = restored
-        train_iter.set_state(data_state)
-        writer.truncate_after(start_step)
-        logging.info("Resumed from step %d in %s", start_step, ckpt.directory)
-    else:
-        start_step = 0
-
-    # --- The jitted step ------------------------------------------------------------------------------------
-    train_step = training.jit_train_step(graphdef, tx, schedule, state, mesh, config.accum_steps)
-    decode_fn = decode.make_decode_fn(
-        nnx.merge(graphdef, state.params, state.frozen),
-        decode.DecodeSettings(
-            eos_id=tokenizer.specials.eot, num_beams=config.eval.num_beams, max_length=config.eval.max_length
-        ),
-        mesh,
+    settings = search.DecodeSettings(
+        eos_id=t.tokenizer.specials.eot,
+        num_beams=s.config.eval.num_beams,
+        max_length=s.config.eval.max_length,
     )
-    eval_specs = _eval_specs(config, data_dir)
+    return step_fn, search.make_decode_fn(t.graphdef, settings, s.mesh)
 
-    # --- Loop -----------------------------------------------------------------------------------------------
-    preemption = _Preemption()
-    compiled, step_flops, peak = None, None, _peak_flops(config)
-    last_results: dict[str, float] = {}
-    timer = time.perf_counter()
-    steps_since_log = 0
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 5: the loop.
+# ---------------------------------------------------------------------------------------------------------------
+class _Throughput:
+    """Step and data-loading times averaged over the logging window, and the FLOP-based rates."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self._batch_size = config.batch_size
+        self._peak = mfu.peak_flops_per_device(
+            jax.devices()[0].device_kind, config.log.peak_tflops_per_device
+        )
+        self.step_flops: float | None = None  # analytic model FLOPs of one optimizer step (audiocap_jax.mfu)
+        self.restart()
+
+    def restart(self) -> None:
+        """Start a new window (after logging, and after a validation so its time is not counted)."""
+        self._start, self._data_seconds, self._steps = time.perf_counter(), 0.0, 0
+
+    def add(self, data_seconds: float) -> None:
+        self._data_seconds += data_seconds
+        self._steps += 1
+
+    def window(self, tokens: float) -> dict[str, float]:
+        steps = max(self._steps, 1)
+        step_time = (time.perf_counter() - self._start) / steps
+        values = {
+            "step_seconds": step_time,
+            "data_seconds": self._data_seconds / steps,
+            "examples_per_second": self._batch_size / step_time,
+            "tokens_per_second": tokens / step_time,
+        }
+        if self.step_flops:
+            values["model_flops_per_step"] = self.step_flops
+            values["tflops_per_second"] = self.step_flops / step_time / 1e12
+            if self._peak:
+                values["mfu"] = mfu.mfu(self.step_flops, step_time, jax.device_count(), self._peak)
+        return values
+
+
+@dataclasses.dataclass
+class LoopEnd:
+    step: int
+    results: dict[str, float]  # the last validation's scores ({} when none ran)
+    preempted: bool
+
+
+def train_loop(s: Setup, t: Trainee, data: Data, step_fn: Any) -> LoopEnd:
+    """Steps from `t.start_step` to `total_steps`: log every `log.every_steps`, validate, checkpoint, and stop
+    early (every process at the same step, checkpoint saved) when any process got SIGTERM."""
+    config, state, step = s.config, t.state, t.start_step
+    preemption, throughput = Preemption(), _Throughput(config)
+    compiled, results, preempted = None, {}, False
     progress = tqdm(
-        total=config.total_steps, initial=start_step, desc="train", disable=not is_main, unit="step"
+        total=config.total_steps, initial=step, desc="train", disable=jax.process_index() != 0, unit="step"
     )
-    step = start_step
-    while step < config.total_steps:
+    while step < config.total_steps and not preempted:
         data_start = time.perf_counter()
-        batch = next(train_iter)
-        batch = {k: batch[k] for k in training.TRAIN_KEYS}
-        data_time = time.perf_counter() - data_start
+        batch = {k: v for k, v in next(data.train).items() if k in train_step.TRAIN_KEYS}
+        data_seconds = time.perf_counter() - data_start
         if compiled is None:
-            compile_start = time.perf_counter()
-            with jax.set_mesh(mesh):
-                compiled = train_step.lower(state, batch).compile()
-            step_flops = _step_flops(compiled)
-            compile_time = time.perf_counter() - compile_start
-            logging.info(
-                "Train step compiled in %.1f s; %.3g FLOP per step (XLA).",
-                compile_time,
-                step_flops or float("nan"),
-            )
-            writer.write(step, {"compile_seconds": compile_time})
-        with jax.set_mesh(mesh), jax.transfer_guard("disallow"):
+            compiled = _compile(step_fn, state, batch, s, t, throughput, step)
+        throughput.add(data_seconds)
+        with jax.set_mesh(s.mesh), jax.transfer_guard("disallow"):
             state, step_metrics = compiled(state, batch)
         step += 1
-        steps_since_log += 1
         progress.update(1)
-        if on_step is not None:
-            on_step(step)
-
         if step % config.log.every_steps == 0 or step == config.total_steps:
             values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
             if not math.isfinite(values["loss"]):
                 raise FloatingPointError(
-                    f"Loss is {values['loss']} at step {step} (between steps {step - steps_since_log + 1} and {step}); "
+                    f"Loss is {values['loss']} at step {step} (in the {config.log.every_steps} steps up to it); "
                     "lower --config.optim.lr or check the data."
                 )
-            elapsed = time.perf_counter() - timer
-            step_time = elapsed / steps_since_log
-            values |= {
-                "step_seconds": step_time,
-                "data_seconds": data_time,
-                "examples_per_second": config.batch_size / step_time,
-                "tokens_per_second": values["tokens"] / step_time,
-            }
-            if step_flops:
-                values["tflops_per_second"] = step_flops / step_time / 1e12
-                if peak:
-                    values["mfu"] = step_flops / step_time / (peak * jax.device_count())
-            writer.write(step, values)
+            s.writer.write(step, values | throughput.window(values["tokens"]))
             progress.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['token_accuracy']:.3f}")
-            timer, steps_since_log = time.perf_counter(), 0
-
-        is_last = step == config.total_steps
+            throughput.restart()
         score = None
-        if eval_specs and config.eval.every_steps > 0 and (step % config.eval.every_steps == 0 or is_last):
+        if data.validation.due(step):
             eval_start = time.perf_counter()
-            model_state = training.full_state(graphdef, state.params, state.frozen)
-            last_results = validate(
-                step,
-                eval_specs,
-                decode_fn,
-                model_state,
-                tokenizer,
-                mesh,
-                config,
-                writer,
-                max_frames=model_frames,
-                predictions_dir=workdir / PREDICTIONS_DIR if is_last else None,
+            is_last = step == config.total_steps
+            results = data.validation.run(
+                step, state.weights, s.workdir / PREDICTIONS_DIR if is_last else None
             )
-            last_results["eval_seconds"] = time.perf_counter() - eval_start
-            writer.write(step, last_results)
-            _, score = metrics.select_best_metric(last_results, config.eval.best_metric)
-            timer = time.perf_counter()
-        if step % config.checkpoint.every_steps == 0 or is_last or preemption.requested or score is not None:
-            ckpt.save(step, state, train_iter.get_state(), best_score=score)
-        if preemption.requested:
-            break
-
-    # --- Finish ---------------------------------------------------------------------------------------------
+            results["eval_seconds"] = time.perf_counter() - eval_start
+            s.writer.write(step, results)
+            _, score = metrics.select_best_metric(results, config.eval.best_metric)
+            throughput.restart()
+        preempted = preemption.agreed(step)
+        if (
+            step % config.checkpoint.every_steps == 0
+            or step == config.total_steps
+            or preempted
+            or score is not None
+        ):
+            s.checkpoints.save(step, state, data.train.get_state(), best_score=score)
     progress.close()
-    ckpt.wait()
     preemption.restore()
-    if is_main and config.checkpoint.export_hf and step == config.total_steps:
-        from audiocap_jax.model.hf import export
+    t.state = state
+    return LoopEnd(step, results, preempted)
 
-        best = ckpt.best_step()
-        if best is not None and best != step:
-            logging.info("Exporting the best checkpoint (step %d) rather than the last.", best)
-        model, _, _ = (
-            load.load_model(workdir, step="best")
-            if best is not None
-            else (nnx.merge(graphdef, state.params, state.frozen), None, None)
+
+def _compile(
+    step_fn: Any, state: Any, batch: Any, s: Setup, t: Trainee, throughput: _Throughput, step: int
+) -> Any:
+    start = time.perf_counter()
+    with jax.set_mesh(s.mesh):
+        compiled = step_fn.lower(state, batch).compile()
+    # MaxText's analytic count, not XLA's cost_analysis (which counts a loop body once and one device's share).
+    throughput.step_flops = mfu.model_flops_per_step(
+        t.model_config,
+        batch_size=s.config.batch_size,
+        target_length=batch["decoder_input_ids"].shape[1],
+    )
+    seconds = time.perf_counter() - start
+    logging.info(
+        "Train step compiled in %.1f s; %.3g model FLOP per step (analytic).", seconds, throughput.step_flops
+    )
+    s.writer.write(step, {"compile_seconds": seconds})
+    # Compile times differ between hosts; the first step's collectives open the cross-process connections,
+    # whose own connect timeout (gloo's, on CPU) is short, so every process starts that step together.
+    barrier("train step compiled", step)
+    throughput.restart()
+    return compiled
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 6: finish.
+# ---------------------------------------------------------------------------------------------------------------
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole of a global array on this host (a collective with several processes)."""
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def export_hf(s: Setup, t: Trainee, end: LoopEnd) -> None:
+    """Write `hf_export/` from the best checkpoint (else the last step). Every process restores and gathers
+    the weights together; process 0 writes the files."""
+    from audiocap_jax.model.hf import export
+
+    best = s.checkpoints.best_step()
+    weights = t.state.weights
+    if best is not None and best != end.step:
+        logging.info("Exporting the best checkpoint (step %d) rather than the last.", best)
+        init = load.ModelInit.from_path(s.workdir, step=best, **{"param_dtype": t.model_config.param_dtype})
+        weights = nnx.state(load.build_model(init, mesh=s.mesh).model)
+    barrier("export", end.step)
+    host_weights = jax.tree.map(_to_host, weights)
+    if jax.process_index() == 0:
+        export(nnx.merge(t.graphdef, host_weights), t.tokenizer, s.workdir / HF_EXPORT_DIR)
+
+
+def finish(s: Setup, t: Trainee, end: LoopEnd) -> None:
+    """Wait for the checkpoints, export, write the final report; a pre-empted run only says how to resume."""
+    s.checkpoints.wait()
+    if end.preempted:
+        logging.warning(
+            "Pre-empted: stopped at step %d with its checkpoint saved; rerun the same command to resume.",
+            end.step,
         )
-        export(model, tokenizer, workdir / "hf_export")
-    ckpt.close()
-    writer.close()
-    if is_main:
+    elif s.config.checkpoint.export_hf and end.step == s.config.total_steps:
+        export_hf(s, t, end)
+    s.checkpoints.close()
+    s.writer.close()
+    if jax.process_index() == 0 and not end.preempted:
         # A run resumed at its end validates nothing new: report its last validation from the log.
-        final = last_results or report.last_validation(read_metrics(workdir))
-        (workdir / report.FINAL_METRICS_FILE).write_text(json.dumps({"step": step, **final}, indent=1))
-        report.plot_metrics(workdir)
-        logging.info("Done at step %d. Workdir: %s", step, workdir)
-    return last_results
+        final = end.results or report.last_validation(read_metrics(s.workdir))
+        (s.workdir / report.FINAL_METRICS_FILE).write_text(json.dumps({"step": end.step, **final}, indent=1))
+        report.plot_metrics(s.workdir)
+        logging.info("Done at step %d. Workdir: %s", end.step, s.workdir)
+    barrier("finish", end.step)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path) -> LoopEnd:
+    """Train per `config` in `workdir`, resuming from its latest checkpoint."""
+    s = setup(config, workdir)
+    trainee = build_state(s)
+    step_fn, decode_fn = compile_step(s, trainee)
+    data = build_data(s, trainee, decode_fn)
+    end = train_loop(s, trainee, data, step_fn)
+    finish(s, trainee, end)
+    return end
 
 
 def _maybe_initialize_distributed() -> None:
@@ -508,10 +612,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; settings go through --config.<key>=<value>.")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("Both --config=configs/<name>.py and --workdir=DIR are required.")
+    quiet_library_logs()
     _maybe_initialize_distributed()
     preflight.check_train(_CONFIG.value, _WORKDIR.value, jax.device_count())  # before the workdir exists
     np.set_printoptions(precision=4)
-    run(_CONFIG.value, _WORKDIR.value)
+    end = run(_CONFIG.value, _WORKDIR.value)
+    if end.preempted:
+        sys.exit(cli.EXIT_PREEMPTED)
     if jax.process_index() == 0:
         print(report.summary(_WORKDIR.value))
 

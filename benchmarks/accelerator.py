@@ -9,7 +9,7 @@ Rows:
   targets (the training configs' `max_length`): examples/s, MFU (`audiocap_jax.mfu`: analytic FLOPs over the
   bf16 peak of the device), peak device memory (`Device.memory_stats()`; on CPU the process's peak RSS) and
   compile time;
-- beam search of base, small and large-v2 through the shared `decode.make_decode_fn` (5 beams, exactly 30
+- beam search of base, small and large-v2 through the shared `search.make_decode_fn` (5 beams, exactly 30
   tokens after the 11-token `clotho > caption: ` prompt): captions/s and compile time;
 - the same with transformers' PyTorch Whisper on the same GPU, where torch sees CUDA (AdamW, bf16 autocast;
   `GenerationMixin.generate(num_beams=5)`).
@@ -264,12 +264,12 @@ def jax_train_row(variant: str, batch_size: int, steps: int) -> Row:
 def _prompt_and_settings(vocab_size: int) -> tuple[list[int], Any]:
     """The clotho caption prompt and beam settings that force exactly NEW_TOKENS tokens after it (eot is
     barred until then), so both frameworks do the same work whatever the random weights prefer."""
-    from audiocap_jax import decode, text
+    from audiocap_jax import search, text
 
     tokenizer = text.Tokenizer.from_assets(text.num_languages_for_vocab_size(vocab_size))
     prompt = tokenizer.prompt_ids(text.CLOTHO_CAPTION)
     length = len(prompt) + NEW_TOKENS
-    settings = decode.DecodeSettings(
+    settings = search.DecodeSettings(
         eos_id=tokenizer.specials.eot, num_beams=NUM_BEAMS, max_length=length, min_length=length
     )
     return prompt, settings
@@ -281,7 +281,7 @@ def jax_decode_row(variant: str, batch_size: int, steps: int) -> Row:
     import numpy as np
     from flax import nnx
 
-    from audiocap_jax import decode
+    from audiocap_jax import search
     from audiocap_jax.model.backend import resolve_runtime
     from audiocap_jax.model.config import WhisperConfig
     from audiocap_jax.model.whisper import create_model
@@ -304,7 +304,7 @@ def jax_decode_row(variant: str, batch_size: int, steps: int) -> Row:
         state = nnx.state(model)
         with jax.set_mesh(mesh):
             compiled = (
-                decode.make_decode_fn(model, settings)
+                search.make_decode_fn(model, settings)
                 .lower(state, inputs["mel"], inputs["prompt"], inputs["lengths"])
                 .compile()
             )

@@ -27,7 +27,7 @@ import transformers
 from absl import app, flags, logging
 from flax import nnx
 
-from audiocap_jax import decode, text
+from audiocap_jax import search, text
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint
 from audiocap_jax.testing.models import save_tiny_hf_whisper
@@ -107,7 +107,7 @@ def bench_variant(
     prompt_lengths = np.full((batch,), len(prompt), np.int32)
     length = len(prompt) + _NEW_TOKENS.value
 
-    def hf_generate(settings: decode.DecodeSettings) -> np.ndarray:
+    def hf_generate(settings: search.DecodeSettings) -> np.ndarray:
         config = transformers.GenerationConfig(
             decoder_start_token_id=int(prompt[0]), **settings.to_hf_generation_config()
         )
@@ -128,7 +128,7 @@ def bench_variant(
 
     rows = []
     for num_beams in beams:
-        settings = decode.DecodeSettings(
+        settings = search.DecodeSettings(
             eos_id=eot,
             num_beams=num_beams,
             max_length=length,
@@ -136,13 +136,13 @@ def bench_variant(
         )
 
         def time_ours(
-            model: nnx.Module, settings: decode.DecodeSettings = settings
+            model: nnx.Module, settings: search.DecodeSettings = settings
         ) -> tuple[float, float, np.ndarray]:
             """(compile s, best s per batch, best sequences) of our search on `model`."""
             state = nnx.state(model)
             start = time.perf_counter()
             compiled = (
-                decode.make_decode_fn(model, settings).lower(state, mel, prompt_ids, prompt_lengths).compile()
+                search.make_decode_fn(model, settings).lower(state, mel, prompt_ids, prompt_lengths).compile()
             )
             compile_s = time.perf_counter() - start
             run = lambda: np.asarray(compiled(state, mel, prompt_ids, prompt_lengths)[0][:, 0])  # noqa: E731
@@ -188,7 +188,7 @@ def main(argv: list[str]) -> None:
     print(
         "\n'same tokens': clips whose best sequence is identical on both sides. Random weights give near-flat "
         "distributions where float rounding can pick another token; exact parity is tested in "
-        "tests/test_decode.py on peaked weights."
+        "tests/test_search.py on peaked weights."
     )
 
 

@@ -52,15 +52,17 @@ def _step_and_batch(config: Any, batch: int, mesh: Any) -> tuple[Any, Any, dict[
     """(jitted train step, its initial state, a device batch) for `config` on `mesh`."""
     import jax
     import numpy as np
+    from flax import nnx
 
-    from audiocap_jax import training
-    from audiocap_jax.data.pipeline import batch_sharding
+    from audiocap_jax import train_step
+    from audiocap_jax.model.sharding import batch_sharding
     from audiocap_jax.model.whisper import create_model
 
-    graphdef, params, frozen = training.split_model(create_model(config, mesh=mesh))
-    schedule = training.make_schedule(lr=1e-5, warmup_steps=1, total_steps=1000)
-    tx = training.make_optimizer(params, schedule)
-    state = training.init_train_state(params, frozen, tx, 0, mesh)
+    graphdef, weights = nnx.split(create_model(config, mesh=mesh))
+    selects = train_step.trainable()
+    schedule = train_step.make_schedule(lr=1e-5, warmup_steps=1, total_steps=1000)
+    tx = train_step.make_optimizer(schedule)
+    state = train_step.init_train_state(weights, tx, selects, mesh)
     rng = np.random.default_rng(0)
     batch_data = {
         "mel": rng.standard_normal((batch, config.num_mel_bins, config.num_frames)).astype(np.float32),
@@ -69,7 +71,7 @@ def _step_and_batch(config: Any, batch: int, mesh: Any) -> tuple[Any, Any, dict[
         "loss_mask": np.ones((batch, TOKENS), np.float32),
     }
     batch_data = {k: jax.device_put(v, batch_sharding(mesh)) for k, v in batch_data.items()}
-    return training.jit_train_step(graphdef, tx, schedule, state, mesh), state, batch_data
+    return train_step.jit_train_step(graphdef, tx, schedule, selects, state, mesh), state, batch_data
 
 
 def _advancing_step(compiled: Any, state: Any, batch_data: dict[str, Any]) -> Callable[[], None]:

@@ -76,8 +76,8 @@ _FORK_RUNNER = """
 import json, os, runpy, shutil, sys, traceback
 module, cases, out, forbidden = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4]
 for name in ("jax", "flax.nnx", "orbax.checkpoint", "tensorflow_datasets", "audiocap_jax.inference",
-             "audiocap_jax.decode", "audiocap_jax.load", "audiocap_jax.metrics", "audiocap_jax.preflight",
-             "audiocap_jax.training", "audiocap_jax.report", "audiocap_jax.data.features"):
+             "audiocap_jax.search", "audiocap_jax.load", "audiocap_jax.metrics", "audiocap_jax.preflight",
+             "audiocap_jax.train_step", "audiocap_jax.report", "audiocap_jax.data.features"):
     __import__(name)
 for index, args in enumerate(cases):
     pid = os.fork()

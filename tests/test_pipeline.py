@@ -12,6 +12,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from audiocap_jax import text
 from audiocap_jax.data import pipeline
+from audiocap_jax.model import sharding
 from audiocap_jax.testing import layouts, tfds_data
 
 NO_SHARDING = grain.sharding.NoSharding()
@@ -178,6 +179,7 @@ def test_global_arrays_are_sharded_over_data_and_fsdp(data_dir, tokenizer):
     iterator = pipeline.GlobalBatchIterator(dataset, mesh)
     batch = next(iterator)
     assert iterator.get_state() == {"next_index": 1}
+    assert batch["mel"].dtype == np.float16  # as stored; the model casts on the device
     for key, value in batch.items():
         assert value.sharding.spec == PartitionSpec(("data", "fsdp")), key
         assert value.shape == host[key].shape
@@ -185,11 +187,11 @@ def test_global_arrays_are_sharded_over_data_and_fsdp(data_dir, tokenizer):
         np.testing.assert_array_equal(np.asarray(value), host[key])
 
     tensor_mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "tensor"))
-    on_data_only = pipeline.to_global(host, tensor_mesh)
-    assert on_data_only["mel"].sharding.spec == PartitionSpec(("data",))
+    on_data_only = sharding.host_to_global(host, tensor_mesh)
+    assert on_data_only["mel"].sharding.spec == PartitionSpec("data")
     assert {s.data.shape for s in on_data_only["mel"].addressable_shards} == {(2, 80, 3000)}
-    with pytest.raises(ValueError, match="not a multiple of the 8 devices"):
-        pipeline.to_global({"mel": host["mel"][:6]}, mesh)
+    with pytest.raises(ValueError, match="not a multiple of the 8 data-parallel devices"):
+        sharding.host_to_global({"mel": host["mel"][:6]}, mesh)
 
 
 def test_augment_ops_do_what_they_say():

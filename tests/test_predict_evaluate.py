@@ -10,7 +10,7 @@ import sys
 import ml_collections
 import pytest
 
-from audiocap_jax import evaluate, metrics, predict
+from audiocap_jax import evaluate, inference, metrics, predict
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing import tfds_data
 from audiocap_jax.testing.models import save_tiny_hf_whisper
@@ -133,14 +133,16 @@ def test_evaluate_predictions_against_clotho_csv(tmp_path):
             ["b.wav", "Rain falls on a roof.", "rain on a roof", "it rains", "rain falls", "heavy rain"]
         )
     predictions = {"a.wav": "a dog barks", "b.wav": "rain falls on the roof"}
-    scores = evaluate.score_files(predictions, metrics.read_references(references), spice="off")
+    scores = inference.score_captions(predictions, metrics.read_references(references), spice=False)
     assert (
         scores.corpus == metrics.score(predictions, metrics.read_references(references), spice=False).corpus
     )
     with pytest.raises(metrics.AlignmentError, match="'c.wav'"):
-        evaluate.score_files({**predictions, "c.wav": "x"}, metrics.read_references(references), spice="off")
-    extra = evaluate.score_files(
-        {**predictions, "c.wav": "x"}, metrics.read_references(references), allow_extra=True, spice="off"
+        inference.score_captions(
+            {**predictions, "c.wav": "x"}, metrics.read_references(references), spice=False
+        )
+    extra = inference.score_captions(
+        {**predictions, "c.wav": "x"}, metrics.read_references(references), allow_extra=True, spice=False
     )
     assert extra.corpus == scores.corpus
 
@@ -153,5 +155,5 @@ def test_evaluate_checkpoint_on_tfds_split(checkpoint, tmp_path):
     )
     assert prefix == "audioset > keywords: "
     assert len(predictions) == 3 and set(predictions) == set(references)
-    scores = evaluate.score_files(predictions, references, keywords=True, spice="off")
+    scores = inference.score_captions(predictions, references, keywords=True, spice=False)
     assert {"cider_d", "keyword_f1_micro", "keyword_precision_macro"} <= set(scores.corpus)

@@ -1,23 +1,26 @@
 """The one table mapping logical axis names to mesh axes, and the mesh/sharding helpers built on it.
 
 Modules name their parameter and activation axes logically (`embed`, `mlp`, `heads`, `vocab`, `batch`...);
-only this file knows the mesh axes `('data', 'fsdp', 'tensor')`. A config may replace the table
-(`use_rules`), modules never do. A dimension that the mesh axes do not divide is replicated instead of
-failing, so odd sizes (a 51865-token vocab, 3 heads on tensor=2) still run.
+only this file knows the mesh axes `('data', 'fsdp', 'tensor')`. A dimension that the mesh axes do not divide
+is replicated instead of failing, so odd sizes (a 51865-token vocab, 3 heads on tensor=2) still run.
+
+Batches follow the same table: `batch_sharding(mesh)` is the `"batch"` rule, `host_to_global` turns each
+process's rows `[B, ...]` into one global array `[G, ...]` (G = B x process count), and `global_to_host` gives
+a process its own rows back. Training, validation, `predict` and `evaluate` all place batches this way.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -34,35 +37,12 @@ LOGICAL_RULES: Rules = (
     ("vocab", "tensor"),
     ("layers", None),
     ("length", None),
-    ("kv", None),
     ("positions", None),
     ("mel", None),
     ("conv_in", None),
     ("conv_width", None),
     ("norm", None),
 )
-
-_ACTIVE_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("audiocap_rules", default=LOGICAL_RULES)
-
-
-@contextlib.contextmanager
-def use_rules(rules: Sequence[Sequence[Any]]) -> Iterator[None]:
-    """Run with another logical->mesh table (e.g. from a config)."""
-    token = _ACTIVE_RULES.set(tuple((name, _as_axes(axes)) for name, axes in rules))
-    try:
-        yield
-    finally:
-        _ACTIVE_RULES.reset(token)
-
-
-def active_rules() -> Rules:
-    return _ACTIVE_RULES.get()
-
-
-def _as_axes(axes: Any) -> str | tuple[str, ...] | None:
-    if axes is None or isinstance(axes, str):
-        return axes
-    return tuple(axes)
 
 
 def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -98,7 +78,7 @@ def logical_to_spec(
     rules: Rules | None = None,
 ) -> PartitionSpec:
     """PartitionSpec for logical axis names; with `shape` and `mesh`, undividable dims are replicated."""
-    table = dict(active_rules() if rules is None else rules)
+    table = dict(LOGICAL_RULES if rules is None else rules)
     used: set[str] = set()
     spec: list[str | tuple[str, ...] | None] = []
     for i, name in enumerate(logical_axes):
@@ -110,7 +90,7 @@ def logical_to_spec(
         mesh_axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
         mesh_axes = tuple(a for a in mesh_axes if a not in used)  # a mesh axis can shard one dim only
         if mesh is not None:
-            mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1)
+            mesh_axes = tuple(a for a in mesh_axes if mesh.shape.get(a, 1) > 1)
             if shape is not None and mesh_axes and shape[i] % math.prod(mesh.shape[a] for a in mesh_axes):
                 mesh_axes = ()
         used.update(mesh_axes)
@@ -126,13 +106,6 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh))
 
 
-def logical_axes_of(state: Any) -> Any:
-    """Tree of the logical axis names stored on each variable of an NNX state."""
-    return jax.tree.map(
-        lambda v: v.get_metadata()["logical_axes"], state, is_leaf=lambda x: isinstance(x, nnx.Variable)
-    )
-
-
 def state_shardings(state: Any, mesh: Mesh) -> Any:
     """NamedSharding for every variable of an (abstract) NNX state, from its logical axes."""
 
@@ -143,13 +116,80 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def log_sharding_overview(state: Any, mesh: Mesh) -> None:
-    """One log line per parameter kind: shape and mesh spec; plus the total parameter count."""
-    shardings = state_shardings(state, mesh)
+def sharding_table(state: Any, mesh: Mesh) -> str:
+    """One line per parameter: dotted name, shape and mesh spec (what `log_sharding_overview` writes)."""
+    shardings = jax.tree.leaves(state_shardings(state, mesh))
     leaves = jax.tree_util.tree_leaves_with_path(state)
-    total = sum(math.prod(x.shape) for _, x in leaves)
-    logging.info("Parameters: %s (%.1f M) on mesh %s", f"{total:,}", total / 1e6, dict(mesh.shape))
-    for (path, x), sharding in zip(leaves, jax.tree.leaves(shardings), strict=True):
-        logging.info(
-            "  %-60s %-22s %s", jax.tree_util.keystr(path, simple=True, separator="."), x.shape, sharding.spec
-        )
+    return "\n".join(
+        f"{jax.tree_util.keystr(path, simple=True, separator='.'):<60} {str(x.shape):<22} {s.spec}"
+        for (path, x), s in zip(leaves, shardings, strict=True)
+    )
+
+
+def log_sharding_overview(state: Any, mesh: Mesh, table_file: Path | None = None) -> None:
+    """The parameter count and how many parameters the mesh splits, in one line.
+
+    The per-parameter table goes to `table_file` (when given) and to the log at verbosity 1: a whisper-large
+    table is hundreds of lines nobody reads on every start.
+    """
+    leaves = jax.tree.leaves(state)
+    shardings = jax.tree.leaves(state_shardings(state, mesh))
+    total = sum(math.prod(x.shape) for x in leaves)
+    split = sum(math.prod(x.shape) for x, s in zip(leaves, shardings, strict=True) if any(s.spec))
+    where = f"; per-parameter table in {table_file}" if table_file is not None else ""
+    logging.info(
+        "Parameters: %s (%.1f M) on mesh %s, %.0f%% of them split over devices%s",
+        f"{total:,}",
+        total / 1e6,
+        dict(mesh.shape),
+        100.0 * split / max(total, 1),
+        where,
+    )
+    table = sharding_table(state, mesh)
+    if table_file is not None:
+        table_file.write_text(table + "\n")
+    logging.vlog(1, "Sharding of every parameter:\n%s", table)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches: the "batch" rule, and the host <-> global conversions every caller uses.
+# ---------------------------------------------------------------------------------------------------------------
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Dimension 0 split as the `"batch"` rule says (the mesh's data-parallel axes), the rest replicated."""
+    return NamedSharding(mesh, logical_to_spec(("batch",), mesh=mesh))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """How many ways `batch_sharding` splits the batch: a global batch must be a multiple of this."""
+    return math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(batch_sharding(mesh).spec)))
+
+
+def host_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array | np.ndarray]:
+    """Each process's rows `[B, ...]` -> global jax.Arrays `[G, ...]` placed by `batch_sharding(mesh)`.
+
+    String leaves (file names, references) stay host-side numpy: they are for metrics, not for devices. Other
+    leaves keep their dtype (the float16 log-mels travel as float16; the model casts on device).
+    """
+    sharding = batch_sharding(mesh)
+    devices = data_parallel_size(mesh)
+    out: dict[str, jax.Array | np.ndarray] = {}
+    for key, value in batch.items():
+        if value.dtype == object:
+            out[key] = value
+            continue
+        global_rows = value.shape[0] * jax.process_count()
+        if global_rows % devices:
+            raise ValueError(
+                f"batch leaf {key!r} has {global_rows} global rows, not a multiple of the {devices} "
+                f"data-parallel devices of mesh {dict(mesh.shape)}; set the global batch size to a multiple "
+                f"of {devices}."
+            )
+        out[key] = jax.make_array_from_process_local_data(sharding, np.ascontiguousarray(value))
+    return out
+
+
+def global_to_host(x: jax.Array, mesh: Mesh) -> np.ndarray:
+    """This process's rows of a global `[G, ...]` array placed by `batch_sharding`, in the order it gave them."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, batch_sharding(mesh).spec))

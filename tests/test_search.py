@@ -19,10 +19,10 @@ import torch
 import transformers
 from flax import nnx
 
-from audiocap_jax import decode, text
-from audiocap_jax.decode import DecodeSettings
+from audiocap_jax import search, text
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import load_hf_checkpoint
+from audiocap_jax.search import DecodeSettings
 from audiocap_jax.testing.models import TINY_ARCH, tiny_hf_whisper
 
 # ---------------------------------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ class HistoryCache:
         return self.replace(tokens=self.tokens[idx])
 
 
-def markov_scorer(log_probs: np.ndarray) -> decode.TokensToLogits:
+def markov_scorer(log_probs: np.ndarray) -> search.TokensToLogits:
     """Logits for the next token from log_probs [V_prev, V_cur, V_next]; position 0's previous token is EOT."""
     table = jnp.asarray(log_probs, jnp.float32)
 
@@ -79,8 +79,8 @@ def run(log_probs, prompts, **settings):
     for i, p in enumerate(prompts):
         prompt_ids[i, : len(p)] = p
     cache = HistoryCache(jnp.zeros((len(prompts), settings.max_length), jnp.int32))
-    search = jax.jit(functools.partial(decode.beam_search, markov_scorer(log_probs), settings=settings))
-    seqs, scores = search(cache, jnp.asarray(prompt_ids), jnp.asarray([len(p) for p in prompts]))
+    run_search = jax.jit(functools.partial(search.beam_search, markov_scorer(log_probs), settings=settings))
+    seqs, scores = run_search(cache, jnp.asarray(prompt_ids), jnp.asarray([len(p) for p in prompts]))
     return np.asarray(seqs), np.asarray(scores)
 
 
@@ -197,8 +197,8 @@ def test_loop_exits_when_every_example_is_done():
 
     settings = DecodeSettings(eos_id=EOT, num_beams=2, max_length=40)
     cache = HistoryCache(jnp.zeros((1, 40), jnp.int32))
-    search = jax.jit(functools.partial(decode.beam_search, counting, settings=settings))
-    seqs, _ = jax.block_until_ready(search(cache, jnp.asarray([[SOT]]), jnp.asarray([1])))
+    run_search = jax.jit(functools.partial(search.beam_search, counting, settings=settings))
+    seqs, _ = jax.block_until_ready(run_search(cache, jnp.asarray([[SOT]]), jnp.asarray([1])))
     assert seqs[0, 0, :4].tolist() == [SOT, A, C, EOT]
     # Prefill + 3 steps (after the third, no live beam can beat the finished ones), not 1 + 39.
     assert len(calls) == 4
@@ -255,7 +255,7 @@ def test_blocked_top_k_equals_lax_top_k_ties_included(k):
     tied = np.round(2 * rng.standard_normal((4, columns))).astype(np.float32)  # thousands of equal values
     tied[1, : columns // 2] = -np.inf  # suppressed tokens
     for x in (continuous, tied):
-        values, idx = jax.jit(decode.blocked_top_k, static_argnums=1)(jnp.asarray(x), k)
+        values, idx = jax.jit(search.blocked_top_k, static_argnums=1)(jnp.asarray(x), k)
         want_values, want_idx = jax.lax.top_k(jnp.asarray(x), k)
         np.testing.assert_array_equal(values, want_values)
         np.testing.assert_array_equal(idx, want_idx)
@@ -406,7 +406,7 @@ def our_generate(model, inputs, settings: DecodeSettings, mesh=None):
     mel, prompt_ids, lengths = inputs
     state = nnx.state(model)
     # On a mesh, build from the graphdef as the training loop does (it holds graphdef + state).
-    decode_fn = decode.make_decode_fn(nnx.graphdef(model) if mesh else model, settings, mesh=mesh)
+    decode_fn = search.make_decode_fn(nnx.graphdef(model) if mesh else model, settings, mesh=mesh)
     if mesh is not None:
         batch = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch",)))
         mel, prompt_ids, lengths = (jax.device_put(x, batch) for x in (mel, prompt_ids, lengths))
@@ -527,7 +527,7 @@ def test_scanned_decoding_loop_copies_no_cache(whisper_pair):
     mel = np.zeros((batch, 80, 2 * TINY_ARCH["max_source_positions"]), np.float32)
     prompt = np.full((batch, 4), 50258, np.int32)
     compiled = (
-        decode.make_decode_fn(scanned, settings)
+        search.make_decode_fn(scanned, settings)
         .lower(nnx.state(scanned), mel, prompt, np.full((batch,), 4, np.int32))
         .compile()
     )
