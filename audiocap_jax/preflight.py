@@ -25,12 +25,12 @@ from audiocap_jax import metrics, text
 from audiocap_jax.cli import UserError
 from audiocap_jax.data import pipeline
 from audiocap_jax.load import CHECKPOINT_DIR, MODEL_CONFIG_FILE
+from audiocap_jax.model.config import ATTENTION_IMPLS, COMPUTE_DTYPES, DTYPES, REMAT_POLICIES
 from audiocap_jax.model.sharding import MESH_AXES
+from audiocap_jax.search import LENGTH_PENALTY_FORMS
 
 STEP_CHOICES = ("best", "latest")  # or a step number
 LONG_AUDIO_CHOICES = ("truncate", "windows")
-LENGTH_PENALTY_FORMS = ("hf", "gnmt")
-DTYPES = ("float32", "bfloat16")
 MEL_CONFIGS = ("mel80", "mel128")
 INITS = ("hf", "scratch", "ours")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -226,7 +226,7 @@ def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int
     )
     _choice(c.length_penalty_form, f"{key}.length_penalty_form", LENGTH_PENALTY_FORMS)
     _choice(c.long_audio, f"{key}.long_audio", LONG_AUDIO_CHOICES)
-    _choice(c.dtype, f"{key}.dtype", DTYPES)
+    _choice(c.dtype, f"{key}.dtype", COMPUTE_DTYPES)
     check_step(c.step, f"{key}.step")
     parallel = check_mesh(dict(c.mesh), f"{key}.mesh", num_devices)
     if parallel:
@@ -350,6 +350,10 @@ def check_train(
         f"set {k}.batch_size to a multiple of {k}.accum_steps",
     )
     _choice(c.model.init, f"{k}.model.init", INITS)
+    _choice(c.model.dtype, f"{k}.model.dtype", COMPUTE_DTYPES)
+    _choice(c.model.param_dtype, f"{k}.model.param_dtype", DTYPES)
+    _choice(c.model.remat, f"{k}.model.remat", REMAT_POLICIES)
+    _choice(c.model.attention_impl, f"{k}.model.attention_impl", ATTENTION_IMPLS)
     if c.model.init == "ours":
         _require(
             bool(c.model.init_from),
