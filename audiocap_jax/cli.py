@@ -18,7 +18,8 @@ flag to fix; `UserError` subclasses ValueError so callers that catch ValueError 
 `--help` (`-h`) lists the command's flags and every key of its ml_collections config with its default and the
 one-line comment it has in the config files, and exits 0 without starting a JAX backend.
 
-This module imports only absl and ml_collections, so every command can use it before its heavy imports.
+This module imports only absl (ml_collections when a config is read), so every command can use it before its
+heavy imports, and model code can raise `UserError`.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ import tokenize
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import ml_collections
 from absl import app, flags
+
+if TYPE_CHECKING:  # imported where used: model code (hf.CheckpointError) needs UserError without it
+    import ml_collections
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug or an unexpected failure: the traceback is kept
@@ -136,6 +139,8 @@ def load_config(spec: str, flag: str) -> ml_collections.ConfigDict:
 
 def config_leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
     """`{"optim.lr": 2e-05, ...}`: every non-ConfigDict value by its dotted path, in definition order."""
+    import ml_collections  # here, not at import: model code raises UserError without it
+
     leaves: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, ml_collections.ConfigDict):
