@@ -37,7 +37,7 @@ from audiocap_jax.checkpoint import Checkpointer
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint, resolve_checkpoint_dir
-from audiocap_jax.model.lora import LoRASpec, apply_lora, merge_lora
+from audiocap_jax.model.lora import NO_LORA, LoRASpec, apply_lora, merge_lora
 from audiocap_jax.model.whisper import Whisper, create_model
 from audiocap_jax.text import Tokenizer, num_languages_for_vocab_size
 
@@ -123,7 +123,7 @@ def tokenizer_for(directory: Path | None, config: WhisperConfig) -> Tokenizer:
 
 
 def save_run_files(
-    workdir: Path, config: WhisperConfig, tokenizer: Tokenizer, lora: LoRASpec = LoRASpec()
+    workdir: Path, config: WhisperConfig, tokenizer: Tokenizer, lora: LoRASpec = NO_LORA
 ) -> None:
     """What a workdir needs to be loadable without the training config (with LoRA: the adapters' shapes)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def save_run_files(
 def saved_lora(workdir: Path) -> LoRASpec:
     """The LoRA adapters a workdir's checkpoints hold (rank 0: none)."""
     saved = json.loads((workdir / MODEL_CONFIG_FILE).read_text()).get("lora")
-    return LoRASpec.from_config(saved) if saved else LoRASpec()
+    return LoRASpec.from_config(saved) if saved else NO_LORA
 
 
 def build_model(

@@ -121,7 +121,7 @@ def check_trainable(weights: Any, selects: Callable[[Any, Any], bool], settings:
 
 
 def trainable_settings(
-    train_only: Sequence[str], freeze: Sequence[str], lora: lora_lib.LoRASpec = lora_lib.LoRASpec()
+    train_only: Sequence[str], freeze: Sequence[str], lora: lora_lib.LoRASpec = lora_lib.NO_LORA
 ) -> str:
     """The settings that choose the trained parameters, for the start line and errors, e.g.
     "train_only [fc1], freeze [], no LoRA"."""

@@ -102,6 +102,9 @@ class LoRASpec:
         )
 
 
+NO_LORA = LoRASpec()
+
+
 class LoRADense(Dense):
     """A `Dense` plus a low-rank update; the base layer's kernel and bias variables are reused, not copied."""
 
