@@ -245,27 +245,30 @@ def test_lora_tuned_tiny_model_overfits_eight_clips(tokenizer):
     assert first_loss > 11.0 and last_loss < 5.0, (first_loss, last_loss)
 
 
-def test_smoke_run_with_lora_trains_logs_the_trainable_line_and_exports(tmp_path, data_dir):  # noqa: F811
+def test_smoke_run_with_lora_trains_logs_the_trainable_line_exports_and_resumes(tmp_path, data_dir):  # noqa: F811
     workdir = tmp_path / "run"
-    command = _command(
-        workdir,
-        data_dir,
+    settings = (
         "--config.eval.every_steps=0",
-        "--config.total_steps=4",
         "--config.model.lora.rank=4",
         "--config.model.lora.alpha=8",
         '--config.model.lora.targets=("q_proj","v_proj")',
-        config="configs/smoke.py",
-        validate_and_export=True,
     )
-    result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    # Smoke model: d_model 32, 1 + 1 layers; adapters on 3 q/v pairs of 32 x 32: 3 x 2 x (32 x 4 + 4 x 32).
-    assert "trainable parameters 1,536 of " in result.stderr
-    assert (
-        "selected by train_only [], freeze [], LoRA rank 4, alpha 8 (scale 2), bias none, targets [q_proj, v_proj]"
-        in result.stderr
-    )
+
+    def train(*overrides):
+        command = _command(workdir, data_dir, *settings, *overrides, validate_and_export=True)
+        result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stderr
+
+    log = train("--config.total_steps=4")
+    # Smoke model: 1,697,248 parameters + adapters on 3 q/v pairs of 32 x 32: 3 x 2 x (32 x 4 + 4 x 32).
+    line = next((line for line in log.splitlines() if "trainable parameters" in line), log[-3000:])
+    assert line.endswith(
+        "] trainable parameters 1,536 of 1,698,784 (0.09%) selected by train_only [], freeze [], LoRA rank 4, "
+        "alpha 8 (scale 2), bias none, targets [q_proj, v_proj]"
+    ), line
     assert load.saved_lora(workdir) == lora.LoRASpec(rank=4, alpha=8.0, targets=("q_proj", "v_proj"))
     exported, _ = load_hf_checkpoint(workdir / "hf_export")
     assert not any(isinstance(module, lora.LoRADense) for _, module in nnx.iter_modules(exported))
+    # Resuming restores the adapters and their optimizer state into the abstract model the run files describe.
+    assert "Resumed from step 4" in train("--config.total_steps=6")
