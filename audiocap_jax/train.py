@@ -205,7 +205,8 @@ class Trainee:
 
 
 def build_state(s: Setup) -> Trainee:
-    """The model in `load.build_model`'s resume order, then the optimizer and the train state: restored
+    """The model in `load.build_model`'s resume order (a new run wraps it with `config.model.lora`'s
+    adapters; a resumed one has them from its run files), then the optimizer and the train state: restored
     from this workdir's latest checkpoint (into abstract arrays, nothing allocated twice) or fresh."""
     config, o = s.config, s.config.optim
     adapters = lora.LoRASpec.from_config(config.model.lora)
