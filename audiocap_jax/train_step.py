@@ -78,7 +78,7 @@ def param_names(weights: Any) -> list[str]:
 def trainable(
     train_only: Sequence[str] = (),
     freeze: Sequence[str] = (),
-    lora: lora_lib.LoRASpec | None = None,
+    lora: lora_lib.LoRASpec = lora_lib.NO_LORA,
     weights: Any = None,
 ) -> Callable[[Any, Any], bool]:
     """NNX filter of the parameters that train, from regexes over dotted names.
@@ -89,7 +89,7 @@ def trainable(
     mode names train (`lora.train_patterns` over the names of `weights`, the wrapped model's state), so
     `train_only` must be empty; `freeze` still applies.
     """
-    if lora is not None and lora.enabled:
+    if lora.enabled:
         if train_only:
             raise ValueError(
                 f"config.optim.train_only={list(train_only)} and config.model.lora both choose the trained "

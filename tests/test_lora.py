@@ -106,14 +106,12 @@ def test_bias_mode_chooses_the_biases_that_train(bias, trained_biases):
     lora.apply_lora(model, spec)
     weights = nnx.state(model)
     trained = set(
-        _names(train_step.split_trained(weights, train_step.trainable(lora=spec, weights=weights))[0])
+        train_step.param_names(
+            train_step.split_trained(weights, train_step.trainable(lora=spec, weights=weights))[0]
+        )
     )
     adapters = {f"{layer}.{name}" for layer in WRAPPED_Q_V_FC1 for name in lora.ADAPTER_NAMES}
     assert trained == adapters | trained_biases
-
-
-def _names(weights):
-    return train_step.param_names(weights)
 
 
 def _lora_setup(model, spec, mesh, lr=3e-3, total=100):
@@ -132,7 +130,7 @@ def test_only_adapters_and_biases_train_resume_restores_them_and_loading_merges_
     mesh = sharding.make_mesh({"data": 8})
     graphdef, selects, tx, state, step = _lora_setup(create_model(TINY, mesh=mesh, seed=0), Q_V_FC1, mesh)
 
-    names = _names(state.weights)
+    names = train_step.param_names(state.weights)
     sizes = {
         name: math.prod(leaf.shape) for name, leaf in zip(names, jax.tree.leaves(state.weights), strict=True)
     }
