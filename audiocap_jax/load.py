@@ -13,7 +13,9 @@ model, so the host never holds a second copy. A restored workdir keeps its saved
 `runtime` asks for a `param_dtype`.
 
 A workdir holds `model_config.json`, `tokenizer/` and `checkpoints/` (written by train.py), so it loads
-without the training config.
+without the training config. A LoRA run's `model_config.json` also records its adapters (`"lora"`): resuming
+restores them as they are; loading the workdir for predict, evaluate or `init_from` merges them into the
+weights (`merge_lora`), so the model returned is plain Whisper.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from audiocap_jax.checkpoint import Checkpointer
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint, resolve_checkpoint_dir
+from audiocap_jax.model.lora import NO_LORA, LoRASpec, apply_lora, merge_lora
 from audiocap_jax.model.whisper import Whisper, create_model
 from audiocap_jax.text import Tokenizer, num_languages_for_vocab_size
 
@@ -119,13 +122,22 @@ def tokenizer_for(directory: Path | None, config: WhisperConfig) -> Tokenizer:
     return Tokenizer.from_assets(num_languages_for_vocab_size(config.vocab_size))
 
 
-def save_run_files(workdir: Path, config: WhisperConfig, tokenizer: Tokenizer) -> None:
-    """What a workdir needs to be loadable without the training config."""
+def save_run_files(
+    workdir: Path, config: WhisperConfig, tokenizer: Tokenizer, lora: LoRASpec = NO_LORA
+) -> None:
+    """What a workdir needs to be loadable without the training config (with LoRA: the adapters' shapes)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    adapters = {"lora": dataclasses.asdict(lora)} if lora.enabled else {}
     (workdir / MODEL_CONFIG_FILE).write_text(
-        json.dumps({"model_type": "whisper", **config.architecture()}, indent=1)
+        json.dumps({"model_type": "whisper", **config.architecture(), **adapters}, indent=1)
     )
     tokenizer.save_pretrained(workdir / TOKENIZER_DIR)
+
+
+def saved_lora(workdir: Path) -> LoRASpec:
+    """The LoRA adapters a workdir's checkpoints hold (rank 0: none)."""
+    saved = json.loads((workdir / MODEL_CONFIG_FILE).read_text()).get("lora")
+    return LoRASpec.from_config(saved) if saved else NO_LORA
 
 
 def build_model(
@@ -152,7 +164,7 @@ def build_model(
                 "resume from the workdir the checkpoints came from."
             )
         config = WhisperConfig.from_json_file(run_files / MODEL_CONFIG_FILE, **runtime)
-        model = _abstract_model(config, mesh)
+        model = _abstract_model(config, mesh, saved_lora(run_files))
         tokenizer = Tokenizer.from_pretrained(run_files / TOKENIZER_DIR)
         return BuiltModel(model, config, tokenizer, f"resuming {resume_from.directory}", resume=True)
     if init.init == "ours":
@@ -171,9 +183,16 @@ def build_model(
     raise ValueError(f"model init {init.init!r} unknown; choose one of {INITS}.")
 
 
-def _abstract_model(config: WhisperConfig, mesh: Mesh) -> Whisper:
-    """The model with `jax.ShapeDtypeStruct` leaves carrying their shardings: a restore target, no memory."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Whisper(config, rngs=nnx.Rngs(0))))
+def _abstract_model(config: WhisperConfig, mesh: Mesh, lora: LoRASpec) -> Whisper:
+    """The model (with `lora`'s adapters) with `jax.ShapeDtypeStruct` leaves carrying their shardings: a
+    restore target, no memory."""
+
+    def create() -> Whisper:
+        model = Whisper(config, rngs=nnx.Rngs(0))
+        apply_lora(model, lora)
+        return model
+
+    graphdef, state = nnx.split(nnx.eval_shape(create))
     shardings = sharding.state_shardings(state, mesh)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
     return nnx.merge(graphdef, abstract)
@@ -193,13 +212,13 @@ def _restore_workdir(path: Path, step: int | str, mesh: Mesh, runtime: dict[str,
         if "param_dtype" not in runtime:
             runtime["param_dtype"] = _saved_param_dtype(manager.saved_dtypes(chosen, WEIGHTS_KEY))
         config = WhisperConfig.from_json_file(path / MODEL_CONFIG_FILE, **runtime)
-        abstract = _abstract_model(config, mesh)
+        abstract = _abstract_model(config, mesh, saved_lora(path))
         graphdef, target = nnx.split(abstract)
         weights = manager.restore_subset(chosen, {WEIGHTS_KEY: target})[WEIGHTS_KEY]
     finally:
         manager.close()
     logging.info("Loaded step %d of %s", chosen, path)
-    model = nnx.merge(graphdef, weights)
+    model = merge_lora(nnx.merge(graphdef, weights))
     return BuiltModel(
         model, config, Tokenizer.from_pretrained(path / TOKENIZER_DIR), f"{path} step {chosen}", resume=False
     )

@@ -49,7 +49,7 @@ from audiocap_jax import (
     train_step,
 )
 from audiocap_jax.data import demo, pipeline
-from audiocap_jax.model import sharding
+from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.writer import MetricWriter, quiet_library_logs, read_metrics
 
@@ -205,21 +205,32 @@ class Trainee:
 
 
 def build_state(s: Setup) -> Trainee:
-    """The model in `load.build_model`'s resume order, then the optimizer and the train state: restored
+    """The model in `load.build_model`'s resume order (a new run wraps it with `config.model.lora`'s
+    adapters; a resumed one has them from its run files), then the optimizer and the train state: restored
     from this workdir's latest checkpoint (into abstract arrays, nothing allocated twice) or fresh."""
     config, o = s.config, s.config.optim
+    adapters = lora.LoRASpec.from_config(config.model.lora)
     built = load.build_model(
         load.ModelInit.from_config(config), mesh=s.mesh, resume_from=s.checkpoints, run_files=s.workdir
     )
     logging.info("Model: %s", built.origin)
+    if built.resume:  # the abstract model already holds the adapters the run's checkpoints were saved with
+        saved = load.saved_lora(s.workdir)
+        if saved != adapters:
+            raise ValueError(
+                f"{s.workdir} was trained with {saved.describe()}, but config.model.lora asks for "
+                f"{adapters.describe()}; resume with the run's settings or use a new --workdir."
+            )
+    else:
+        lora.apply_lora(built.model, adapters, seed=config.seed)
     if jax.process_index() == 0:
-        load.save_run_files(s.workdir, built.config, built.tokenizer)
+        load.save_run_files(s.workdir, built.config, built.tokenizer, adapters)
     graphdef, weights = nnx.split(built.model)
     sharding.log_sharding_overview(weights, s.mesh, s.workdir / SHARDING_TABLE_FILE)
-    selects = train_step.trainable(tuple(o.train_only), tuple(o.freeze))
-    train_step.check_trainable(
-        weights, selects, f"config.optim.train_only={list(o.train_only)} / freeze={list(o.freeze)}"
-    )
+    selects = train_step.trainable(tuple(o.train_only), tuple(o.freeze), adapters, weights)
+    settings = train_step.trainable_settings(o.train_only, o.freeze, adapters)
+    train_step.check_trainable(weights, selects, settings)
+    logging.info("%s", train_step.describe_trainable(weights, selects, settings))
     schedule = train_step.make_schedule(
         lr=o.lr,
         warmup_steps=o.warmup_steps,
@@ -555,15 +566,16 @@ def export_hf(s: Setup, t: Trainee, end: LoopEnd) -> None:
     from audiocap_jax.model.hf import export
 
     best = s.checkpoints.best_step()
-    weights = t.state.weights
+    graphdef, weights = t.graphdef, t.state.weights
     if best is not None and best != end.step:
         logging.info("Exporting the best checkpoint (step %d) rather than the last.", best)
         init = load.ModelInit.from_path(s.workdir, step=best, **{"param_dtype": t.model_config.param_dtype})
-        weights = nnx.state(load.build_model(init, mesh=s.mesh).model)
+        # LoRA adapters come back merged, so the model's structure can differ from the trained one.
+        graphdef, weights = nnx.split(load.build_model(init, mesh=s.mesh).model)
     barrier("export", end.step)
     host_weights = jax.tree.map(_to_host, weights)
     if jax.process_index() == 0:
-        export(nnx.merge(t.graphdef, host_weights), t.tokenizer, s.workdir / HF_EXPORT_DIR)
+        export(nnx.merge(graphdef, host_weights), t.tokenizer, s.workdir / HF_EXPORT_DIR)
 
 
 def finish(s: Setup, t: Trainee, end: LoopEnd) -> None:

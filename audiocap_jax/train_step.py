@@ -3,13 +3,15 @@
 Legend: B global batch, A gradient-accumulation steps, T target tokens, V vocab.
 The train loop (train.py) owns I/O; everything here is a function of arrays, safe under `jax.jit`.
 
-Freezing is a split, not a mask: `trainable(train_only, freeze)` is an NNX filter, the step differentiates
-only the parameters it selects, and the optimizer sees only those. Frozen parameters (and the never-trained
-encoder positions) get no gradient and no optimizer state, and `grad_norm` is over what trains.
+Freezing is a split, not a mask: `trainable(train_only, freeze, lora)` is an NNX filter, the step
+differentiates only the parameters it selects, and the optimizer sees only those. Frozen parameters (and the
+never-trained encoder positions) get no gradient and no optimizer state, and `grad_norm` is over what trains.
+With LoRA (model/lora.py) the filter selects the adapters and the biases its bias mode names.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,6 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from audiocap_jax.model import lora as lora_lib
 from audiocap_jax.model.sharding import batch_sharding
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -67,13 +70,32 @@ def dotted_name(path: tuple[Any, ...]) -> str:
     return ".".join(k for k in keys if k != "value")
 
 
-def trainable(train_only: Sequence[str] = (), freeze: Sequence[str] = ()) -> Callable[[Any, Any], bool]:
+def param_names(weights: Any) -> list[str]:
+    """The dotted names of a model state's leaves, in leaf order."""
+    return [dotted_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(weights)]
+
+
+def trainable(
+    train_only: Sequence[str] = (),
+    freeze: Sequence[str] = (),
+    lora: lora_lib.LoRASpec = lora_lib.NO_LORA,
+    weights: Any = None,
+) -> Callable[[Any, Any], bool]:
     """NNX filter of the parameters that train, from regexes over dotted names.
 
     Only `nnx.Param` can train (the encoder's sinusoidal positions are `FrozenParam`). `train_only` non-empty:
     only matching parameters train (the original's fc1-only "slice" = ["fc1"]). `freeze`: matching
-    parameters never train (e.g. ["^encoder\\."]).
+    parameters never train (e.g. ["^encoder\\."]). `lora` (enabled): only the adapters and the biases its bias
+    mode names train (`lora.train_patterns` over the names of `weights`, the wrapped model's state), so
+    `train_only` must be empty; `freeze` still applies.
     """
+    if lora.enabled:
+        if train_only:
+            raise ValueError(
+                f"config.optim.train_only={list(train_only)} and config.model.lora both choose the trained "
+                "parameters; with LoRA leave config.optim.train_only empty (config.optim.freeze still applies)."
+            )
+        train_only = lora_lib.train_patterns(param_names(weights), lora)
 
     def selects(path: tuple[Any, ...], value: Any) -> bool:
         if not isinstance(value, nnx.Param):
@@ -96,6 +118,32 @@ def check_trainable(weights: Any, selects: Callable[[Any, Any], bool], settings:
     trained, _ = split_trained(weights, selects)
     if not jax.tree.leaves(trained):
         raise ValueError(f"{settings} leave no parameter to train; loosen the patterns.")
+
+
+def trainable_settings(
+    train_only: Sequence[str], freeze: Sequence[str], lora: lora_lib.LoRASpec = lora_lib.NO_LORA
+) -> str:
+    """The settings that choose the trained parameters, for the start line and errors, e.g.
+    "train_only [fc1], freeze [], no LoRA"."""
+    return f"train_only [{', '.join(train_only)}], freeze [{', '.join(freeze)}], {lora.describe()}"
+
+
+def describe_trainable(weights: Any, selects: Callable[[Any, Any], bool], settings: str) -> str:
+    """The start-of-training line, e.g. "trainable parameters 33,280 of 3,516,480 (0.95%) selected by
+    train_only [fc1], freeze [], no LoRA" (`settings` from `trainable_settings`): logged so a setting the trainer ignores (the original's misplaced
+    `lora_config`) shows at once. M counts every `nnx.Param` (adapters included), N those `selects` picks.
+    """
+    trained, _ = split_trained(weights, selects)
+    params, _ = nnx.split_state(weights, nnx.Param, ...)
+    num_trained, total = _num_values(trained), _num_values(params)
+    return (
+        f"trainable parameters {num_trained:,} of {total:,} ({100 * num_trained / total:.2f}%) "
+        f"selected by {settings}"
+    )
+
+
+def _num_values(state: Any) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(state))
 
 
 def make_optimizer(

@@ -4,8 +4,8 @@ input convolutions and the encoder's fc1 layers train, lr 4e-6, 30k steps.
     python -m audiocap_jax.train --config=configs/finetune_clever_freeze.py:variant=large-v2 --workdir=DIR \
         --config.data.data_dir=TFDS_DIR [--config.model.init=ours --config.model.init_from=PRETRAIN_DIR]
 
-The start-of-training log line gives how many parameters that is: 215,925,760 of large-v2's 1,541,384,960
-(14.0%). The original did not report this run's score.
+The start-of-training log line gives how many parameters that is: 215,925,760 of large-v2's 1,541,516,800
+(14.01%). The original did not report this run's score.
 """
 
 from configs import base

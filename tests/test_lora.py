@@ -1,6 +1,9 @@
-"""LoRA: adapters start as a no-op and shard like their layer, only they (and biases) train, the export merges them."""
+"""LoRA: adapters start as a no-op and shard like their layer, only they (and biases) train, resuming restores
+them and their optimizer state, loading a workdir and the export merge them, and a smoke run trains with them."""
 
+import json
 import math
+import subprocess
 
 import jax
 import numpy as np
@@ -8,12 +11,13 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from test_training import TINY, _batch  # the tiny model and 8-clip batch the train-step tests use
+from test_train import REPO, _command, _env, data_dir  # noqa: F401  (data_dir: the tiny Clotho build fixture)
+from test_train_step import TINY, _batch  # the tiny model and 8-clip batch the train-step tests use
 
-from audiocap_jax import checkpoint, load, text, training
-from audiocap_jax.data.pipeline import batch_sharding
+from audiocap_jax import checkpoint, load, text, train_step
 from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.hf import export, load_hf_checkpoint
+from audiocap_jax.model.sharding import batch_sharding
 from audiocap_jax.model.whisper import create_model
 from audiocap_jax.testing.models import TINY_ARCH, save_tiny_hf_whisper
 from configs import finetune_lora
@@ -45,8 +49,10 @@ def _randomise_adapters(model, seed=1):
 
 
 def _forward(model, mel, ids):
+    """Logits over the real vocabulary (the padding rows' logits are -inf)."""
     graphdef, state = nnx.split(model)
-    return np.asarray(jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))(state, mel, ids))
+    logits = jax.jit(lambda s, a, b: nnx.merge(graphdef, s)(a, b))(state, mel, ids)
+    return np.asarray(logits[..., : model.config.vocab_size])
 
 
 def test_wrapped_model_starts_equal_and_adapters_shard_like_their_layer():
@@ -84,7 +90,7 @@ def test_targets_missing_from_the_model_and_bad_settings_fail_at_start():
             lora.LoRASpec.from_config({**base, **change})
     lora.apply_lora(model, Q_V_FC1)
     with pytest.raises(ValueError, match=r"train_only=\['fc1'\] and config.model.lora both choose"):
-        training.trainable_labels(training.split_model(model)[1], train_only=("fc1",), lora=Q_V_FC1)
+        train_step.trainable(train_only=("fc1",), lora=Q_V_FC1, weights=nnx.state(model))
 
 
 @pytest.mark.parametrize(
@@ -98,26 +104,36 @@ def test_bias_mode_chooses_the_biases_that_train(bias, trained_biases):
     model = create_model(TINY, seed=0)
     spec = lora.LoRASpec(rank=4, alpha=8.0, targets=Q_V_FC1.targets, bias=bias)
     lora.apply_lora(model, spec)
-    params = training.split_model(model)[1]
-    labels = training.trainable_labels(params, lora=spec)
-    names = jax.tree.leaves(training.param_names(params))
-    trained = {name for name, label in zip(names, jax.tree.leaves(labels), strict=True) if label == "train"}
+    weights = nnx.state(model)
+    trained = set(
+        train_step.param_names(
+            train_step.split_trained(weights, train_step.trainable(lora=spec, weights=weights))[0]
+        )
+    )
     adapters = {f"{layer}.{name}" for layer in WRAPPED_Q_V_FC1 for name in lora.ADAPTER_NAMES}
     assert trained == adapters | trained_biases
 
 
-def test_only_adapters_and_biases_train_and_the_optimizer_holds_state_for_them_alone(tokenizer, tmp_path):
-    mesh = sharding.make_mesh({"data": 8})
-    model = create_model(TINY, mesh=mesh, seed=0)
-    lora.apply_lora(model, Q_V_FC1)
-    graphdef, params, frozen = training.split_model(model)
-    schedule = training.make_schedule(lr=3e-3, warmup_steps=5, total_steps=100, decay="constant")
-    tx = training.make_optimizer(params, schedule, lora=Q_V_FC1)
-    state = training.init_train_state(params, frozen, tx, seed=0, mesh=mesh)
-    step = training.jit_train_step(graphdef, tx, schedule, state, mesh)
+def _lora_setup(model, spec, mesh, lr=3e-3, total=100):
+    """What train.build_state does for a LoRA run: the filter over the wrapped model, optimizer, state, step."""
+    lora.apply_lora(model, spec)
+    graphdef, weights = nnx.split(model)
+    selects = train_step.trainable(lora=spec, weights=weights)
+    schedule = train_step.make_schedule(lr=lr, warmup_steps=5, total_steps=total, decay="constant")
+    tx = train_step.make_optimizer(schedule)
+    state = train_step.init_train_state(weights, tx, selects, mesh)
+    step = train_step.jit_train_step(graphdef, tx, schedule, selects, state, mesh)
+    return graphdef, selects, tx, state, step
 
-    names = jax.tree.leaves(training.param_names(params))
-    sizes = {name: math.prod(leaf.shape) for name, leaf in zip(names, jax.tree.leaves(params), strict=True)}
+
+def test_only_adapters_and_biases_train_resume_restores_them_and_loading_merges_them(tokenizer, tmp_path):
+    mesh = sharding.make_mesh({"data": 8})
+    graphdef, selects, tx, state, step = _lora_setup(create_model(TINY, mesh=mesh, seed=0), Q_V_FC1, mesh)
+
+    names = train_step.param_names(state.weights)
+    sizes = {
+        name: math.prod(leaf.shape) for name, leaf in zip(names, jax.tree.leaves(state.weights), strict=True)
+    }
     trainable = {name for name in names if name.endswith((".lora_a", ".lora_b", ".bias"))}
     # Adam keeps a first and a second moment per trainable number; frozen parameters get none.
     # Trainable: adapters 9,216 (encoder 2 x (q, v: 2 x 256; fc1: 256 + 512), decoder 2 x (4 x 512 + 768))
@@ -125,12 +141,12 @@ def test_only_adapters_and_biases_train_and_the_optimizer_holds_state_for_them_a
     moments = sum(leaf.size for leaf in jax.tree.leaves(state.opt_state) if leaf.ndim > 0)
     assert moments == 2 * sum(sizes[name] for name in trainable) == 2 * 12_032
 
-    before = jax.device_get(state.params)
+    before = jax.device_get(state.weights)
     batch = {k: jax.device_put(v, batch_sharding(mesh)) for k, v in _batch(tokenizer).items()}
     with jax.set_mesh(mesh):
         for _ in range(6):  # past the 5 warmup steps, lr > 0
             state, _ = step(state, batch)
-    after = jax.device_get(state.params)
+    after = jax.device_get(state.weights)
     changed = {
         name
         for name, a, b in zip(names, jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
@@ -138,15 +154,32 @@ def test_only_adapters_and_biases_train_and_the_optimizer_holds_state_for_them_a
     }
     assert changed == trainable
 
-    # Checkpoints store the adapters; loading the workdir (predict, evaluate, init_from) merges them.
+    # The run files record the adapters: resuming restores them and their optimizer state exactly.
     workdir = tmp_path / "run"
     load.save_run_files(workdir, TINY, tokenizer, Q_V_FC1)
+    assert json.loads((workdir / load.MODEL_CONFIG_FILE).read_text())["lora"]["targets"] == list(
+        Q_V_FC1.targets
+    )
+    assert load.saved_lora(workdir) == Q_V_FC1
     saver = checkpoint.Checkpointer(workdir / load.CHECKPOINT_DIR, async_save=False)
     saver.save(6, state, {"position": 0})
+    resumed = load.build_model(
+        load.ModelInit(init="scratch"), mesh=mesh, resume_from=saver, run_files=workdir
+    )
+    assert resumed.resume
+    target = train_step.abstract_train_state(nnx.state(resumed.model), tx, selects, mesh)
+    restored_step, restored, _ = saver.restore_latest(target)
     saver.close()
-    loaded, _, _ = load.load_model(workdir)
+    assert restored_step == 6
+    for a, b in zip(
+        jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(restored)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+    # Loading the workdir (predict, evaluate, init_from) merges the adapters: plain Whisper, same outputs.
+    loaded = load.build_model(load.ModelInit.from_path(workdir, step="latest")).model
     assert not any(isinstance(module, lora.LoRADense) for _, module in nnx.iter_modules(loaded))
-    tuned = nnx.merge(graphdef, state.params, state.frozen)
+    tuned = nnx.merge(graphdef, state.weights)
     mel, ids = np.asarray(batch["mel"][:2]), np.asarray(batch["decoder_input_ids"][:2])
     assert np.abs(_forward(loaded, mel, ids) - _forward(tuned, mel, ids)).max() < 1e-5
 
@@ -194,12 +227,7 @@ def test_lora_tuned_tiny_model_overfits_eight_clips(tokenizer):
     model.decoder.embed_tokens.embedding[...] = 5.0 * model.decoder.embed_tokens.embedding[...]
     targets = finetune_lora.LORA_VARIANTS["q-v-fc1-k-fc2-out"][2]
     spec = lora.LoRASpec(rank=64, alpha=64.0, targets=targets, bias="all")
-    lora.apply_lora(model, spec)
-    graphdef, params, frozen = training.split_model(model)
-    schedule = training.make_schedule(lr=3e-3, warmup_steps=5, total_steps=300, decay="constant")
-    tx = training.make_optimizer(params, schedule, lora=spec)
-    state = training.init_train_state(params, frozen, tx, seed=0, mesh=mesh)
-    step = training.jit_train_step(graphdef, tx, schedule, state, mesh)
+    _, _, _, state, step = _lora_setup(model, spec, mesh, total=300)
     batch = _batch(tokenizer)
     for clip in range(8):
         batch["mel"][clip, 10 * clip : 10 * clip + 10] += 3.0
@@ -214,3 +242,32 @@ def test_lora_tuned_tiny_model_overfits_eight_clips(tokenizer):
     (first_loss, first_accuracy), (last_loss, last_accuracy) = history[0], history[-1]
     assert (first_accuracy, last_accuracy) == (0.0, 1.0), (history[-1], len(history))
     assert first_loss > 11.0 and last_loss < 5.0, (first_loss, last_loss)
+
+
+def test_smoke_run_with_lora_trains_logs_the_trainable_line_exports_and_resumes(tmp_path, data_dir):  # noqa: F811
+    workdir = tmp_path / "run"
+    settings = (
+        "--config.eval.every_steps=0",
+        "--config.model.lora.rank=4",
+        "--config.model.lora.alpha=8",
+        '--config.model.lora.targets=("q_proj","v_proj")',
+    )
+
+    def train(*overrides):
+        command = _command(workdir, data_dir, *settings, *overrides, validate_and_export=True)
+        result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stderr
+
+    log = train("--config.total_steps=4")
+    # Smoke model: 1,697,248 parameters + adapters on 3 q/v pairs of 32 x 32: 3 x 2 x (32 x 4 + 4 x 32).
+    line = next((line for line in log.splitlines() if "trainable parameters" in line), log[-3000:])
+    assert line.endswith(
+        "] trainable parameters 1,536 of 1,698,784 (0.09%) selected by train_only [], freeze [], LoRA rank 4, "
+        "alpha 8 (scale 2), bias none, targets [q_proj, v_proj]"
+    ), line
+    assert load.saved_lora(workdir) == lora.LoRASpec(rank=4, alpha=8.0, targets=("q_proj", "v_proj"))
+    exported, _ = load_hf_checkpoint(workdir / "hf_export")
+    assert not any(isinstance(module, lora.LoRADense) for _, module in nnx.iter_modules(exported))
+    # Resuming restores the adapters and their optimizer state into the abstract model the run files describe.
+    assert "Resumed from step 4" in train("--config.total_steps=6")

@@ -72,7 +72,7 @@ class LoRASpec:
         if spec.rank < 0:
             raise ValueError(f"config.model.lora.rank is {spec.rank}; use 0 (no LoRA) or a positive rank.")
         if not spec.enabled:
-            return spec
+            return cls()  # no LoRA: the other fields mean nothing, and a resumed run compares specs
         if spec.bias not in BIAS_MODES:
             raise ValueError(
                 f"config.model.lora.bias {spec.bias!r} unknown; choose one of {list(BIAS_MODES)}."
@@ -100,6 +100,9 @@ class LoRASpec:
             f"LoRA rank {self.rank}, alpha {self.alpha:g} (scale {self.scale:g}), bias {self.bias}, "
             f"targets [{', '.join(self.targets)}]"
         )
+
+
+NO_LORA = LoRASpec()
 
 
 class LoRADense(Dense):
@@ -228,7 +231,7 @@ def train_patterns(names: Sequence[str], spec: LoRASpec) -> tuple[str, ...]:
     bias ("all") or the wrapped layers' biases ("lora_only").
 
     Args:
-      names: the model's dotted parameter names (`training.param_names`), which show the wrapped layers.
+      names: the model's dotted parameter names (`train_step.param_names`), which show the wrapped layers.
     """
     wrapped = sorted({name.rsplit(".", 1)[0] for name in names if name.rsplit(".", 1)[-1] in ADAPTER_NAMES})
     patterns = [rf"\.({'|'.join(ADAPTER_NAMES)})$"]
