@@ -108,10 +108,9 @@ def test_cached_decoding_equals_full_forward(tiny_dir, scan_layers):
     beams = 2
     step, cache = model.start_decoding(enc, max_length=12)
     cache = cache.repeat_rows(beams)
-    row_axis = 1 if scan_layers else 0
-    # cross K/V are not tiled per beam
-    assert jax.tree.leaves(cache.cross_k)[0].shape[row_axis] == 2
-    assert jax.tree.leaves(cache.self_k)[0].shape[row_axis] == 4
+    # cross K/V are per layer and per clip (not tiled per beam); a scanned self cache is stacked [L, N, ...]
+    assert cache.cross_k[0].shape[0] == 2
+    assert jax.tree.leaves(cache.self_k)[0].shape[1 if scan_layers else 0] == 4
     rows = np.repeat(ids, beams, axis=0)  # [N, T]
     _, cache = step(jnp.asarray(rows[:, :5]), cache, jnp.zeros(4, jnp.int32))
     start = np.array([3, 4, 3, 4], np.int32)
