@@ -1,24 +1,30 @@
 """Audio decoding and Whisper log-mel features.
 
 This module is the one source of truth for the mel parameters (sample rate, FFT size, hop, 30 s window).
-`load_audio` turns any audio file into 16 kHz mono float32 or raises `AudioDecodeError`; `log_mel` computes
+`load_audio` turns any audio file (a local path or a bucket URL) into 16 kHz mono float32 or raises
+`AudioDecodeError`; `log_mel` computes
 Whisper's log-mel spectrogram for a whole batch in numpy, equal to `transformers.WhisperFeatureExtractor`
 within 1e-4.
 
 Shape legend: B batch, M mel bins, S frames (N_FRAMES = 3000 for 30 s), F frequency bins (N_FFT // 2 + 1 = 201).
 """
 
+import contextlib
 import functools
 import importlib.resources
+import io
 import math
 import os
 import re
+import tempfile
 import warnings
+from collections.abc import Iterator
 
 import librosa
 import numpy as np
 import scipy.fft
 import soundfile
+from etils import epath
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -55,13 +61,18 @@ class AudioDecodeError(ValueError):
         return type(self), (self.path, self.reason)
 
 
-def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: epath.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Decodes an audio file to mono float32 at `sr` Hz.
+
+    `path` is a local path or a URL that `etils.epath` reads (`gs://`, `s3://`, ...: the file layer TFDS
+    uses for --manual_dir and --data_dir, backed by fsspec's gcsfs/s3fs, or by tf.io.gfile when TensorFlow
+    is installed). The file is read once into memory (one request to a bucket, 0.2-5 MB per clip) and
+    decoded from there, so a local file and its copy in a bucket decode to the same samples.
 
     Formats libsndfile knows (wav, flac, ogg, mp3, aiff, ...) are read with soundfile, which is what
     `librosa.load` tries first as well; anything else goes through librosa's audioread fallback (needs
-    ffmpeg or gstreamer). Channels are averaged like `librosa.to_mono`; other rates are resampled with
-    `librosa.resample(res_type=RESAMPLE_TYPE)`.
+    ffmpeg or gstreamer, and a real file: a bucket file is copied to a temporary file for it). Channels are
+    averaged like `librosa.to_mono`; other rates are resampled with `librosa.resample(res_type=RESAMPLE_TYPE)`.
 
     Returns:
       `[samples] float32`.
@@ -70,15 +81,17 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
       AudioDecodeError: the file is missing, empty, not audio, truncated, has no samples, or has NaN/inf
         samples. Never returns partial audio silently.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise AudioDecodeError(path, "no such file")
-    if os.path.getsize(path) == 0:
+    path = epath.Path(path)
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise AudioDecodeError(path, "no such file") from None
+    if not data:
         raise AudioDecodeError(path, "the file is empty (0 bytes)")
     try:
-        audio, native_sr = _read_soundfile(path)
+        audio, native_sr = _read_soundfile(path, data)
     except soundfile.LibsndfileError as soundfile_error:
-        audio, native_sr = _read_audioread(path, soundfile_error)
+        audio, native_sr = _read_audioread(path, data, soundfile_error)
     if audio.size == 0:
         raise AudioDecodeError(path, "the file holds no audio samples")
     if not np.isfinite(audio).all():
@@ -89,14 +102,14 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
-def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
-    """Reads with libsndfile, `[samples]` mono and the native rate.
+def _read_soundfile(path: epath.Path, data: bytes) -> tuple[np.ndarray, int]:
+    """Reads the bytes of `path` with libsndfile, `[samples]` mono and the native rate.
 
     Raises LibsndfileError only when libsndfile cannot open the format (the caller then tries audioread),
     and AudioDecodeError when a file it did open is corrupt or shorter than its header says: handing such
     a file to another decoder could return part of the audio without complaint.
     """
-    with soundfile.SoundFile(path) as sound_file:
+    with soundfile.SoundFile(io.BytesIO(data)) as sound_file:
         info_log = sound_file.extra_info
         declared_frames = sound_file.frames
         native_sr = sound_file.samplerate
@@ -120,21 +133,40 @@ def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
     return audio.mean(axis=1), native_sr
 
 
-def _read_audioread(path: str, soundfile_error: Exception) -> tuple[np.ndarray, int]:
-    """librosa's audioread path for formats libsndfile lacks (m4a, webm, ...)."""
+def _read_audioread(
+    path: epath.Path, data: bytes, soundfile_error: soundfile.LibsndfileError
+) -> tuple[np.ndarray, int]:
+    """librosa's audioread path for formats libsndfile lacks (m4a, webm, ...); it decodes files, not bytes.
+
+    A local file is decoded in place; the bytes of a bucket file go to a temporary file with its suffix
+    (ffmpeg guesses some formats from it), deleted afterwards.
+    """
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _local_copy(path, data) as local_path:
             # librosa warns that it is falling back; the failure, if any, is reported below instead.
             warnings.simplefilter("ignore")
-            audio, native_sr = librosa.load(path, sr=None, mono=True, dtype=np.float32)
+            audio, native_sr = librosa.load(local_path, sr=None, mono=True, dtype=np.float32)
     except Exception as audioread_error:  # Any decoder failure means "cannot decode".
         detail = str(audioread_error) or "no backend could decode it (ffmpeg adds formats libsndfile lacks)"
         raise AudioDecodeError(
             path,
-            f"not a readable audio file (soundfile: {soundfile_error}; audioread: "
+            # libsndfile's own message: str(error) would name the in-memory file object instead of the file.
+            f"not a readable audio file (soundfile: {soundfile_error.error_string}; audioread: "
             f"{type(audioread_error).__name__}: {detail})",
         ) from audioread_error
     return audio, int(native_sr)
+
+
+@contextlib.contextmanager
+def _local_copy(path: epath.Path, data: bytes) -> Iterator[str]:
+    """A local file with `data`: `path` itself when it is local, else a temporary copy."""
+    if "://" not in os.fspath(path):
+        yield os.fspath(path)
+        return
+    with tempfile.NamedTemporaryFile(suffix=path.suffix) as copy:
+        copy.write(data)
+        copy.flush()
+        yield copy.name
 
 
 def pad_or_trim(audio: np.ndarray, length: int = N_SAMPLES) -> np.ndarray:
