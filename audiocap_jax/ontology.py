@@ -11,6 +11,8 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+from etils import epath
+
 PACKAGED_ONTOLOGY = "audioset_ontology.json"
 
 
@@ -28,15 +30,14 @@ class Ontology:
         if path is None:
             resource = importlib.resources.files("audiocap_jax") / "assets" / PACKAGED_ONTOLOGY
             source, text = str(resource), resource.read_text(encoding="utf-8")
-        else:
+        else:  # a local path or a bucket URL (a TFDS build reads its --manual_dir through etils.epath)
             source = os.fspath(path)
-            if not os.path.isfile(source):
+            if not epath.Path(source).is_file():
                 raise FileNotFoundError(
                     f"AudioSet ontology {source!r} does not exist. Pass the ontology.json that comes with "
                     "AudioSet, or path=None for the packaged copy."
                 )
-            with open(source, encoding="utf-8") as f:
-                text = f.read()
+            text = epath.Path(source).read_bytes().decode("utf-8")
         try:
             nodes = json.loads(text)
             names = {node["id"]: node["name"] for node in nodes}

@@ -58,11 +58,16 @@ def check_args(args: build.Args) -> None:
                 "pass the AudioFolder that `python -m audiocap_jax.data.prepare` wrote",
             )
         try:
-            for folder in features.find_split_folders(Path(args.paths.manual_dir), builder.SPLITS).values():
+            manual_dir = features.source_dir(args.paths.manual_dir)
+        except ImportError as error:  # names the package, e.g. gcsfs for gs://
+            raise cli.UserError(str(error), "install that package, or copy the AudioFolder here") from error
+        try:
+            for folder in features.find_split_folders(manual_dir, builder.SPLITS).values():
                 features.read_split_rows(folder)
         except (FileNotFoundError, ValueError) as error:  # both name the folder or file and row
             raise cli.UserError(str(error), "see docs/data.md for the AudioFolder layout") from error
-    preflight.check_writable_dir(args.paths.data_dir, "--data_dir")
+    if "://" not in str(args.paths.data_dir):  # a bucket (gs://...) is checked by TFDS when it writes
+        preflight.check_writable_dir(args.paths.data_dir, "--data_dir")
 
 
 def _main(args: build.Args) -> None:

@@ -10,6 +10,12 @@ runner (DirectRunner, Dataflow, Flink, Spark). Both engines decode with `extract
 with `make_example` and report with `split_report`, so they write the same examples and the same report.
 Beam is imported lazily, only by Beam builds.
 
+Every file a build reads (metadata.jsonl, ontology.json, the audio) goes through `etils.epath`, so
+--manual_dir may be a bucket URL (`gs://`, `s3://`, `az://`) that Dataflow workers read directly. epath and
+not Beam's `FileSystems`: it is what TFDS itself opens --manual_dir and --data_dir with, and it is there in
+local builds without Beam (the same code reads a bucket with or without Beam). It reads buckets through
+fsspec (gcsfs, s3fs, adlfs), or through tf.io.gfile when TensorFlow is installed.
+
 This module imports no TensorFlow: with `file_format="array_record"` and only `Tensor`/`Scalar`/`Text`
 features, TFDS 4.9.10 both builds and reads (`tfds.data_source`) without it.
 
@@ -22,7 +28,9 @@ import collections
 import concurrent.futures
 import dataclasses
 import inspect
+import itertools
 import json
+import math
 import multiprocessing
 import os
 import pathlib
@@ -52,7 +60,7 @@ class ClipFeatures:
     num_frames: int  # frames of S that start inside real audio
 
 
-def extract_clip(path: str | os.PathLike, n_mels: int) -> ClipFeatures:
+def extract_clip(path: epath.PathLike, n_mels: int) -> ClipFeatures:
     """Decodes one file and computes its Whisper log-mel, stored as float16 (half the disk of float32).
 
     Raises:
@@ -135,12 +143,12 @@ def row_captions(row: Mapping[str, Any]) -> list[str]:
     return [caption.strip() for caption in captions if caption.strip()]
 
 
-def read_split_rows(split_dir: pathlib.Path) -> list[dict[str, Any]]:
+def read_split_rows(split_dir: epath.PathLike) -> list[dict[str, Any]]:
     """Rows of one split's metadata.jsonl; each must name its `file_name`, and only once (it is the TFDS key)."""
     rows, seen = prepare.read_metadata(split_dir), set()
     for line_number, row in enumerate(rows, start=1):
         file_name = row.get("file_name") if isinstance(row, dict) else None
-        where = f"{split_dir / prepare.METADATA_FILE} row {line_number}"
+        where = f"{epath.Path(split_dir) / prepare.METADATA_FILE} row {line_number}"
         if not isinstance(file_name, str) or not file_name:
             raise ValueError(
                 f"{where} has no 'file_name'; every row must name its audio file. Re-run prepare."
@@ -153,8 +161,33 @@ def read_split_rows(split_dir: pathlib.Path) -> list[dict[str, Any]]:
     return rows
 
 
-def find_split_folders(manual_dir: pathlib.Path, splits: Sequence[str]) -> dict[str, pathlib.Path]:
+# fsspec's client package for each bucket scheme epath knows.
+BUCKET_CLIENTS = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
+
+
+def source_dir(manual_dir: epath.PathLike) -> epath.Path:
+    """--manual_dir as an `epath.Path`, with one clear error when its bucket needs a client not installed.
+
+    Raises:
+      ImportError: naming the package to install (e.g. gcsfs for gs://), here and on the workers.
+    """
+    path = epath.Path(manual_dir)
+    try:
+        path.exists()
+    except ImportError as error:
+        scheme = os.fspath(path).partition("://")[0]
+        package = BUCKET_CLIENTS.get(scheme, f"the fsspec filesystem for {scheme}://")
+        raise ImportError(
+            f"--manual_dir={path} is a {scheme}:// URL, and reading it needs {package}, which is not "
+            f"installed. Install it where the build starts and on every worker: `pip install {package}` "
+            "(README, 'Builds on Apache Beam')."
+        ) from error
+    return path
+
+
+def find_split_folders(manual_dir: epath.PathLike, splits: Sequence[str]) -> dict[str, epath.Path]:
     """The split folders (holding metadata.jsonl) under `manual_dir` or `manual_dir/audiofolder`."""
+    manual_dir = epath.Path(manual_dir)
     for root in (manual_dir, manual_dir / "audiofolder"):
         found = {split: root / split for split in splits if (root / split / prepare.METADATA_FILE).is_file()}
         if found:
@@ -168,7 +201,7 @@ def find_split_folders(manual_dir: pathlib.Path, splits: Sequence[str]) -> dict[
 
 @dataclasses.dataclass(frozen=True)
 class Clip:
-    """One metadata row to build. Small and picklable: a Beam build ships one per clip to its workers."""
+    """One metadata row to build; a Beam build's workers read theirs from the work list (`write_work_list`)."""
 
     index: int  # row number in metadata.jsonl; orders the skip report
     file_name: str  # the AudioFolder file name, also the TFDS key
@@ -231,6 +264,36 @@ SKIPPED_TAG = "skipped"
 BEAM_COUNTERS = "audiocap_tfds"
 # Side output files (JSON lines) in the dataset's directory while it is built; read and removed at the end.
 SKIPPED_FILES = "skipped-{split}"
+# The clips of a split as JSON lines, written there by the launching machine for the workers; removed at the end.
+WORK_LIST = "work-list-{split}.jsonl"
+# Byte ranges of the work list that `beam.Create` puts into the job graph: at most this many, whatever the
+# number of clips, so the graph stays far below Dataflow's 10 MB (2M clips x ~220 bytes would be 440 MB).
+MAX_WORK_RANGES = 256
+
+
+def write_work_list(path: epath.Path, clips: Sequence[Clip]) -> list[tuple[int, int]]:
+    """Writes `clips` to `path` as JSON lines; returns at most MAX_WORK_RANGES [start, stop) byte ranges.
+
+    The ranges cover consecutive lines, in order; `read_work_range` reads one back on a worker.
+    """
+    lines = [json.dumps(dataclasses.asdict(clip)).encode() + b"\n" for clip in clips]
+    path.write_bytes(b"".join(lines))
+    offsets = [0, *itertools.accumulate(map(len, lines))]  # offsets[i]: where line i starts
+    per_range = max(1, math.ceil(len(lines) / MAX_WORK_RANGES))
+    return [
+        (offsets[start], offsets[min(start + per_range, len(lines))])
+        for start in range(0, len(lines), per_range)
+    ]
+
+
+def read_work_range(byte_range: tuple[int, int], work_list: str) -> Iterator[Clip]:
+    """Beam worker: the clips of one byte range of the work list (a local path or a bucket URL)."""
+    start, stop = byte_range
+    with epath.Path(work_list).open("rb") as lines:
+        lines.seek(start)
+        data = lines.read(stop - start)
+    for line in data.splitlines():
+        yield Clip(**json.loads(line))
 
 
 def beam_example_or_skip(clip: Clip, folder: str, n_mels: int, split: str) -> Iterator[Any]:
@@ -240,7 +303,7 @@ def beam_example_or_skip(clip: Clip, folder: str, n_mels: int, split: str) -> It
     while the job runs (Dataflow's job page, Flink's web UI).
     """
     beam = tfds.core.lazy_imports.apache_beam
-    result = _extract_or_reason(os.path.join(folder, clip.file_name), n_mels)
+    result = _extract_or_reason(os.fspath(epath.Path(folder) / clip.file_name), n_mels)
     if isinstance(result, str):
         beam.metrics.Metrics.counter(BEAM_COUNTERS, f"{split}/skipped").inc()
         logging.warning("%s: skipping %s: %s", split, clip.file_name, result)
@@ -273,10 +336,10 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
       AudioSet: the one keyword caption), labels `Sequence(Text)` (AudioSet label ids, else empty).
 
     Two engines make the same records and the same skip report. When the build is given Beam options or a
-    Beam runner (`--beam_pipeline_options=...`), each split is an Apache Beam pipeline
-    (`beam.Create(clips) | beam.FlatMap(beam_example_or_skip)`) that runs wherever the runner does
-    (DirectRunner processes, Dataflow, Flink, Spark). Otherwise the clips are decoded here, on a local
-    process pool, without Beam.
+    Beam runner (`--beam_pipeline_options=...`), each split is an Apache Beam pipeline (`_beam_examples`:
+    work-list ranges, read on the workers, reshuffled, then `beam_example_or_skip`) that runs wherever the
+    runner does (DirectRunner processes, Dataflow, Flink, Spark). Otherwise the clips are decoded here, on a
+    local process pool, without Beam. --manual_dir may be a bucket URL in both (`source_dir`).
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -356,20 +419,20 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-        manual_dir = pathlib.Path(dl_manager.manual_dir)
+        manual_dir = source_dir(dl_manager.manual_dir)
         self._prepare_source(manual_dir)
         folders = find_split_folders(manual_dir, self.SPLITS)
         self.info.metadata.update({"source": os.fspath(manual_dir), "splits": {}})
         return {split: self._generate_examples(split, folder) for split, folder in folders.items()}
 
-    def _prepare_source(self, manual_dir: pathlib.Path) -> None:
+    def _prepare_source(self, manual_dir: epath.Path) -> None:
         """Hook: load what the rows need beside metadata.jsonl (e.g. the AudioSet ontology)."""
 
     def _row_texts(self, row: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         """Hook: (captions, labels) of one metadata row."""
         return row_captions(row), []
 
-    def _plan_split(self, folder: pathlib.Path) -> SplitPlan:
+    def _plan_split(self, folder: epath.Path) -> SplitPlan:
         """Reads a split's rows; a row without captions in a captioned split is skipped before decoding."""
         rows = read_split_rows(folder)
         texts = [self._row_texts(row) for row in rows]
@@ -382,7 +445,7 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
                 plan.clips.append(Clip(index, row["file_name"], captions, labels))
         return plan
 
-    def _generate_examples(self, split: str, folder: pathlib.Path) -> Any:
+    def _generate_examples(self, split: str, folder: epath.Path) -> Any:
         """The split's examples: a Beam PTransform when building on Beam, else a generator (local pool)."""
         plan = self._plan_split(folder)
         if not plan.num_rows:
@@ -392,7 +455,7 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         return self._local_examples(split, folder, plan)
 
     def _local_examples(
-        self, split: str, folder: pathlib.Path, plan: SplitPlan
+        self, split: str, folder: epath.Path, plan: SplitPlan
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         paths = [os.fspath(folder / clip.file_name) for clip in plan.clips]
         description = f"{self.name}/{self.builder_config.name} {split}"
@@ -406,11 +469,20 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             yield make_example(clip, result)
         self._record_split(split, plan, skipped)
 
-    def _beam_examples(self, split: str, folder: pathlib.Path, plan: SplitPlan) -> Any:
-        """`beam.Create(clips) | FlatMap(beam_example_or_skip)`; skipped clips go to a side output file."""
+    def _beam_examples(self, split: str, folder: epath.Path, plan: SplitPlan) -> Any:
+        """Work-list ranges `| FlatMap(read_work_range) | Reshuffle | FlatMap(beam_example_or_skip)`.
+
+        The clips travel through a file, not the job graph: `beam.Create(clips)` would pickle every clip into
+        the graph (about 440 MB for 2M clips; Dataflow refuses graphs over 10 MB). The graph holds at most
+        MAX_WORK_RANGES byte ranges; each worker reads its ranges of the work list. Reshuffle spreads the
+        clips of a range over the workers (without it, one worker would decode a whole range). Skipped clips
+        go to a side output file.
+        """
         beam = tfds.core.lazy_imports.apache_beam
         self._beam_splits[split] = plan
         # The dataset directory being written (TFDS points data_path at its temporary copy meanwhile).
+        work_list = self.data_path / WORK_LIST.format(split=split)
+        work_ranges = write_work_list(work_list, plan.clips)
         skipped_prefix = os.fspath(self.data_path / SKIPPED_FILES.format(split=split))
         extract = beam.FlatMap(
             beam_example_or_skip, folder=os.fspath(folder), n_mels=self.builder_config.n_mels, split=split
@@ -420,7 +492,9 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         def examples(pipeline):
             outputs = (
                 pipeline
-                | "Clips" >> beam.Create(plan.clips)
+                | "WorkRanges" >> beam.Create(work_ranges)
+                | "ReadWorkList" >> beam.FlatMap(read_work_range, work_list=os.fspath(work_list))
+                | "Spread" >> beam.Reshuffle()
                 | "LogMel" >> extract.with_outputs(SKIPPED_TAG, main="examples")
             )
             _ = (
@@ -452,6 +526,7 @@ class AudioFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
                 with file_systems.open(path) as lines:
                     skipped.extend(Skip(**json.loads(line)) for line in lines.read().decode().splitlines())
             file_systems.delete(files)
+            (self.data_path / WORK_LIST.format(split=split)).unlink()
             self._beam_skipped[split] = len(skipped)
             logging.info(
                 "%s %s: Beam counters: %s examples, %s skipped",
@@ -496,7 +571,7 @@ def load_builder_class(name: str) -> type[tfds.core.DatasetBuilder]:
 def build(
     name: str,
     *,
-    manual_dir: str | os.PathLike,
+    manual_dir: epath.PathLike,
     data_dir: str | os.PathLike,
     config: str = "mel80",
     num_workers: int | None = None,
@@ -508,6 +583,7 @@ def build(
     without dashes, e.g. "runner=DirectRunner,direct_num_workers=2") and builds on Beam; without it the build
     runs locally on `num_workers` processes.
     """
+    source_dir(manual_dir)  # a bucket without its client library: say which package, before TFDS fails on it
     download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
     if beam_pipeline_options is not None:
         download_config.beam_options = beam_options(beam_pipeline_options)

@@ -28,6 +28,7 @@ import contextlib
 import csv
 import dataclasses
 import errno
+import io
 import json
 import multiprocessing
 import os
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 import tqdm
 from absl import logging
+from etils import epath
 
 from audiocap_jax import audio, cli
 from audiocap_jax.ontology import Ontology
@@ -123,9 +125,12 @@ class LimitResult:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def read_metadata(split_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads `<split_dir>/metadata.jsonl`, one dict per clip, in file order."""
-    path = pathlib.Path(split_dir) / METADATA_FILE
+def read_metadata(split_dir: epath.PathLike) -> list[dict[str, Any]]:
+    """Reads `<split_dir>/metadata.jsonl`, one dict per clip, in file order.
+
+    `split_dir` may be a bucket URL (`gs://...`): a TFDS build reads its --manual_dir through etils.epath.
+    """
+    path = epath.Path(split_dir) / METADATA_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist. Create it with `python -m audiocap_jax.data.prepare` (see docs/data.md)."
@@ -152,14 +157,17 @@ def report_path(folder: str | os.PathLike, split: str) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def _open_text(path: pathlib.Path) -> Iterator[Any]:
+def _open_text(path: pathlib.Path | epath.Path) -> Iterator[Any]:
     """Opens a UTF-8 source file (CSV or jsonl) the same way for every layout: a byte-order mark is skipped
-    and reported, undecodable bytes raise a ValueError naming the file and the conversion to run."""
+    and reported, undecodable bytes raise a ValueError naming the file and the conversion to run.
+
+    Decodes a binary stream itself: epath's text mode (bucket files) takes no encoding or newline argument.
+    """
     with path.open("rb") as f:
         if f.read(len(_BOM)) == _BOM:
             logging.warning("%s starts with a UTF-8 byte-order mark (BOM); it is ignored.", path)
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
+        with io.TextIOWrapper(path.open("rb"), encoding="utf-8-sig", newline="") as f:
             yield f
     except UnicodeDecodeError as error:
         raise ValueError(
@@ -184,7 +192,7 @@ def _read_csv(path: pathlib.Path, columns: Sequence[str]) -> Iterator[tuple[int,
             yield reader.line_num, dict(zip(header, record, strict=True))
 
 
-def _read_jsonl(path: pathlib.Path) -> Iterator[dict[str, Any]]:
+def _read_jsonl(path: pathlib.Path | epath.Path) -> Iterator[dict[str, Any]]:
     with _open_text(path) as f:
         for line_number, line in enumerate(f, 1):
             if not line.strip():

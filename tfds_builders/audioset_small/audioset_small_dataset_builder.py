@@ -1,8 +1,9 @@
 """AudioSet "small" (the original system's ~134k-clip subset): label ids plus their keyword caption."""
 
-import pathlib
 from collections.abc import Mapping
 from typing import Any
+
+from etils import epath
 
 from audiocap_jax import ontology
 from audiocap_jax.data import features, prepare
@@ -29,7 +30,7 @@ Download the subset's AudioSet clips (scripts/download_audioset.sh with the subs
 and pass the AudioFolder it writes as --manual_dir. Keyword captions use the AudioFolder's ontology.json when
 present, else the packaged AudioSet ontology."""
 
-    def _prepare_source(self, manual_dir: pathlib.Path) -> None:
+    def _prepare_source(self, manual_dir: epath.Path) -> None:
         candidates = [manual_dir / prepare.ONTOLOGY_FILE, manual_dir / "audiofolder" / prepare.ONTOLOGY_FILE]
         self._ontology = ontology.Ontology.load(next((p for p in candidates if p.is_file()), None))
 
