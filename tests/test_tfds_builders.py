@@ -1,15 +1,20 @@
 """TFDS builders: real-layout raw files -> prepare -> build -> read back without TensorFlow."""
 
 import csv
+import importlib
 import json
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
 
+import fsspec
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from etils import epath
+from fsspec.implementations.memory import MemoryFileSystem
 
 from audiocap_jax import audio, cli
 from audiocap_jax.data import features
@@ -218,6 +223,101 @@ def test_beam_build_equals_local_build(builds, tmp_path, name):
     assert sorted(p.name for p in beam_build.data_path.iterdir()) == sorted(
         p.name for p in local.data_path.iterdir()
     )  # the side output files of skipped clips are gone
+
+
+def test_work_list_keeps_the_job_graph_small(tmp_path):
+    """`beam.Create` gets byte ranges of a work list: about as many for 50k clips as for 1k; they read back whole."""
+    clips = [features.Clip(i, f"clip_{i:06d}.mp3", [f"caption {i}"], ["/m/09x0r"]) for i in range(50_000)]
+    num_ranges, pickled_bytes = {}, {}
+    for count in (1_000, 50_000):
+        work_list = epath.Path(tmp_path / f"work-{count}.jsonl")
+        ranges = features.write_work_list(work_list, clips[:count])
+        num_ranges[count], pickled_bytes[count] = len(ranges), len(pickle.dumps(ranges))
+        read = [clip for r in ranges for clip in features.read_work_range(r, os.fspath(work_list))]
+        assert read == clips[:count]
+    assert num_ranges == {1_000: 250, 50_000: 256} and features.MAX_WORK_RANGES == 256
+    assert pickled_bytes[50_000] < 4_000, pickled_bytes  # what Create puts into the graph, any clip count
+    assert features.write_work_list(epath.Path(tmp_path / "three.jsonl"), clips[:3]) == [
+        (0, 96),
+        (96, 192),
+        (192, 288),
+    ]
+
+
+class _MemoryBucket(MemoryFileSystem):
+    """fsspec's in-memory filesystem serving s3:// URLs: a bucket without network, visible in this process only.
+
+    epath sends s3:// to fsspec's "s3" implementation (s3fs in real use); registering this one instead runs a
+    build's real bucket code path offline. Not across processes: local builds run in-process (num_workers=0)
+    and Beam builds in `in_memory` mode.
+    """
+
+    protocol = ("s3",)
+    store: dict = {}  # its own files, apart from memory://
+    pseudo_dirs = [""]
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(os.fspath(path).removeprefix("s3://"))
+
+
+@pytest.fixture(scope="module")
+def bucket(builds):
+    """s3://tiny/<name>: a copy of each tiny AudioFolder in an in-memory bucket."""
+    fsspec.register_implementation("s3", _MemoryBucket, clobber=True)
+    epath.backend.fsspec_backend._get_filesystem.cache_clear()  # epath caches the filesystem per scheme
+    memory = _MemoryBucket()
+    for name, build in builds.items():
+        for path in build.audiofolder.rglob("*"):
+            if path.is_file():
+                memory.pipe_file(f"s3://tiny/{name}/{path.relative_to(build.audiofolder)}", path.read_bytes())
+    yield "s3://tiny"
+    # fsspec has no public unregister; afterwards s3:// finds s3fs again (if installed).
+    importlib.import_module("fsspec.registry")._registry.pop("s3")
+    epath.backend.fsspec_backend._get_filesystem.cache_clear()
+    _MemoryBucket.store.clear()
+
+
+@pytest.mark.parametrize(
+    ("name", "beam_pipeline_options"),
+    [("clotho", None), ("audioset_small", "runner=DirectRunner,direct_running_mode=in_memory")],
+)
+def test_bucket_manual_dir_builds_like_the_local_folder(
+    builds, bucket, tmp_path, name, beam_pipeline_options
+):
+    """--manual_dir=s3://...: metadata.jsonl, ontology.json and audio read through epath, locally and on Beam."""
+    if beam_pipeline_options:
+        pytest.importorskip(
+            "apache_beam", reason="the beam extra is not installed (pip install -e '.[beam]')"
+        )
+    local = builds[name].builder
+    from_bucket = features.build(
+        name,
+        manual_dir=f"{bucket}/{name}",
+        data_dir=tmp_path,
+        num_workers=0,
+        beam_pipeline_options=beam_pipeline_options,
+    )
+    report, local_report = (features.build_report(b.data_path) for b in (from_bucket, local))
+    assert report.pop("source") == f"{bucket}/{name}"
+    assert report == {key: value for key, value in local_report.items() if key != "source"}
+    for split in local.info.splits:
+        expected, actual = _examples(local, split), _examples(from_bucket, split)
+        assert list(actual) == list(expected)
+        for file_name, example in expected.items():
+            assert actual[file_name]["mel"].tobytes() == example["mel"].tobytes(), file_name
+            for key in ("num_frames", "file_name", "captions", "labels"):
+                np.testing.assert_array_equal(actual[file_name][key], example[key])
+
+
+def test_bucket_without_its_client_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if not installed (it is not, here)
+    with pytest.raises(
+        ImportError,
+        match=r"--manual_dir=gs://bucket/clotho is a gs:// URL, and reading it "
+        r"needs gcsfs, which is not installed\..*`pip install gcsfs`",
+    ):
+        features.build("clotho", manual_dir="gs://bucket/clotho", data_dir=tmp_path)
 
 
 def test_beam_loss_names_clips_neither_written_nor_skipped():

@@ -276,7 +276,7 @@ def write_work_list(path: epath.Path, clips: Sequence[Clip]) -> list[tuple[int, 
 
     The ranges cover consecutive lines, in order; `read_work_range` reads one back on a worker.
     """
-    lines = [json.dumps(dataclasses.asdict(clip)).encode() + b"\n" for clip in clips]
+    lines = [json.dumps(vars(clip)).encode() + b"\n" for clip in clips]  # vars: ~5x faster than asdict
     path.write_bytes(b"".join(lines))
     offsets = [0, *itertools.accumulate(map(len, lines))]  # offsets[i]: where line i starts
     per_range = max(1, math.ceil(len(lines) / MAX_WORK_RANGES))
