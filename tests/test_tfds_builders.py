@@ -311,13 +311,32 @@ def test_bucket_manual_dir_builds_like_the_local_folder(
 
 
 def test_bucket_without_its_client_names_the_package(tmp_path, monkeypatch):
+    """Python and the CLI: one message naming the package, before TFDS fails deep inside on the URL."""
     monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if not installed (it is not, here)
-    with pytest.raises(
-        ImportError,
-        match=r"--manual_dir=gs://bucket/clotho is a gs:// URL, and reading it "
-        r"needs gcsfs, which is not installed\..*`pip install gcsfs`",
-    ):
+    message = (
+        "--manual_dir=gs://bucket/clotho is a gs:// URL, and reading it needs gcsfs, which is not installed. "
+        "Install it where the build starts and on every worker: `pip install gcsfs` (README, 'Builds on "
+        "Apache Beam')."
+    )
+    with pytest.raises(ImportError) as error:
         features.build("clotho", manual_dir="gs://bucket/clotho", data_dir=tmp_path)
+    assert str(error.value) == message
+    tfds_cli = importlib.import_module("tfds_builders.__main__")
+    args = tfds_cli._parse_flags(
+        [
+            "tfds_builders",
+            "build",
+            "tfds_builders/clotho",
+            "--manual_dir=gs://bucket/clotho",
+            f"--data_dir={tmp_path}",
+        ]
+    )
+    with pytest.raises(cli.UserError) as error:
+        tfds_cli.check_args(args)
+    assert (error.value.problem, error.value.fix) == (
+        message,
+        "install that package, or copy the AudioFolder here",
+    )
 
 
 def test_beam_loss_names_clips_neither_written_nor_skipped():
