@@ -41,8 +41,9 @@ from audiocap_jax.testing import audio as test_audio
 
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 2000, "clips in the synthetic train split")
 _WORKERS = flags.DEFINE_integer("direct_num_workers", 1, "DirectRunner workers")
-# multi_processing finished without error with 5 of 8 shards written at 2,000 clips (apache-beam 2.77); the
-# builder now fails such a build (features.beam_loss), so the default is the in-process runner.
+# The parallel modes are not reliable at 2,000 clips (apache-beam 2.77): multi_processing lost records (the
+# builder fails such a build, features.beam_loss), multi_threading crashed on corrupt data. docs/pipeline.md,
+# "DirectRunner modes".
 _MODE = flags.DEFINE_enum(
     "direct_running_mode",
     "in_memory",

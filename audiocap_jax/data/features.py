@@ -318,7 +318,8 @@ def beam_loss(split: str, plan: SplitPlan, num_written: int, num_skipped: int) -
 
     Checked against the records TFDS wrote and the side output's list rather than Beam's counters, which count
     retried bundles twice on runners without committed metrics. It caught the DirectRunner in
-    multi_processing mode finishing without error with 5 of 8 shards written (2,000 clips, apache-beam 2.77).
+    multi_processing mode finishing without error 44 of 2,000 records short (apache-beam 2.77;
+    docs/pipeline.md, "DirectRunner modes").
     """
     if num_written + num_skipped == len(plan.clips):
         return None
