@@ -415,7 +415,7 @@ def compile_step(s: Setup, t: Trainee) -> tuple[Any, search.DecodeFn]:
     """(train step, decode fn): the step jitted with the state's shardings (donated), the beam search bound
     to the model's structure."""
     step_fn = train_step.jit_train_step(
-        t.graphdef, t.tx, t.schedule, t.selects, t.state, s.mesh, s.config.accum_steps
+        t.graphdef, t.tx, t.schedule, t.selects, t.state, s.mesh, s.config.accum_steps, s.config.seed
     )
     settings = search.DecodeSettings(
         eos_id=t.tokenizer.specials.eot,
