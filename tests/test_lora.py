@@ -233,7 +233,7 @@ def _run(state, step, batch, mesh):
     return {k: float(v) for k, v in metrics.items()}, jax.device_get(new_state.weights)
 
 
-def test_dropout_changes_the_step_and_its_masks_are_a_function_of_seed_and_step(tokenizer):
+def test_dropout_changes_the_step_its_masks_follow_seed_and_step_not_the_mesh(tokenizer):
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     dropout = lora.LoRASpec(rank=4, alpha=8.0, dropout=0.5, targets=Q_V_FC1.targets, bias="all")
     state, step, batch = _dropout_step(dropout, mesh, tokenizer)
@@ -243,6 +243,8 @@ def test_dropout_changes_the_step_and_its_masks_are_a_function_of_seed_and_step(
     plain_state, plain_step, _ = _dropout_step(dataclasses.replace(dropout, dropout=0.0), mesh, tokenizer)
     plain, _ = _run(plain_state, plain_step, batch, mesh)
     plain_later, _ = _run(plain_state.replace(step=plain_state.step + 1), plain_step, batch, mesh)
+    pod = sharding.make_mesh({"data": 4, "fsdp": 2})
+    sharded, _ = _run(*_dropout_step(dropout, pod, tokenizer), pod)
 
     # Dropout changes the loss and gradient of the same weights; without it the step number changes nothing.
     assert abs(first["loss"] - plain["loss"]) > 1e-3, (first, plain)
@@ -259,15 +261,9 @@ def test_dropout_changes_the_step_and_its_masks_are_a_function_of_seed_and_step(
         for seed, micro in ((0, 0), (1, 0), (0, 1))
     }
     assert len(keys) == 3
-
-
-def test_dropout_masks_do_not_depend_on_the_mesh(tokenizer):
-    spec = lora.LoRASpec(rank=4, alpha=8.0, dropout=0.5, targets=("q_proj", "fc1"), bias="none")
-    single = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    pod = sharding.make_mesh({"data": 4, "fsdp": 2})
-    (one, _), (eight, _) = (_run(*_dropout_step(spec, mesh, tokenizer), mesh) for mesh in (single, pod))
-    assert one["loss"] == pytest.approx(eight["loss"], abs=1e-5)
-    assert one["grad_norm"] == pytest.approx(eight["grad_norm"], rel=1e-4)
+    # The masks are the same on a mesh of 8 devices (batch split 4 ways): partitionable threefry.
+    assert sharded["loss"] == pytest.approx(first["loss"], abs=1e-5)
+    assert sharded["grad_norm"] == pytest.approx(first["grad_norm"], rel=1e-4)
 
 
 def test_eval_and_decoding_are_deterministic_and_ignore_dropout():
@@ -282,16 +278,14 @@ def test_eval_and_decoding_are_deterministic_and_ignore_dropout():
         _randomise_adapters(model)
         graphdef, state = nnx.split(model)
 
-        def decode_step(state, mel, ids, graphdef=graphdef):
+        def forward_and_decode(state, graphdef=graphdef):
             model = nnx.merge(graphdef, state)
             tokens_to_logits, cache = model.start_decoding(model.encode(mel), max_length=8)
-            return tokens_to_logits(ids, cache, jnp.zeros(2, jnp.int32))[0]
+            return model(mel, ids), tokens_to_logits(ids, cache, jnp.zeros(2, jnp.int32))[0]
 
-        decoded = np.asarray(jax.jit(decode_step)(state, mel, ids))
-        outputs.append((_forward(model, mel, ids), decoded))
-    (forward, decoded), (plain_forward, plain_decoded) = outputs
-    np.testing.assert_array_equal(forward, plain_forward)
-    np.testing.assert_array_equal(decoded, plain_decoded)
+        outputs.append(jax.device_get(jax.jit(forward_and_decode)(state)))
+    for ours, plain in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(ours, plain)
 
 
 def finetune_lora_spec(name):
