@@ -51,7 +51,7 @@ from audiocap_jax import (
 from audiocap_jax.data import demo, pipeline
 from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.config import WhisperConfig
-from audiocap_jax.writer import MetricWriter, quiet_library_logs, read_metrics
+from audiocap_jax.writer import MetricWriter, read_metrics
 
 PREDICTIONS_DIR = "predictions"  # final validation predictions and their scores, per dataset
 HF_EXPORT_DIR = "hf_export"
@@ -624,7 +624,6 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; settings go through --config.<key>=<value>.")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("Both --config=configs/<name>.py and --workdir=DIR are required.")
-    quiet_library_logs()
     _maybe_initialize_distributed()
     preflight.check_train(_CONFIG.value, _WORKDIR.value, jax.device_count())  # before the workdir exists
     np.set_printoptions(precision=4)
