@@ -35,6 +35,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from audiocap_jax.checkpoint import Checkpointer
+from audiocap_jax.choices import INITS
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint, resolve_checkpoint_dir
@@ -46,7 +47,6 @@ MODEL_CONFIG_FILE = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 WEIGHTS_KEY = "weights"  # the field of a saved train state that holds every model variable
-INITS = ("ours", "hf", "scratch")
 _RUNTIME_KEYS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl")
 
 

@@ -27,10 +27,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from audiocap_jax.choices import SCHEDULES
 from audiocap_jax.model import lora as lora_lib
 from audiocap_jax.model.sharding import batch_sharding
 
-SCHEDULES = ("linear", "cosine", "constant")
 # Leaves of a training batch that go to the device; the rest (file names, references) stays on the host.
 TRAIN_KEYS = ("mel", "decoder_input_ids", "targets", "loss_mask")
 

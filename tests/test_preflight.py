@@ -82,8 +82,8 @@ def _train_config(**changes):
 
 
 def test_train_config_batch_sizes_and_choices(tmp_path):
-    """check_train alone guards the batch sizes (train.setup does not repeat them); its choices come from
-    the modules that own them (load.INITS, train_step.SCHEDULES, the TFDS builds' mel configs)."""
+    """check_train alone guards the batch sizes (train.setup does not repeat them); its choices are the ones
+    the code uses (choices.INITS and SCHEDULES, the TFDS builds' mel configs)."""
     preflight.check_train(_train_config(), tmp_path / "run", num_devices=8)
     assert not (tmp_path / "run").exists()
     for changes, message in (
