@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 if TYPE_CHECKING:  # imported where used: model code (hf.CheckpointError) needs UserError without it
     import ml_collections
@@ -57,7 +58,11 @@ EXIT_PREEMPTED = (
 TRACEBACK_ENV = "AUDIOCAP_TRACEBACK"  # "1": user errors also print their traceback
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"  # the repository's config files
 PREDICT_CONFIG = str(CONFIGS_DIR / "predict.py")  # predict's and evaluate's default, wherever they run from
-QUIET_LOGGERS = ("jax", "orbax", "tensorflow_datasets", "grain")  # WARNING and up unless --verbosity>=1
+# Where our own log records come from; `run` drops INFO from any other source (Orbax, TFDS, Grain, JAX) unless
+# --verbosity>=1.
+OUR_SOURCES = tuple(
+    f"{os.sep}{name}{os.sep}" for name in ("audiocap_jax", "configs", "tfds_builders", "benchmarks")
+)
 HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
 
 
@@ -100,6 +105,30 @@ def print_user_error(error: BaseException, argv: Sequence[str] = ()) -> None:
 def exit_user_error(error: BaseException, argv: Sequence[str] = ()) -> NoReturn:
     print_user_error(error, argv)
     sys.exit(EXIT_USER)
+
+
+class _OwnInfoOnly(logging.Filter):
+    """Drops INFO (and below) records of code outside `OUR_SOURCES` unless the run asked for them with
+    `--verbosity=1` or more; warnings and errors always pass.
+
+    A filter on absl's handler rather than levels of named loggers: Orbax, TFDS and Grain log through absl
+    (one logger, "absl", for every library and for us), JAX through its own loggers; both reach this handler.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (
+            record.levelno >= logging.WARNING
+            or absl_logging.get_verbosity() >= absl_logging.DEBUG
+            or any(source in record.pathname for source in OUR_SOURCES)
+        )
+
+
+def quiet_library_logs() -> None:
+    """Keep a command's log to our own records (banner, parameter count, validation tables, summary): no
+    third-party INFO unless `--verbosity=1`. `run` calls it for every command; idempotent."""
+    handler = absl_logging.get_absl_handler()
+    if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+        handler.addFilter(_OwnInfoOnly())
 
 
 @contextlib.contextmanager
@@ -346,9 +375,7 @@ def run(
         raises UserError for bad arguments.
     """
     argv = list(sys.argv)
-    if not wants_traceback(argv):  # quiet by default: no third-party INFO (e.g. jax's backend probing)
-        for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_library_logs()
     program = program or f"python -m {sys.modules['__main__'].__spec__.name}"
     leaves: dict[str, Any] = {}
     try:

@@ -30,7 +30,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import cli, inference, load, metrics, preflight, search, writer
+from audiocap_jax import cli, inference, load, metrics, preflight, search
 from audiocap_jax.data import pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
@@ -120,7 +120,6 @@ def _alignment_fix(error: metrics.AlignmentError, predictions: dict[str, str], r
 
 
 def main(argv: list[str]) -> None:
-    writer.quiet_library_logs()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     f = flags.FLAGS

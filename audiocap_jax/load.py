@@ -4,7 +4,8 @@
 Where the weights come from, first match wins (the resume order):
   1. this workdir's latest checkpoint, when a training run resumes (`resume_from` has finished steps): the
      model comes back *abstract* (shapes, dtypes, shardings) and the caller restores its whole train state
-     (weights, optimizer, data position) into it;
+     (weights, optimizer, data position) into it; that is all of it: the step's random keys (LoRA dropout)
+     are a function of `config.seed` and the step (`train_step.step_key`), not saved state;
   2. `init_from`: one of our training workdirs (`init="ours"`), its `step` restored into the abstract model;
   3. `hf_checkpoint`: a HF Whisper directory or hub id (`init="hf"`), read tensor by tensor into the shards;
   4. a fresh init of `variant` + `arch_overrides` (`init="scratch"`), created directly in its shards.
@@ -34,6 +35,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from audiocap_jax.checkpoint import Checkpointer
+from audiocap_jax.choices import INITS
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint, resolve_checkpoint_dir
@@ -45,7 +47,6 @@ MODEL_CONFIG_FILE = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 WEIGHTS_KEY = "weights"  # the field of a saved train state that holds every model variable
-INITS = ("ours", "hf", "scratch")
 _RUNTIME_KEYS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl")
 
 

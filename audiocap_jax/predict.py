@@ -35,7 +35,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import audio, cli, inference, load, metrics, preflight, search, text, writer
+from audiocap_jax import audio, cli, inference, load, metrics, preflight, search, text
 from audiocap_jax.data.prepare import AUDIO_EXTENSIONS
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
@@ -241,7 +241,6 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> int:
-    writer.quiet_library_logs()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     for name in ("checkpoint", "data", "output-file"):

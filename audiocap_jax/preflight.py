@@ -22,8 +22,9 @@ from typing import Any
 import ml_collections
 
 from audiocap_jax import metrics, text
+from audiocap_jax.choices import INITS, SCHEDULES
 from audiocap_jax.cli import UserError
-from audiocap_jax.data import pipeline
+from audiocap_jax.data import features, pipeline
 from audiocap_jax.load import CHECKPOINT_DIR, MODEL_CONFIG_FILE
 from audiocap_jax.model.config import ATTENTION_IMPLS, COMPUTE_DTYPES, DTYPES, REMAT_POLICIES
 from audiocap_jax.model.sharding import MESH_AXES
@@ -31,9 +32,8 @@ from audiocap_jax.search import LENGTH_PENALTY_FORMS
 
 STEP_CHOICES = ("best", "latest")  # or a step number
 LONG_AUDIO_CHOICES = ("truncate", "windows")
-MEL_CONFIGS = ("mel80", "mel128")
-INITS = ("hf", "scratch", "ours")
-SCHEDULES = ("linear", "cosine", "constant")
+# The TFDS builds' mel configs, by name (importing features adds no third-party module: pipeline has them).
+MEL_CONFIGS = tuple(config.name for config in features.MEL_CONFIGS)
 WANDB_MODES = ("online", "offline", "disabled")
 HF_CONFIG_FILE = "config.json"  # what makes a directory a HF checkpoint
 

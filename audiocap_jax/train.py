@@ -51,7 +51,7 @@ from audiocap_jax import (
 from audiocap_jax.data import demo, pipeline
 from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.config import WhisperConfig
-from audiocap_jax.writer import MetricWriter, quiet_library_logs, read_metrics
+from audiocap_jax.writer import MetricWriter, read_metrics
 
 PREDICTIONS_DIR = "predictions"  # final validation predictions and their scores, per dataset
 HF_EXPORT_DIR = "hf_export"
@@ -139,7 +139,7 @@ class Setup:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str | Path) -> Setup:
-    """Banner, batch-size checks against the mesh, the run's checkpoints and metric writer."""
+    """Banner, mesh, the run's checkpoints and metric writer (the config was checked by `run`'s preflight)."""
     workdir = Path(workdir).expanduser().absolute()
     logging.info(
         "audiocap-jax train: process %d/%d, %d devices (%s), workdir %s",
@@ -153,22 +153,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | Path) -> Setup:
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
-    if config.batch_size % config.accum_steps:
-        raise ValueError(
-            f"batch_size {config.batch_size} is not divisible by accum_steps {config.accum_steps}; "
-            "set --config.batch_size to a multiple of --config.accum_steps."
-        )
     mesh = sharding.make_mesh(dict(config.mesh))
-    data_parallel = sharding.data_parallel_size(mesh)
-    for key, size in (
-        ("batch_size", config.batch_size // config.accum_steps),
-        ("eval.batch_size", config.eval.batch_size),
-    ):
-        if size % data_parallel:
-            raise ValueError(
-                f"{key} {size} (per micro-batch) does not split over the {data_parallel} data-parallel devices of "
-                f"mesh {dict(mesh.shape)}; set --config.{key} to a multiple of {data_parallel}."
-            )
     checkpoints = checkpoint.Checkpointer(
         workdir / load.CHECKPOINT_DIR,
         keep_last=config.checkpoint.keep_last,
@@ -415,7 +400,7 @@ def compile_step(s: Setup, t: Trainee) -> tuple[Any, search.DecodeFn]:
     """(train step, decode fn): the step jitted with the state's shardings (donated), the beam search bound
     to the model's structure."""
     step_fn = train_step.jit_train_step(
-        t.graphdef, t.tx, t.schedule, t.selects, t.state, s.mesh, s.config.accum_steps
+        t.graphdef, t.tx, t.schedule, t.selects, t.state, s.mesh, s.config.accum_steps, s.config.seed
     )
     settings = search.DecodeSettings(
         eos_id=t.tokenizer.specials.eot,
@@ -600,7 +585,12 @@ def finish(s: Setup, t: Trainee, end: LoopEnd) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> LoopEnd:
-    """Train per `config` in `workdir`, resuming from its latest checkpoint."""
+    """Train per `config` in `workdir`, resuming from its latest checkpoint.
+
+    Every process checks the config first (`preflight.check_train`: batch sizes against accumulation and the
+    mesh's data-parallel devices, among the rest), before the workdir is created.
+    """
+    preflight.check_train(config, workdir, jax.device_count())
     s = setup(config, workdir)
     trainee = build_state(s)
     step_fn, decode_fn = compile_step(s, trainee)
@@ -624,9 +614,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; settings go through --config.<key>=<value>.")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("Both --config=configs/<name>.py and --workdir=DIR are required.")
-    quiet_library_logs()
     _maybe_initialize_distributed()
-    preflight.check_train(_CONFIG.value, _WORKDIR.value, jax.device_count())  # before the workdir exists
     np.set_printoptions(precision=4)
     end = run(_CONFIG.value, _WORKDIR.value)
     if end.preempted:

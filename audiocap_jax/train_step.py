@@ -7,6 +7,10 @@ Freezing is a split, not a mask: `trainable(train_only, freeze, lora)` is an NNX
 differentiates only the parameters it selects, and the optimizer sees only those. Frozen parameters (and the
 never-trained encoder positions) get no gradient and no optimizer state, and `grad_norm` is over what trains.
 With LoRA (model/lora.py) the filter selects the adapters and the biases its bias mode names.
+
+Randomness (LoRA dropout) is a pure function of `(seed, step, micro-step)`: `step_key` folds the state's step
+counter into the run's seed inside the jitted step, so the train state holds no RNG state, a resumed run
+draws the keys an uninterrupted one would have, and the keys are replicated like the step counter.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from audiocap_jax.choices import SCHEDULES
 from audiocap_jax.model import lora as lora_lib
 from audiocap_jax.model.sharding import batch_sharding
 
-SCHEDULES = ("linear", "cosine", "constant")
 # Leaves of a training batch that go to the device; the rest (file names, references) stays on the host.
 TRAIN_KEYS = ("mel", "decoder_input_ids", "targets", "loss_mask")
 
@@ -175,18 +179,31 @@ def token_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> dict[s
     return {"loss_sum": (nll * mask).sum(), "tokens": mask.sum(), "correct": (correct * mask).sum()}
 
 
+def step_key(seed: int, step: jax.Array, micro_step: jax.Array | int = 0) -> jax.Array:
+    """The random key of one micro-batch of one train step: `seed` with the step, then the micro-step folded
+    in (`jax.random.fold_in`), so it needs no saved state and each micro-batch gets its own."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), micro_step)
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     selects: Callable[[Any, Any], bool],
     accum_steps: int = 1,
+    seed: int = 0,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """`step(state, batch) -> (state, metrics)`: one optimizer update of the `selects` weights over A
-    micro-batches; the other weights are constants of the step (no gradient is computed for them)."""
+    micro-batches; the other weights are constants of the step (no gradient is computed for them).
 
-    def micro_sums(trained: Any, fixed: Any, micro: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+    Micro-batch a of step s runs the model with `step_key(seed, s, a)` (`lora.set_dropout_keys`: LoRA
+    dropout; a model without dropout ignores it)."""
+
+    def micro_sums(
+        trained: Any, fixed: Any, micro: Mapping[str, jax.Array], key: jax.Array
+    ) -> tuple[jax.Array, dict]:
         model = nnx.merge(graphdef, nnx.merge_state(trained, fixed))
+        lora_lib.set_dropout_keys(model, key)
         logits = model(micro["mel"], micro["decoder_input_ids"])  # mel arrives float16; the model casts it
         sums = token_loss(logits, micro["targets"], micro["loss_mask"])
         return sums["loss_sum"], sums
@@ -197,21 +214,22 @@ def make_train_step(
         trained, fixed = split_trained(state.weights, selects)
         batch = {k: batch[k] for k in TRAIN_KEYS}
         if accum_steps == 1:
-            grads, sums = grad_fn(trained, fixed, batch)
+            grads, sums = grad_fn(trained, fixed, batch, step_key(seed, state.step))
         else:
             micro = jax.tree.map(
                 lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch
             )  # --> [A, B/A, ...]
 
-            def accumulate(carry: Any, mb: Any) -> tuple[Any, None]:
-                grads, sums = grad_fn(trained, fixed, mb)
+            def accumulate(carry: Any, inputs: Any) -> tuple[Any, None]:
+                mb, micro_step = inputs
+                grads, sums = grad_fn(trained, fixed, mb, step_key(seed, state.step, micro_step))
                 return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
             zeros = (
                 jax.tree.map(jnp.zeros_like, trained),
                 {"loss_sum": 0.0, "tokens": 0.0, "correct": 0.0},
             )
-            (grads, sums), _ = jax.lax.scan(accumulate, zeros, micro)
+            (grads, sums), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accum_steps)))
         tokens = jnp.maximum(sums["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / tokens, grads)  # mean over all tokens of the global batch
         updates, opt_state = tx.update(grads, state.opt_state, trained)
@@ -237,12 +255,13 @@ def jit_train_step(
     state: TrainState,
     mesh: Mesh,
     accum_steps: int = 1,
+    seed: int = 0,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The train step under `jax.jit`: state keeps its shardings (and is donated), the batch is split over
-    the mesh's data-parallel axes."""
+    the mesh's data-parallel axes, the step's random keys are made inside from the replicated step counter."""
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     return jax.jit(
-        make_train_step(graphdef, tx, schedule, selects, accum_steps),
+        make_train_step(graphdef, tx, schedule, selects, accum_steps, seed),
         in_shardings=(state_shardings, batch_sharding(mesh)),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),

@@ -1,10 +1,9 @@
 """What a run writes: one metrics writer (JSONL files in the workdir, always; wandb when enabled; process 0
-only) and the log filter that keeps a default run's output to our own records."""
+only). What it logs is kept to our own records by `cli.run` (`cli.quiet_library_logs`)."""
 
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,31 +14,6 @@ from absl import logging
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
-_OUR_SOURCES = tuple(
-    f"{os.sep}{name}{os.sep}" for name in ("audiocap_jax", "configs", "tfds_builders", "benchmarks")
-)
-
-
-class _OwnInfoOnly(std_logging.Filter):
-    """Drops INFO (and below) records that libraries (Orbax, TFDS, Grain, JAX) log through absl, unless the
-    run asked for them with `--verbosity=1` or more; warnings and errors always pass."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return (
-            record.levelno >= std_logging.WARNING
-            or logging.get_verbosity() >= logging.DEBUG
-            or any(source in record.pathname for source in _OUR_SOURCES)
-        )
-
-
-def quiet_library_logs() -> None:
-    """Keep a default run's log to our own records: banner, parameter count, validation tables, summary.
-
-    Call from a CLI's `main` (after absl parsed `--verbosity`). Idempotent.
-    """
-    handler = logging.get_absl_handler()
-    if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
-        handler.addFilter(_OwnInfoOnly())
 
 
 class MetricWriter:

@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.attention_impl = "auto"  # auto | xla | cudnn (NVIDIA) | splash (TPU) | cpu
     # LoRA adapters (model/lora.py), the original's peft runs; rank 0 = none. targets: regexes searched in
     # dotted layer paths (e.g. "q_proj" adapts every q_proj). bias: which biases train too ("none" | "all" |
-    # "lora_only"). dropout must stay 0: the train step gives the model no random key.
+    # "lora_only"). dropout: on the adapters' input, in training only (peft's lora_dropout; original 0.05).
     c.model.lora = ml_collections.ConfigDict(dict(rank=0, alpha=0.0, dropout=0.0, targets=(), bias="none"))
 
     # Data: TFDS builds of tfds_builders/* under data_dir; mixture weights by dataset name.

@@ -3,15 +3,15 @@
     python -m audiocap_jax.train --config=configs/finetune_lora.py:variant=large-v2,lora=q-v-fc1 \
         --workdir=DIR --config.data.data_dir=TFDS_DIR [--config.model.init=ours --config.model.init_from=PRE]
 
-`lora` picks one of the original's adapter sets (its config names): rank 64, alpha 32, bias "all" on
+`lora` picks one of the original's adapter sets (its config names): rank 64, alpha 32, dropout 0.05 (on the
+adapters' input, in training only), bias "all" on
   q-v-fc1                 q_proj, v_proj, fc1 (every attention block's, encoder and decoder)
   q-v-fc1-k-fc2           + k_proj, fc2
   q-v-fc1-k-fc2-out       + out_proj
   q-v-fc1-k-fc2-out_r256  the same six, rank 256, alpha 128
-The original also set lora_dropout 0.05; dropout stays 0 here (model/lora.py says why). Only the adapters and
-the biases train; the start-of-training log line gives their count. The export (hf_export) merges the adapters
-into plain Whisper weights. The original never reported a LoRA run's score (its two `lora_config` runs were,
-by a misplaced key, full fine-tunes).
+Only the adapters and the biases train; the start-of-training log line gives their count. The export
+(hf_export) merges the adapters into plain Whisper weights. The original never reported a LoRA run's score
+(its two `lora_config` runs were, by a misplaced key, full fine-tunes).
 """
 
 from configs import base
@@ -37,6 +37,7 @@ def get_config(arg=None):
     c.model.lora.rank = rank
     c.model.lora.alpha = alpha
     c.model.lora.targets = targets
+    c.model.lora.dropout = 0.05
     c.model.lora.bias = "all"
     c.optim.lr = 4e-6
     c.total_steps = 30_000 if not arg.runlocal else c.total_steps

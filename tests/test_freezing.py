@@ -29,7 +29,7 @@ RECIPES = {
     "lora": (
         finetune_lora,
         "trainable parameters 150,272 of 3,670,528 (4.09%) selected by train_only [], freeze [], LoRA rank 64, "
-        "alpha 32 (scale 0.5), bias all, targets [q_proj, v_proj, fc1]",
+        "alpha 32 (scale 0.5), dropout 0.05, bias all, targets [q_proj, v_proj, fc1]",
     ),
 }
 

@@ -1,12 +1,15 @@
 """LoRA: adapters start as a no-op and shard like their layer, only they (and biases) train, resuming restores
 them and their optimizer state, loading a workdir and the export merge them, and a smoke run trains with them."""
 
+import dataclasses
 import json
 import math
 import subprocess
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 import transformers
@@ -78,10 +81,10 @@ def test_targets_missing_from_the_model_and_bad_settings_fail_at_start():
         ValueError, match=r"targets \['query', 'c_attn'\] match no layer of this model.*'q_proj'"
     ):
         lora.apply_lora(model, spec)
-    base = dict(rank=64, alpha=32.0, dropout=0.0, targets=("q_proj",), bias="all")
+    base = dict(rank=64, alpha=32.0, dropout=0.05, targets=("q_proj",), bias="all")
     assert lora.LoRASpec.from_config(base).scale == 0.5
     for change, message in (
-        ({"dropout": 0.05}, "dropout is 0.05, but the train step passes no random key"),
+        ({"dropout": 1.0}, r"dropout is 1.0; it must be in \[0, 1\)"),
         ({"bias": "some"}, r"bias 'some' unknown; choose one of \['none', 'all', 'lora_only'\]"),
         ({"targets": ()}, "targets is empty"),
         ({"alpha": 0.0}, "alpha is 0.0; it must be positive"),
@@ -208,6 +211,83 @@ def test_export_merges_adapters_into_plain_whisper_with_the_same_logits(tmp_path
     assert np.abs(base.numpy() - unmerged).max() > 1e-2  # the adapters did change the model
 
 
+def _dropout_step(spec, mesh, tokenizer):
+    """A LoRA model with random adapters (B = 0 would hide the dropout), its state at step 0, its jitted step
+    (not donated, so a state can be stepped twice) and the 8-clip batch on `mesh`."""
+    model = create_model(TINY, mesh=mesh, seed=0)
+    lora.apply_lora(model, spec)
+    _randomise_adapters(model)
+    graphdef, weights = nnx.split(model)
+    selects = train_step.trainable(lora=spec, weights=weights)
+    schedule = optax.constant_schedule(1e-3)
+    tx = train_step.make_optimizer(schedule)
+    state = train_step.init_train_state(weights, tx, selects, mesh)
+    step = jax.jit(train_step.make_train_step(graphdef, tx, schedule, selects, seed=0))
+    batch = {k: jax.device_put(v, batch_sharding(mesh)) for k, v in _batch(tokenizer).items()}
+    return state, step, batch
+
+
+def _run(state, step, batch, mesh):
+    with jax.set_mesh(mesh):
+        new_state, metrics = step(state, batch)
+    return {k: float(v) for k, v in metrics.items()}, jax.device_get(new_state.weights)
+
+
+def test_dropout_changes_the_step_its_masks_follow_seed_and_step_not_the_mesh(tokenizer):
+    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    dropout = lora.LoRASpec(rank=4, alpha=8.0, dropout=0.5, targets=Q_V_FC1.targets, bias="all")
+    state, step, batch = _dropout_step(dropout, mesh, tokenizer)
+    first, first_weights = _run(state, step, batch, mesh)
+    again, again_weights = _run(state, step, batch, mesh)
+    later, _ = _run(state.replace(step=state.step + 1), step, batch, mesh)
+    plain_state, plain_step, _ = _dropout_step(dataclasses.replace(dropout, dropout=0.0), mesh, tokenizer)
+    plain, _ = _run(plain_state, plain_step, batch, mesh)
+    plain_later, _ = _run(plain_state.replace(step=plain_state.step + 1), plain_step, batch, mesh)
+    pod = sharding.make_mesh({"data": 4, "fsdp": 2})
+    sharded, _ = _run(*_dropout_step(dropout, pod, tokenizer), pod)
+
+    # Dropout changes the loss and gradient of the same weights; without it the step number changes nothing.
+    assert abs(first["loss"] - plain["loss"]) > 1e-3, (first, plain)
+    assert abs(first["grad_norm"] - plain["grad_norm"]) > 1e-3, (first, plain)
+    assert plain["loss"] == plain_later["loss"]
+    # The same (seed, step) draws the same masks: the identical step twice, weights and all.
+    assert first == again
+    for a, b in zip(jax.tree.leaves(first_weights), jax.tree.leaves(again_weights), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Another step draws other masks; so does another seed (or micro-step): the key of each differs.
+    assert abs(first["loss"] - later["loss"]) > 1e-4, (first, later)
+    keys = {
+        tuple(np.asarray(jax.random.key_data(train_step.step_key(seed, 3, micro))))
+        for seed, micro in ((0, 0), (1, 0), (0, 1))
+    }
+    assert len(keys) == 3
+    # The masks are the same on a mesh of 8 devices (batch split 4 ways): partitionable threefry.
+    assert sharded["loss"] == pytest.approx(first["loss"], abs=1e-5)
+    assert sharded["grad_norm"] == pytest.approx(first["grad_norm"], rel=1e-4)
+
+
+def test_eval_and_decoding_are_deterministic_and_ignore_dropout():
+    """No key, no mask: the teacher-forced forward and a decoding step give what dropout 0 gives."""
+    rng = np.random.default_rng(0)
+    mel = rng.standard_normal((2, 80, TINY.num_frames)).astype(np.float32)
+    ids = rng.integers(0, 51865, (2, 5)).astype(np.int32)
+    outputs = []
+    for rate in (0.05, 0.0):
+        model = create_model(TINY, seed=0)
+        lora.apply_lora(model, dataclasses.replace(Q_V_FC1, dropout=rate))
+        _randomise_adapters(model)
+        graphdef, state = nnx.split(model)
+
+        def forward_and_decode(state, graphdef=graphdef):
+            model = nnx.merge(graphdef, state)
+            tokens_to_logits, cache = model.start_decoding(model.encode(mel), max_length=8)
+            return model(mel, ids), tokens_to_logits(ids, cache, jnp.zeros(2, jnp.int32))[0]
+
+        outputs.append(jax.device_get(jax.jit(forward_and_decode)(state)))
+    for ours, plain in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(ours, plain)
+
+
 def finetune_lora_spec(name):
     """A small-rank version of one of configs/finetune_lora.py's adapter sets."""
     spec = lora.LoRASpec.from_config(finetune_lora.get_config(f"variant=tiny,lora={name}").model.lora)
@@ -264,7 +344,7 @@ def test_smoke_run_with_lora_trains_logs_the_trainable_line_exports_and_resumes(
     line = next((line for line in log.splitlines() if "trainable parameters" in line), log[-3000:])
     assert line.endswith(
         "] trainable parameters 1,536 of 1,698,784 (0.09%) selected by train_only [], freeze [], LoRA rank 4, "
-        "alpha 8 (scale 2), bias none, targets [q_proj, v_proj]"
+        "alpha 8 (scale 2), dropout 0, bias none, targets [q_proj, v_proj]"
     ), line
     assert load.saved_lora(workdir) == lora.LoRASpec(rank=4, alpha=8.0, targets=("q_proj", "v_proj"))
     exported, _ = load_hf_checkpoint(workdir / "hf_export")

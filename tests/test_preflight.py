@@ -5,6 +5,7 @@ import json
 import pytest
 
 from audiocap_jax import cli, preflight
+from configs import base
 
 
 def test_output_paths(tmp_path):
@@ -67,3 +68,37 @@ def test_checkpoints_and_tfds_builds(tmp_path):
         preflight.check_evaluate("clotho", None, str(tmp_path / "tfds"), "mel80", None)
     with pytest.raises(cli.UserError, match=r"--style: style 'clotho' is not of the form"):
         preflight.check_evaluate("clotho", "development", str(tmp_path / "tfds"), "mel80", "clotho")
+
+
+def _train_config(**changes):
+    """The tiny runlocal config on the synthetic set (no TFDS build to look for): global batch 16 in 2
+    micro-batches of 8, validation batches of 8, every device data-parallel; `changes` by flattened key."""
+    config = base.get_config("variant=tiny,runlocal")
+    config.data.synthetic.enabled = True
+    config.update_from_flattened_dict(
+        {"batch_size": 16, "accum_steps": 2, "eval.batch_size": 8, "mesh.data": -1, **changes}
+    )
+    return config
+
+
+def test_train_config_batch_sizes_and_choices(tmp_path):
+    """check_train alone guards the batch sizes (train.setup does not repeat them); its choices are the ones
+    the code uses (choices.INITS and SCHEDULES, the TFDS builds' mel configs)."""
+    preflight.check_train(_train_config(), tmp_path / "run", num_devices=8)
+    assert not (tmp_path / "run").exists()
+    for changes, message in (
+        ({"accum_steps": 3}, r"batch_size=16 is not a positive multiple of --config.accum_steps=3"),
+        (
+            {"accum_steps": 4},
+            r"batch_size: 4 examples per \(micro-\)batch do not split over the 8 data-parallel",
+        ),
+        (
+            {"eval.batch_size": 12},
+            r"eval.batch_size: 12 examples per \(micro-\)batch do not split over the 8",
+        ),
+        ({"optim.schedule": "step"}, r"schedule='step' is not one of 'linear', 'cosine', 'constant'"),
+        ({"model.init": "random"}, r"init='random' is not one of 'ours', 'hf', 'scratch'"),
+        ({"data.mel_config": "mel64"}, r"mel_config='mel64' is not one of 'mel80', 'mel128'"),
+    ):
+        with pytest.raises(cli.UserError, match=message):
+            preflight.check_train(_train_config(**changes), tmp_path / "run", num_devices=8)

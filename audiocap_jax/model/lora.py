@@ -15,8 +15,15 @@ layer loop slices or `lax.scan`s over), so each adapter also needs the leading [
 and has no alpha/r scaling. `LoRADense` keeps the base layer's `kernel`/`bias` names and adds `lora_a`/`lora_b`
 (typed `nnx.LoRAParam`, a `nnx.Param`, so the trainer's parameter split carries them and checkpoints store them).
 
-Dropout on the adapter input (peft's `lora_dropout`) is not applied: our train step passes the model no
-random key, so a rate above 0 is refused at start rather than silently ignored.
+Dropout on the adapter input (peft's `lora_dropout`): y = x W + b + B(A(dropout(x))) * alpha / r, in training
+only. A layer draws its mask only while it holds a key, which the train step gives it for one forward pass
+(`set_dropout_keys`, from `(config.seed, step, micro-step)`); a model without keys (validation, decoding,
+export, a merged model) is deterministic and computes what it did with dropout 0. The key is a model
+attribute, not a call argument, so no model signature carries it, and it is never part of the saved state:
+nothing random is checkpointed and a resumed run draws the masks an uninterrupted one would have. The masks do
+not depend on the mesh: the step derives each layer's key inside `jax.jit` from the replicated step counter,
+and with `jax_threefry_partitionable` (jax's default) `jax.random.bernoulli` yields the same bits for any
+sharding of the batch; they do depend on the micro-batch shape (`accum_steps`).
 """
 
 from __future__ import annotations
@@ -85,20 +92,20 @@ class LoRASpec:
             raise ValueError(
                 f"config.model.lora.alpha is {spec.alpha}; it must be positive (the original: 32)."
             )
-        if spec.dropout != 0.0:
+        if not 0.0 <= spec.dropout < 1.0:
             raise ValueError(
-                f"config.model.lora.dropout is {spec.dropout}, but the train step passes no random key, so "
-                "LoRA dropout cannot be applied; set --config.model.lora.dropout=0."
+                f"config.model.lora.dropout is {spec.dropout}; it must be in [0, 1) (the original: 0.05)."
             )
         return spec
 
     def describe(self) -> str:
-        """One line for logs, e.g. "LoRA rank 64, alpha 32 (scale 0.5), bias all, targets [q_proj, fc1]"."""
+        """One line for logs, e.g. "LoRA rank 64, alpha 32 (scale 0.5), dropout 0.05, bias all, targets [q_proj,
+        fc1]"."""
         if not self.enabled:
             return "no LoRA"
         return (
-            f"LoRA rank {self.rank}, alpha {self.alpha:g} (scale {self.scale:g}), bias {self.bias}, "
-            f"targets [{', '.join(self.targets)}]"
+            f"LoRA rank {self.rank}, alpha {self.alpha:g} (scale {self.scale:g}), dropout {self.dropout:g}, "
+            f"bias {self.bias}, targets [{', '.join(self.targets)}]"
         )
 
 
@@ -106,9 +113,13 @@ NO_LORA = LoRASpec()
 
 
 class LoRADense(Dense):
-    """A `Dense` plus a low-rank update; the base layer's kernel and bias variables are reused, not copied."""
+    """A `Dense` plus a low-rank update; the base layer's kernel and bias variables are reused, not copied.
 
-    def __init__(self, base: Dense, rank: int, alpha: float, *, rngs: nnx.Rngs):
+    `dropout_key` is None except during a train step's forward pass (`set_dropout_keys`): then it holds a
+    key per layer of the stack ([L] keys, sliced with the layer's parameters by the layer loop or scan).
+    """
+
+    def __init__(self, base: Dense, rank: int, alpha: float, dropout: float = 0.0, *, rngs: nnx.Rngs):
         # Not Dense.__init__: the base layer's variables (and their logical axes) are taken over as they are.
         self.kernel, self.bias, self.dtype = base.kernel, base.bias, base.dtype
         kernel_axes = base.kernel.get_metadata()["logical_axes"]  # ([layers,] in, out)
@@ -122,10 +133,19 @@ class LoRADense(Dense):
         self.lora_a = nnx.LoRAParam(place(a.astype(base.kernel.dtype), a_axes), logical_axes=a_axes)
         self.lora_b = nnx.LoRAParam(place(b.astype(base.kernel.dtype), b_axes), logical_axes=b_axes)
         self.scale = alpha / rank
+        self.dropout_rate = dropout
+        self.dropout_key = nnx.data(None)  # data, not static: a train step puts a key (a jax array) here
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        low_rank = jnp.einsum("...i,ir->...r", x, self.lora_a[...].astype(self.dtype))  # --> [..., r]
+        adapter_input = x
+        if self.dropout_key is not None:  # training: inverted dropout, as torch's nn.Dropout in peft
+            keep = jax.random.bernoulli(self.dropout_key[...], 1.0 - self.dropout_rate, x.shape)
+            adapter_input = jnp.where(
+                keep, x / jnp.asarray(1.0 - self.dropout_rate, x.dtype), jnp.zeros_like(x)
+            )
+        a = self.lora_a[...].astype(self.dtype)
+        low_rank = jnp.einsum("...i,ir->...r", adapter_input, a)  # --> [..., r]
         update = jnp.einsum("...r,ro->...o", low_rank, self.lora_b[...].astype(self.dtype))  # --> [..., O]
         return super().__call__(x) + update * self.scale
 
@@ -183,9 +203,25 @@ def apply_lora(model: Whisper, spec: LoRASpec, *, seed: int = 0) -> list[str]:
     for name, parent, attribute, layer in layers:
         if isinstance(layer, LoRADense) or not any(re.search(target, name) for target in spec.targets):
             continue
-        setattr(parent, attribute, LoRADense(layer, spec.rank, spec.alpha, rngs=rngs))
+        setattr(parent, attribute, LoRADense(layer, spec.rank, spec.alpha, spec.dropout, rngs=rngs))
         wrapped.append(name)
     return wrapped
+
+
+def set_dropout_keys(model: nnx.Module, key: jax.Array) -> None:
+    """Gives every `LoRADense` with dropout > 0 its own keys, drawn from `key`, for the next forward pass.
+
+    Call on a model merged inside the train step (the keys are tracers of that step; the step's state never
+    holds them). Layer i of the model's LoRA layers (graph order) gets `fold_in(key, i)`, split into one key
+    per layer of its stack. A model with no dropout is left as it is.
+    """
+    layers = [module for _, module in nnx.iter_modules(model) if isinstance(module, LoRADense)]
+    for index, layer in enumerate(layers):
+        if layer.dropout_rate > 0:
+            stack_shape = layer.kernel.shape[:-2]  # ([L],)
+            layer_key = jax.random.fold_in(key, index)
+            keys = jax.random.split(layer_key, stack_shape) if stack_shape else layer_key
+            layer.dropout_key = nnx.RngKey(keys)
 
 
 def merge_lora(model: Whisper) -> Whisper:
