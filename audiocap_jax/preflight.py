@@ -189,7 +189,7 @@ def style_prompt_length(style: str, key: str) -> int:
     try:
         prefix = text.parse_style(style)
     except ValueError as error:
-        raise UserError(f"{key}: {error}", f"set {key} like 'clotho > caption'") from error
+        raise UserError(f"{key}: {error}", f"set {key} like 'clotho > caption', or 'none' for no prefix") from error
     return prompt_length(prefix)
 
 
