@@ -54,6 +54,9 @@ from audiocap_jax.model.sharding import constrain, logical_to_spec
 _NEG = -1.0e9
 
 LENGTH_PENALTY_FORMS = ("hf", "gnmt")
+STRATEGIES = ("beam", "sample")
+# The fields that only sampling reads, with their (inactive) defaults.
+_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "num_samples": 1, "seed": 0}
 EarlyStopping = bool | Literal["never"]
 
 
@@ -85,15 +88,81 @@ class DecodeSettings:
     suppress_tokens: tuple[int, ...] = ()
     begin_suppress_tokens: tuple[int, ...] = ()
     num_return_sequences: int = 1
+    strategy: str = "beam"  # one of STRATEGIES
+    num_beam_groups: int = 1  # diverse (group) beam search: K / G beams per group
+    diversity_penalty: float = 0.0  # HF's Hamming diversity between groups; > 0 needs num_beam_groups > 1
+    temperature: float = 1.0  # sample only
+    top_k: int = 0  # sample only; 0 = off, 1 = greedy
+    top_p: float = 1.0  # sample only; 1 = off
+    num_samples: int = 1  # sample only: candidates per example
+    seed: int = 0  # sample only: the key when the caller passes none
+    no_repeat_ngram_size: int = 0  # every strategy; 0 = off
+    repetition_penalty: float = 1.0  # every strategy; 1 = off
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy {self.strategy!r} unknown; choose one of {STRATEGIES}.")
         if self.num_beams < 1:
             raise ValueError(f"num_beams is {self.num_beams}; it must be >= 1 (1 = greedy).")
-        if not 1 <= self.num_return_sequences <= self.num_beams:
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples is {self.num_samples}; it must be >= 1.")
+        if self.strategy == "beam":
+            sampling_only = {
+                name: getattr(self, name)
+                for name, default in _SAMPLING_DEFAULTS.items()
+                if getattr(self, name) != default
+            }
+            if sampling_only:
+                raise ValueError(
+                    f"{', '.join(f'{k}={v!r}' for k, v in sampling_only.items())} only apply to "
+                    'strategy="sample"; set strategy="sample" or leave them at their defaults.'
+                )
+            if not 1 <= self.num_return_sequences <= self.num_beams:
+                raise ValueError(
+                    f"num_return_sequences {self.num_return_sequences} must be between 1 and num_beams "
+                    f"{self.num_beams}; raise num_beams to return more sequences."
+                )
+        else:
+            group_fields = {
+                name: getattr(self, name)
+                for name, default in (("num_beam_groups", 1), ("diversity_penalty", 0.0))
+                if getattr(self, name) != default
+            }
+            if group_fields:
+                raise ValueError(
+                    f"{', '.join(f'{k}={v!r}' for k, v in group_fields.items())} only apply to "
+                    'strategy="beam"; leave them at their defaults when sampling.'
+                )
+            if not 1 <= self.num_return_sequences <= self.num_samples:
+                raise ValueError(
+                    f"num_return_sequences {self.num_return_sequences} must be between 1 and num_samples "
+                    f"{self.num_samples}; raise num_samples to return more sequences."
+                )
+        if self.num_beam_groups < 1 or self.num_beams % self.num_beam_groups:
             raise ValueError(
-                f"num_return_sequences {self.num_return_sequences} must be between 1 and num_beams "
-                f"{self.num_beams}; raise num_beams to return more sequences."
+                f"num_beam_groups {self.num_beam_groups} must be >= 1 and divide num_beams {self.num_beams}; "
+                "choose a divisor of num_beams."
             )
+        if self.diversity_penalty < 0:
+            raise ValueError(f"diversity_penalty {self.diversity_penalty} must be >= 0.")
+        if self.diversity_penalty > 0 and self.num_beam_groups == 1:
+            raise ValueError(
+                f"diversity_penalty {self.diversity_penalty} needs num_beam_groups > 1 (it penalises tokens "
+                "that earlier groups chose); set num_beam_groups or diversity_penalty=0."
+            )
+        if not self.temperature > 0:
+            raise ValueError(
+                f"temperature {self.temperature} must be > 0; for greedy decoding use top_k=1 "
+                '(or strategy="beam", num_beams=1).'
+            )
+        if self.top_k < 0:
+            raise ValueError(f"top_k {self.top_k} must be >= 0 (0 = no top-k filter).")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p {self.top_p} must be in (0, 1] (1 = no nucleus filter).")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size {self.no_repeat_ngram_size} must be >= 0 (0 = off).")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty {self.repetition_penalty} must be > 0 (1 = off).")
         if self.length_penalty_form not in LENGTH_PENALTY_FORMS:
             raise ValueError(
                 f"length_penalty_form {self.length_penalty_form!r} unknown; choose one of {LENGTH_PENALTY_FORMS}."
@@ -153,18 +222,38 @@ class DecodeSettings:
             raise ValueError(
                 f"length_penalty_form {self.length_penalty_form!r} has no transformers equivalent."
             )
-        return dict(
+        if self.num_beam_groups > 1:
+            raise ValueError(
+                f"num_beam_groups {self.num_beam_groups}: transformers 5 has no diverse (group) beam search."
+            )
+        common = dict(
             eos_token_id=self.eos_id,
             pad_token_id=self.eos_id,
+            max_length=self.max_length,
+            min_length=self.min_length,
+            suppress_tokens=list(self.suppress_tokens) or None,
+            begin_suppress_tokens=list(self.begin_suppress_tokens) or None,
+            no_repeat_ngram_size=self.no_repeat_ngram_size or None,
+            repetition_penalty=self.repetition_penalty,
+        )
+        if self.strategy == "sample":
+            # HF has no per-sample length penalty; its sequences match ours, its scores do not.
+            return dict(
+                common,
+                do_sample=True,
+                num_beams=1,
+                num_return_sequences=self.num_samples,
+                temperature=self.temperature,
+                top_k=self.top_k or None,
+                top_p=self.top_p,
+            )
+        return dict(
+            common,
             do_sample=False,
             num_beams=self.num_beams,
             num_return_sequences=self.num_return_sequences,
-            max_length=self.max_length,
-            min_length=self.min_length,
             length_penalty=self.length_penalty,
             early_stopping=self.early_stopping,
-            suppress_tokens=list(self.suppress_tokens) or None,
-            begin_suppress_tokens=list(self.begin_suppress_tokens) or None,
         )
 
 
@@ -440,17 +529,18 @@ def beam_search(
     return state.finished_seqs[:, :returned], state.finished_scores[:, :returned]
 
 
-DecodeFn = Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+DecodeFn = Callable[..., tuple[jax.Array, jax.Array]]
 
 
 def make_decode_fn(
     model: nnx.Module | nnx.GraphDef, settings: DecodeSettings, mesh: Mesh | None = None
 ) -> DecodeFn:
-    """The captioning function: `decode(state, mel, prompt_ids, prompt_lengths) -> (sequences, scores)`.
+    """The captioning function: `decode(state, mel, prompt_ids, prompt_lengths, rng=None) -> (sequences, scores)`.
 
     `model` is a `Whisper` or its `nnx.graphdef` (only the structure is kept); `state` is `nnx.state(model)`
     (or any state of that structure, e.g. the training loop's), sharded however the caller placed it.
-    mel: float [B, M, S]; prompt_ids: int32 [B, P]; prompt_lengths: int32 [B]. Returns int32 [B, R, L] and
+    mel: float [B, M, S]; prompt_ids: int32 [B, P]; prompt_lengths: int32 [B]; rng: a `jax.random.key` for
+    sampling (beam search ignores it; None = `jax.random.key(settings.seed)`). Returns int32 [B, R, L] and
     float32 [B, R] (see `beam_search`). One `jax.jit`: encoder, cache init, prefill and the decoding loop.
     With `mesh`, the batch is constrained to the mesh's batch axes and the model's sharding annotations
     apply; compiled once per input shape.
@@ -459,7 +549,11 @@ def make_decode_fn(
 
     @jax.jit
     def decode(
-        state: Any, mel: jax.Array, prompt_ids: jax.Array, prompt_lengths: jax.Array
+        state: Any,
+        mel: jax.Array,
+        prompt_ids: jax.Array,
+        prompt_lengths: jax.Array,
+        rng: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         whisper = nnx.merge(graphdef, state)
         mel = constrain(mel, ("batch", None, None))
@@ -471,9 +565,13 @@ def make_decode_fn(
         return decode
 
     def decode_on_mesh(
-        state: Any, mel: jax.Array, prompt_ids: jax.Array, prompt_lengths: jax.Array
+        state: Any,
+        mel: jax.Array,
+        prompt_ids: jax.Array,
+        prompt_lengths: jax.Array,
+        rng: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         with jax.set_mesh(mesh):
-            return decode(state, mel, prompt_ids, prompt_lengths)
+            return decode(state, mel, prompt_ids, prompt_lengths, rng)
 
     return decode_on_mesh
