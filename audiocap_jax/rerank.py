@@ -52,7 +52,7 @@ class Reranker:
 
     @classmethod
     def from_name(cls, name: str) -> Reranker:
-        """"none" | "likelihood" | "mbr" | "package.module:function" (imported now; ValueError if it cannot be)."""
+        """ "none" | "likelihood" | "mbr" | "package.module:function" (imported now; ValueError if it cannot be)."""
         if name in BUILTIN:
             return cls(name)
         module_name, colon, function_name = name.partition(":")
@@ -87,6 +87,9 @@ class Reranker:
                 f"it must return finite scores of shape {scores.shape} (clips, candidates)."
             )
         return result
+
+
+KEEP_ORDER = Reranker(NONE)  # the search's order
 
 
 def generated_lengths(sequences: np.ndarray, prompt_lengths: np.ndarray, eos_id: int) -> np.ndarray:
