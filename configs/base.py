@@ -115,8 +115,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.num_samples = 1  # sample: candidates drawn per clip
     c.eval.seed = 0  # sample: same seed, same captions (on any mesh)
     c.eval.max_length = 80
-    c.eval.min_length = 0
-    c.eval.length_penalty = 1.0
+    c.eval.min_length = 0  # counts the prompt: no eot before this many tokens
+    c.eval.length_penalty = 1.0  # finished score = sum log p / penalty(generated tokens)
     c.eval.length_penalty_form = "hf"  # "hf": score / len**lp; "gnmt": ((5 + len) / 6)**lp
     c.eval.no_repeat_ngram_size = 0  # every strategy: no n-gram of this size twice in a caption; 0 = off
     c.eval.repetition_penalty = 1.0  # every strategy: HF's penalty on tokens already in the sequence; 1 = off

@@ -19,7 +19,7 @@ def get_config(arg=None):
     c.style = "clotho > caption"  # the forced dataset/style prefix; "none" = only Whisper's special tokens
     # Search (audiocap_jax/search.py), one jitted loop for every strategy.
     c.strategy = "beam"  # "beam" (num_beams; greedy = 1) or "sample" (num_samples draws per clip)
-    c.num_beams = 5
+    c.num_beams = 5  # beam: beams per clip; 1 = greedy
     c.num_beam_groups = 1  # beam: diverse (group) beam search when > 1; must divide num_beams
     c.diversity_penalty = 0.0  # beam with groups: HF's Hamming penalty on tokens earlier groups chose
     c.temperature = 1.0  # sample: divides the logits (< 1 sharpens)
@@ -28,9 +28,9 @@ def get_config(arg=None):
     c.num_samples = 1  # sample: candidates drawn per clip
     c.seed = 0  # sample: same seed, same captions (on any mesh)
     c.max_length = 80  # counts the forced prompt tokens, as the original's generate(max_length=80)
-    c.length_penalty = 1.0
+    c.length_penalty = 1.0  # finished score = sum log p / penalty(generated tokens)
     c.length_penalty_form = "hf"  # "hf": score / len**lp; "gnmt": ((5 + len) / 6)**lp
-    c.min_length = 0
+    c.min_length = 0  # counts the prompt: no eot before this many tokens
     c.no_repeat_ngram_size = 0  # every strategy: no n-gram of this size twice in a caption; 0 = off
     c.repetition_penalty = 1.0  # every strategy: HF's penalty on tokens already in the sequence; 1 = off
     # Candidates per clip in the N-best CSV (<out>_nbest.csv), best first; at most num_beams / num_samples.

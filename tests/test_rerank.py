@@ -85,7 +85,9 @@ def prefer_longest(mel: np.ndarray, candidates: list[list[str]], scores: np.ndar
 def test_plugin_scores_a_batch():
     CALLS.clear()
     reranker = rerank.Reranker.from_name(f"{__name__}:prefer_longest")
-    values = reranker.score_batch(np.zeros((2, 4, 6), np.float32), [["a", "abc"], ["xy", "x"]], np.zeros((2, 2)))
+    values = reranker.score_batch(
+        np.zeros((2, 4, 6), np.float32), [["a", "abc"], ["xy", "x"]], np.zeros((2, 2))
+    )
     assert values.tolist() == [[1.0, 3.0], [2.0, 1.0]]
     assert CALLS == [((2, 4, 6), [2, 2], (2, 2))]
     bad = rerank.Reranker(f"{__name__}:prefer_longest", lambda mel, c, s: np.full((2, 3), math.nan))
