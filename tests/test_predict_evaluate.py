@@ -50,7 +50,7 @@ def clips(tmp_path_factory):
 
 def test_predict_writes_csv_and_log_and_skips_broken_files(checkpoint, clips, tmp_path, capsys):
     out = tmp_path / "out.csv"
-    log = predict.predict(str(checkpoint), clips, out, _config(), recursive=True)
+    log = predict.predict(str(checkpoint), clips, out, _config(num_return_sequences=2), recursive=True)
     with out.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["file_name"] for r in rows] == [
@@ -69,6 +69,14 @@ def test_predict_writes_csv_and_log_and_skips_broken_files(checkpoint, clips, tm
     assert (
         "rain, heavy.wav\t<|startoftranscript|><|en|><|transcribe|><|notimestamps|>clotho > caption:" in raw
     )
+    # The N-best CSV: both beams of every clip, rank 1 = the CSV's caption, scores descending.
+    nbest = _read(tmp_path / "out_nbest.csv")
+    assert log["nbest_file"] == str(tmp_path / "out_nbest.csv")
+    assert list(nbest[0]) == ["file_name", "rank", "caption", "score"]
+    assert [(r["file_name"], r["rank"]) for r in nbest] == [(r["file_name"], k) for r in rows for k in "12"]
+    assert [r["caption"] for r in nbest if r["rank"] == "1"] == [r["caption_predicted"] for r in rows]
+    scores = [float(r["score"]) for r in nbest]
+    assert all(best >= second for best, second in zip(scores[::2], scores[1::2], strict=True))
 
 
 def test_batch_padding_does_not_change_captions(checkpoint, clips, tmp_path):
@@ -236,19 +244,6 @@ def test_preflight_rejects_bad_decoding_values(overrides, problem, fix):
     assert problem in error.value.problem and fix in error.value.fix
 
 
-def test_predict_writes_the_nbest_csv(checkpoint, clips, tmp_path):
-    out = tmp_path / "out.csv"
-    log = predict.predict(str(checkpoint), clips, out, _config(num_return_sequences=2))
-    chosen = metrics.read_predictions_csv(out)
-    nbest = _read(tmp_path / "out_nbest.csv")
-    assert log["nbest_file"] == str(tmp_path / "out_nbest.csv")
-    assert list(nbest[0]) == ["file_name", "rank", "caption", "score"]
-    assert [(r["file_name"], r["rank"]) for r in nbest] == [(n, k) for n in chosen for k in ("1", "2")]
-    assert {r["file_name"]: r["caption"] for r in nbest if r["rank"] == "1"} == chosen
-    scores = [float(r["score"]) for r in nbest]
-    assert all(best >= second for best, second in zip(scores[::2], scores[1::2], strict=True))
-
-
 PLUGIN_CALLS: list[tuple] = []
 
 
@@ -256,22 +251,6 @@ def longest_caption(mel, candidates, scores):
     """A plug-in reranker for the test below: the longest caption wins; records what it was given."""
     PLUGIN_CALLS.append((mel.shape, mel.dtype, [len(c) for c in candidates], scores.shape))
     return np.array([[len(c) for c in clip] for clip in candidates], np.float64)
-
-
-def test_plugin_reranker_is_called_per_batch_and_its_choice_wins(checkpoint, clips, tmp_path):
-    PLUGIN_CALLS.clear()
-    out = tmp_path / "out.csv"
-    config = _config(num_beams=3, num_return_sequences=3, rerank=f"{__name__}:longest_caption")
-    predict.predict(str(checkpoint), clips, out, config)  # 3 decodable files at the top level, one batch
-    (call,) = PLUGIN_CALLS
-    assert call == ((3, 80, 3000), np.float32, [3, 3, 3], (3, 3))
-    nbest = _read(tmp_path / "out_nbest.csv")
-    for name, caption in metrics.read_predictions_csv(out).items():
-        rows = [r for r in nbest if r["file_name"] == name]
-        assert rows[0]["caption"] == caption and len(caption) == max(len(r["caption"]) for r in rows)
-        assert [float(r["score"]) for r in rows] == sorted(
-            (float(len(r["caption"])) for r in rows), reverse=True
-        )
 
 
 # Whisper's non-speech suppress list as openai/whisper-tiny's generation_config.json carries it.
@@ -307,19 +286,29 @@ def _released_generation_config(tokenizer):
     )
 
 
-def test_plain_prompt_transcribes_as_transformers_whisper_generate(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def released_whisper(tmp_path_factory):
+    """(HF dir, folder of 3 clips): a tiny random HF Whisper with a released checkpoint's generation_config,
+    200 mel frames (a 2 s window) for speed."""
+    root = tmp_path_factory.mktemp("released_whisper")
+    torch_model = save_tiny_hf_whisper(root / "whisper", seed=5)
+    torch_model.generation_config = _released_generation_config(text.Tokenizer.from_assets())
+    torch_model.generation_config.save_pretrained(root / "whisper")
+    (root / "clips").mkdir()
+    for seed in range(3):
+        test_audio.write_audio(root / "clips" / f"clip{seed}.wav", test_audio.speech_like(2.0, seed=seed))
+    return root / "whisper", root / "clips"
+
+
+def test_plain_prompt_transcribes_as_transformers_whisper_generate(released_whisper, tmp_path, capsys):
     """style='none' on an unmodified HF Whisper = `generate(language="en", task="transcribe")`, beams and the
     checkpoint's suppress lists (begin_suppress at the first generated token) included."""
     import torch
+    import transformers
 
-    hf_dir, folder = tmp_path / "whisper", tmp_path / "clips"
-    folder.mkdir()
-    torch_model = save_tiny_hf_whisper(hf_dir, seed=5)  # 200 mel frames: a 2 s window
+    hf_dir, folder = released_whisper
+    torch_model = transformers.WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
     tokenizer = text.Tokenizer.from_assets()
-    torch_model.generation_config = _released_generation_config(tokenizer)
-    torch_model.generation_config.save_pretrained(hf_dir)
-    for seed in range(3):
-        test_audio.write_audio(folder / f"clip{seed}.wav", test_audio.speech_like(2.0, seed=seed))
     predict.predict(str(hf_dir), folder, tmp_path / "out.csv", _config(style="none", num_beams=3))
     ours = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
 
@@ -337,6 +326,23 @@ def test_plain_prompt_transcribes_as_transformers_whisper_generate(tmp_path, cap
         for f, ids in zip(files, generated.tolist(), strict=True)
     }
     assert ours == expected
+
+
+def test_plugin_reranker_is_called_per_batch_and_its_choice_wins(released_whisper, tmp_path):
+    PLUGIN_CALLS.clear()
+    out = tmp_path / "out.csv"
+    config = _config(num_beams=3, num_return_sequences=3, rerank=f"{__name__}:longest_caption")
+    hf_dir, folder = released_whisper
+    predict.predict(str(hf_dir), folder, out, config)  # 3 clips, one batch
+    (call,) = PLUGIN_CALLS
+    assert call == ((3, 80, 200), np.float32, [3, 3, 3], (3, 3))
+    nbest = _read(tmp_path / "out_nbest.csv")
+    for name, caption in metrics.read_predictions_csv(out).items():
+        rows = [r for r in nbest if r["file_name"] == name]
+        assert rows[0]["caption"] == caption and len(caption) == max(len(r["caption"]) for r in rows)
+        assert [float(r["score"]) for r in rows] == sorted(
+            (float(len(r["caption"])) for r in rows), reverse=True
+        )
 
 
 def test_sweep_decodes_every_setting_once_and_writes_one_row_each(checkpoint, tfds_build, tmp_path):
