@@ -150,6 +150,7 @@ def sweep_configs(
 
     The sweep file's `get_config()` returns a ConfigDict of name -> overrides; only decoding keys
     (`inference.DECODING_KEYS`) may differ, because the model, mesh and batches are loaded once for all.
+    Settings run in name order (a ConfigDict iterates its keys sorted).
     """
     sweep = cli.load_config(sweep_file, "sweep")
     if not isinstance(sweep, ml_collections.ConfigDict) or not len(sweep):

@@ -345,41 +345,48 @@ def test_plugin_reranker_is_called_per_batch_and_its_choice_wins(released_whispe
         )
 
 
-def test_sweep_decodes_every_setting_once_and_writes_one_row_each(checkpoint, tfds_build, tmp_path):
+def test_sweep_decodes_every_setting_once_and_writes_one_row_each(released_whisper, tfds_build, tmp_path):
     sweep_file = tmp_path / "sweep.py"
     sweep_file.write_text(
         "import ml_collections\n"
         "def get_config():\n"
         "    return ml_collections.ConfigDict(dict(\n"
         "        greedy=ml_collections.ConfigDict(dict(num_beams=1)),\n"
-        "        beam2_mbr=ml_collections.ConfigDict(dict(num_beams=2, rerank='mbr')),\n"
+        "        beam2_mbr=ml_collections.ConfigDict(dict(num_beams=2, num_return_sequences=2, rerank='mbr')),\n"
         "    ))\n"
     )
     base = _config()
     configs = evaluate.sweep_configs(base, str(sweep_file), 1)
-    assert list(configs) == ["greedy", "beam2_mbr"] and configs["beam2_mbr"].rerank == "mbr"
+    assert list(configs) == ["beam2_mbr", "greedy"] and configs["beam2_mbr"].rerank == "mbr"  # sorted names
     assert base.rerank == "none"  # the base config is not changed
-    data_dir = str(tfds_build["clotho_small"].data_dir)
-    loaded = evaluate.load_split(str(checkpoint), "clotho", "validation", data_dir, base)
+    hf_dir, _ = released_whisper  # 200 mel frames: the TFDS clips' first 2 s
+    data_dir = str(tfds_build["clotho"].data_dir)
+    loaded = evaluate.load_split(str(hf_dir), "clotho", "validation", data_dir, base)
+    seen = []
 
     def score(found, candidates):
-        return inference.score_captions(
-            {p.file_name: p.caption for p in found},
-            {p.file_name: list(p.references) for p in found},
-            spice=False,
+        """A stand-in for the JVM metrics (`evaluate` passes `metrics.score`; tested above): what it got."""
+        seen.append(candidates)
+        return metrics.CaptionScores(
+            corpus={"cider_d": float(len(found)), "spice": None}, per_clip={}, unavailable={}, warnings=[]
         )
 
     rows = evaluate.run_sweep(loaded, configs, tmp_path, score)
-    assert [r["setting"] for r in rows] == ["greedy", "beam2_mbr"]
-    assert all(r["cider_d"] >= 0 and r["bleu_4"] is not None and r["seconds"] > 0 for r in rows)
+    assert [r["setting"] for r in rows] == ["beam2_mbr", "greedy"]
+    assert [(r["cider_d"], r["spice"]) for r in rows] == [(2.0, None), (2.0, None)]  # the 2 decodable clips
+    assert all(r["seconds"] > 0 for r in rows)
+    assert [None if c is None else [len(v) for v in c.values()] for c in seen] == [[2, 2], None]
     written = _read(tmp_path / "sweep.csv")
-    assert [r["setting"] for r in written] == ["greedy", "beam2_mbr"]
-    assert float(written[1]["cider_d"]) == pytest.approx(rows[1]["cider_d"])
+    assert [(r["setting"], r["cider_d"], r["spice"]) for r in written] == [
+        ("beam2_mbr", "2.0", ""),
+        ("greedy", "2.0", ""),
+    ]
     assert {"clotho_greedy_predictions.csv", "clotho_beam2_mbr_predictions_nbest.csv"} <= {
         p.name for p in tmp_path.iterdir()
     }
-    table = evaluate.format_sweep_table(rows)
-    assert table.splitlines()[0].startswith("| setting | BLEU-1 |") and "| beam2_mbr | " in table
+    table = evaluate.format_sweep_table(rows).splitlines()
+    assert table[0] == "| setting | CIDEr-D | SPICE | seconds |"
+    assert table[2].startswith("| beam2_mbr | 2.0000 | n/a | ")
 
 
 @pytest.mark.parametrize(
