@@ -591,12 +591,12 @@ def hf_generate(torch_model, inputs, settings: DecodeSettings):
             )
         seqs = out.sequences.numpy().reshape(len(idx), num_returned, -1)
         sequences[idx, :, : seqs.shape[-1]] = seqs
-        if settings.num_beams > 1:
+        if settings.strategy == "beam" and settings.num_beams > 1:
             scores[idx] = out.sequences_scores.numpy().reshape(len(idx), num_returned)
     return sequences, scores
 
 
-def our_generate(model, inputs, settings: DecodeSettings, mesh=None):
+def our_generate(model, inputs, settings: DecodeSettings, mesh=None, rng=None):
     mel, prompt_ids, lengths = inputs
     state = nnx.state(model)
     # On a mesh, build from the graphdef as the training loop does (it holds graphdef + state).
@@ -604,7 +604,7 @@ def our_generate(model, inputs, settings: DecodeSettings, mesh=None):
     if mesh is not None:
         batch = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(("batch",)))
         mel, prompt_ids, lengths = (jax.device_put(x, batch) for x in (mel, prompt_ids, lengths))
-    sequences, scores = decode_fn(state, mel, prompt_ids, lengths)
+    sequences, scores = decode_fn(state, mel, prompt_ids, lengths, rng)
     return np.asarray(sequences), np.asarray(scores)
 
 
@@ -620,6 +620,22 @@ PARITY_CASES = {
     "beam4_never_min_length_suppress": dict(
         num_beams=4, early_stopping="never", min_length=16, suppress=True, num_return_sequences=2
     ),
+    # Repetition penalty on log-probs (beam search) or on logits (greedy, sampling), as HF applies it.
+    "beam4_ngram3_rep1.3": dict(
+        num_beams=4, no_repeat_ngram_size=3, repetition_penalty=1.3, num_return_sequences=2
+    ),
+    "greedy_ngram3_rep1.3_suppress": dict(
+        num_beams=1, no_repeat_ngram_size=3, repetition_penalty=1.3, suppress=True
+    ),
+    # top_k=1 sampling is greedy (HF: do_sample=True, top_k=1).
+    "sample_top_k1_ngram2_rep1.3": dict(
+        strategy="sample",
+        top_k=1,
+        num_samples=2,
+        num_return_sequences=2,
+        no_repeat_ngram_size=2,
+        repetition_penalty=1.3,
+    ),
 }
 
 
@@ -633,7 +649,7 @@ def test_matches_transformers_generate(whisper_pair, case):
     expected_seqs, expected_scores = hf_generate(pair.torch_model, pair.inputs, settings)
     seqs, scores = our_generate(pair.ours, pair.inputs, settings)
     np.testing.assert_array_equal(seqs, expected_seqs)
-    if settings.num_beams > 1:
+    if settings.strategy == "beam" and settings.num_beams > 1:
         np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
     # The forced prompt is returned untouched, suppressed ids included.
     _, prompt_ids, lengths = pair.inputs
@@ -647,7 +663,11 @@ def test_matches_transformers_generate(whisper_pair, case):
     if settings.min_length:
         assert min(ends) >= settings.min_length
     else:
-        assert len(set(ends)) >= 3 and MAX_LENGTH in ends
+        assert len(set(ends)) >= 3 and (settings.no_repeat_ngram_size or MAX_LENGTH in ends)
+    if settings.no_repeat_ngram_size:
+        # The bans matter: without them and the penalty HF returns other sequences for several inputs.
+        free = dataclasses.replace(settings, no_repeat_ngram_size=0, repetition_penalty=1.0)
+        assert (hf_generate(pair.torch_model, pair.inputs, free)[0] != seqs).any(axis=(1, 2)).sum() >= 2
     if settings.suppress_tokens:
         generated = np.concatenate([seq[:, n:].ravel() for seq, n in zip(seqs, lengths, strict=True)])
         assert not np.isin(generated, settings.suppress_tokens).any()
