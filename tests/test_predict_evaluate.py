@@ -1,6 +1,7 @@
 """`predict` and `evaluate` on a tiny random HF Whisper: CSV and log, skipped files, long clips, scoring."""
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -10,8 +11,10 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
-from audiocap_jax import audio, cli, evaluate, inference, metrics, predict, preflight, text
+from audiocap_jax import audio, cli, evaluate, inference, load, metrics, predict, preflight, text
+from audiocap_jax.model import sharding
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing import tfds_data
 from audiocap_jax.testing.models import save_tiny_hf_whisper
@@ -343,6 +346,62 @@ def test_plugin_reranker_is_called_per_batch_and_its_choice_wins(released_whispe
         assert [float(r["score"]) for r in rows] == sorted(
             (float(len(r["caption"])) for r in rows), reverse=True
         )
+
+
+def test_sampling_seed_fixes_the_captions_and_another_seed_changes_them(released_whisper):
+    """caption_batches draws batch i with fold_in(key(seed), i): the same seed twice gives the same N-best
+    lists, another seed others (one compiled search: the key is an argument)."""
+    hf_dir, folder = released_whisper
+    config = _config(
+        strategy="sample", num_samples=4, num_return_sequences=4, temperature=1.5, rerank="likelihood"
+    )
+    mesh = sharding.make_mesh(dict(config.mesh))
+    built = load.build_model(
+        load.ModelInit.from_path(str(hf_dir), config.step, dtype=config.dtype), mesh=mesh
+    )
+    tokenizer = built.tokenizer
+    batches = list(
+        predict.audio_batches(
+            predict.list_audio(folder),
+            folder,
+            batch_size=8,
+            n_mels=80,
+            prompt=tokenizer.prompt_ids(text.CLOTHO_CAPTION),
+            long_audio="truncate",
+            workers=1,
+            failures=[],
+            num_frames=built.config.num_frames,
+        )
+    )
+    decoder = inference.Decoder.from_config(config, built.model, tokenizer, hf_dir, mesh)
+    assert (decoder.settings.num_samples, decoder.settings.num_return_sequences) == (4, 4)
+
+    def run(settings):
+        found = dataclasses.replace(decoder, settings=settings).caption(
+            nnx.state(built.model), batches, tokenizer, mesh
+        )
+        for p in found:  # likelihood order: scores descending, the chosen caption first
+            assert [c.score for c in p.candidates] == sorted((c.score for c in p.candidates), reverse=True)
+            assert p.caption == p.candidates[0].caption
+        return [(p.file_name, [c.caption for c in p.candidates]) for p in found]
+
+    first = run(decoder.settings)
+    assert len(first) == 3 and all(len(captions) == 4 for _, captions in first)
+    assert run(decoder.settings) == first
+    assert run(dataclasses.replace(decoder.settings, seed=1)) != first
+
+
+def test_the_decoding_sweep_file_passes_preflight():
+    configs = evaluate.sweep_configs(_config(), str(REPO / "configs" / "sweeps" / "decoding.py"), 1)
+    assert list(configs) == ["beam1", "beam10", "beam5", "diverse10x5", "sample16_mbr"]
+    sample = configs["sample16_mbr"]
+    assert (sample.strategy, sample.num_samples, sample.temperature, sample.top_p) == (
+        "sample",
+        16,
+        0.5,
+        0.95,
+    )
+    assert (sample.no_repeat_ngram_size, sample.rerank) == (3, "mbr")
 
 
 def test_sweep_decodes_every_setting_once_and_writes_one_row_each(released_whisper, tfds_build, tmp_path):
