@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ class LoadedSplit:
     tokenizer: Any  # text.Tokenizer
     mesh: jax.sharding.Mesh
     checkpoint_dir: Path | None  # a HF checkpoint's directory (its generation_config), None for a workdir
-    batches: list[dict[str, Any]]  # this process's batches, in order
+    batches: Iterable[dict[str, Any]]  # this process's batches in order (re-iterable)
     prefix: str
     dataset: str
 
@@ -68,8 +69,11 @@ def load_split(
     *,
     mel_config: str | None = None,
     style: str | None = None,
+    in_memory: bool = False,
 ) -> LoadedSplit:
-    """Build the model and read the split's batches (config: mesh, step, dtype, batch_size, max_length)."""
+    """Build the model and open the split (config: mesh, step, dtype, batch_size, max_length). `in_memory`
+    reads every batch now (the sweep decodes them once per setting); otherwise they stream from disk on each
+    pass, so a large split needs no memory for its log-mels."""
     mesh = sharding.make_mesh(dict(config.mesh))
     built = load.build_model(load.ModelInit.from_path(checkpoint, config.step, dtype=config.dtype), mesh=mesh)
     spec = pipeline.DatasetSpec(
@@ -91,7 +95,7 @@ def load_split(
         built.tokenizer,
         mesh,
         None if load.is_workdir(checkpoint) else resolve_checkpoint_dir(checkpoint),
-        list(batches),
+        list(batches) if in_memory else batches,
         spec.prefix,
         dataset,
     )
@@ -110,7 +114,6 @@ def caption_split(
         loaded.tokenizer,
         loaded.mesh,
         desc=desc or loaded.dataset,
-        total=len(loaded.batches),
     )
 
 
@@ -332,6 +335,7 @@ def main(argv: list[str]) -> None:
             config,
             mel_config=f["mel_config"].value,
             style=f["style"].value,
+            in_memory=sweep is not None,
         )
         if sweep is not None:
             rows = run_sweep(

@@ -420,7 +420,9 @@ def test_sweep_decodes_every_setting_once_and_writes_one_row_each(released_whisp
     assert base.rerank == "none"  # the base config is not changed
     hf_dir, _ = released_whisper  # 200 mel frames: the TFDS clips' first 2 s
     data_dir = str(tfds_build["clotho"].data_dir)
-    loaded = evaluate.load_split(str(hf_dir), "clotho", "validation", data_dir, base, style="none")
+    loaded = evaluate.load_split(
+        str(hf_dir), "clotho", "validation", data_dir, base, style="none", in_memory=True
+    )
     assert loaded.prefix == "" and loaded.batches[0]["decoder_prompt"][0].tolist() == [
         50258,
         50259,
