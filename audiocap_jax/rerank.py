@@ -81,10 +81,11 @@ class Reranker:
         """The plug-in's scores of one batch: mel [B, M, S], B lists of R captions, scores [B, R] --> [B, R]."""
         assert self.plugin is not None, "only plug-ins score per batch"
         result = np.asarray(self.plugin(mel, candidates, scores), np.float64)
+        wrong = f"shape {result.shape}" if result.shape != scores.shape else "non-finite values"
         if result.shape != scores.shape or not np.all(np.isfinite(result)):
             raise ValueError(
-                f"rerank plug-in {self.name!r} returned {'shape ' + str(result.shape) if result.shape != scores.shape else 'non-finite values'}; "
-                f"it must return finite scores of shape {scores.shape} (clips, candidates)."
+                f"rerank plug-in {self.name!r} returned {wrong}; it must return finite scores of shape "
+                f"{scores.shape} (clips, candidates)."
             )
         return result
 
