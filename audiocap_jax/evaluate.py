@@ -208,7 +208,7 @@ def run_sweep(
     score: Any,
 ) -> list[dict[str, Any]]:
     """Caption the split with every setting and score it with `score(predictions, candidates)`; writes each
-    setting's predictions and `sweep.csv` (one row per setting: its corpus metrics, decoding seconds)."""
+    setting's predictions and `sweep.csv` (one row per setting: its corpus metrics, seconds to caption incl. compilation)."""
     rows = []
     for name, config in configs.items():
         started = time.perf_counter()

@@ -5,7 +5,7 @@
 
 `get_config()` returns setting name -> overrides of configs/predict.py (rows come in name order). Only decoding keys may differ
 (`inference.DECODING_KEYS`): the model and the split are loaded once and each setting is compiled once.
-Writes `sweep.csv` (every metric of `--metrics` per setting, plus decoding seconds) and each setting's
+Writes `sweep.csv` (every metric of `--metrics` per setting, plus seconds to caption, compilation included) and each setting's
 `<dataset>_<name>_predictions.csv` / `_nbest.csv` under --output_dir, and prints the table. The original's
 Clotho validation SPIDEr: greedy 0.2688, beam 5 0.2791, beam 10 0.2939, diverse beams up to 0.2878.
 """
