@@ -18,8 +18,8 @@
 Presets (--metrics): coco (today's set), dcase2023 (+ SPIDEr-FL, FER), dcase2024 (FENSE first, + SBERT-sim, FER,
 SPIDEr-FL, Vocab). Several rows per clip in the predictions CSV are an N-best list: the first row is scored,
 and SPIDEr-max is added (likewise with --checkpoint and num_return_sequences > 1). Prints a table and writes a
-JSON file (corpus scores, intervals, unavailable metrics with the fix, warnings, per-clip scores incl. CIDEr-D). `audioset > keywords` outputs also get keyword
-precision/recall/F1 (`--keywords`, on by default for a keywords prefix). Inputs, dataset/split names and the
+JSON file (corpus scores, intervals, unavailable metrics with the fix, warnings, per-clip scores incl. CIDEr-D).
+`audioset > keywords` outputs also get keyword precision/recall/F1 (`--keywords`, on by default for a keywords prefix). Inputs, dataset/split names and the
 output folder are checked before any model loads; output files are written complete or not at all; problems
 with the inputs exit 2 with one `error:` and one `fix:` line (README, "Exit codes and errors").
 """
@@ -208,7 +208,8 @@ def run_sweep(
     score: Any,
 ) -> list[dict[str, Any]]:
     """Caption the split with every setting and score it with `score(predictions, candidates)`; writes each
-    setting's predictions and `sweep.csv` (one row per setting: its corpus metrics, seconds to caption incl. compilation)."""
+    setting's predictions and `sweep.csv` (one row per setting: its corpus metrics, seconds to caption
+    including compilation)."""
     rows = []
     for name, config in configs.items():
         started = time.perf_counter()

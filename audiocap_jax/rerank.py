@@ -52,7 +52,7 @@ class Reranker:
 
     @classmethod
     def from_name(cls, name: str) -> Reranker:
-        """ "none" | "likelihood" | "mbr" | "package.module:function" (imported now; ValueError if it cannot be)."""
+        """ "none" | "likelihood" | "mbr" | "package.module:function" (imported now; ValueError if not)."""
         if name in BUILTIN:
             return cls(name)
         module_name, colon, function_name = name.partition(":")
@@ -78,7 +78,7 @@ class Reranker:
         return self.name != NONE
 
     def score_batch(self, mel: np.ndarray, candidates: list[list[str]], scores: np.ndarray) -> np.ndarray:
-        """The plug-in's scores of one batch: mel [B, M, S], B lists of R captions, scores [B, R] --> [B, R]."""
+        """The plug-in's scores of one batch: mel [B, M, S], B lists of R captions, scores [B, R] --> [B, R]"""
         assert self.plugin is not None, "only plug-ins score per batch"
         result = np.asarray(self.plugin(mel, candidates, scores), np.float64)
         wrong = f"shape {result.shape}" if result.shape != scores.shape else "non-finite values"

@@ -37,7 +37,7 @@ def get_config(arg=None):
     c.num_return_sequences = 1
     # How the caption is chosen among the search's candidates (audiocap_jax/rerank.py): "none" (search score),
     # "likelihood" (log p per token), "mbr" (highest mean CIDEr-D against the clip's other candidates) or a
-    # plug-in "package.module:function" scoring (mel, candidates, scores). Not "none": every beam/sample competes.
+    # plug-in "package.module:function" scoring (mel, candidates, scores). Not "none": all beams/samples compete.
     c.rerank = "none"
     # The original applied the checkpoint's generation_config suppress lists (HF checkpoints only).
     c.use_checkpoint_suppress_tokens = True

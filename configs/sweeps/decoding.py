@@ -3,11 +3,13 @@
     python -m audiocap_jax.evaluate --checkpoint=RUN --dataset=clotho --split=validation \
         --sweep=configs/sweeps/decoding.py [--config-file.batch_size=32]
 
-`get_config()` returns setting name -> overrides of configs/predict.py (rows come in name order). Only decoding keys may differ
-(`inference.DECODING_KEYS`): the model and the split are loaded once and each setting is compiled once.
-Writes `sweep.csv` (every metric of `--metrics` per setting, plus seconds to caption, compilation included) and each setting's
-`<dataset>_<name>_predictions.csv` / `_nbest.csv` under --output_dir, and prints the table. The original's
-Clotho validation SPIDEr: greedy 0.2688, beam 5 0.2791, beam 10 0.2939, diverse beams up to 0.2878.
+`get_config()` returns setting name -> overrides of configs/predict.py (rows come in name order). Only
+decoding keys may differ (`inference.DECODING_KEYS`): the model and the split are loaded once and each setting
+is compiled once.
+Writes `sweep.csv` (every metric of `--metrics` per setting, plus seconds to caption, compilation included)
+and each setting's `<dataset>_<name>_predictions.csv` / `_nbest.csv` under --output_dir, and prints the table.
+The original's Clotho validation SPIDEr: greedy 0.2688, beam 5 0.2791, beam 10 0.2939, diverse beams up to
+0.2878.
 """
 
 import ml_collections
