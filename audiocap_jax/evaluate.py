@@ -19,9 +19,10 @@ Presets (--metrics): coco (today's set), dcase2023 (+ SPIDEr-FL, FER), dcase2024
 SPIDEr-FL, Vocab). Several rows per clip in the predictions CSV are an N-best list: the first row is scored,
 and SPIDEr-max is added (likewise with --checkpoint and num_return_sequences > 1). Prints a table and writes a
 JSON file (corpus scores, intervals, unavailable metrics with the fix, warnings, per-clip scores incl. CIDEr-D).
-`audioset > keywords` outputs also get keyword precision/recall/F1 (`--keywords`, on by default for a keywords prefix). Inputs, dataset/split names and the
-output folder are checked before any model loads; output files are written complete or not at all; problems
-with the inputs exit 2 with one `error:` and one `fix:` line (README, "Exit codes and errors").
+`audioset > keywords` outputs also get keyword precision/recall/F1 (`--keywords`, on by default for a keywords
+prefix). Inputs, dataset/split names and the output folder are checked before any model loads; output files are
+written complete or not at all; problems with the inputs exit 2 with one `error:` and one `fix:` line (README,
+"Exit codes and errors").
 """
 
 from __future__ import annotations
