@@ -1,13 +1,26 @@
-"""The one jitted beam search (greedy = 1 beam) that training validation, `predict` and `evaluate` call.
+"""The one jitted decoding loop (beam search, diverse beam search, sampling) that training validation,
+`predict` and `evaluate` call.
 
-Legend: B batch, K beams (`num_beams`), N = B*K decoder rows (row b*K + k is beam k of example b), R returned
-sequences per example, P prompt width (right-padded), L `max_length` (counts the forced prompt), V vocab,
-M mel bins, S mel frames.
+Legend: B batch, K beams (`num_beams`), G beam groups (`num_beam_groups`), J = K/G beams per group,
+E = B*G (example, group) pairs, S samples per example (`num_samples`), N decoder rows (B*K for beam search:
+row b*K + g*J + j is beam j of group g of example b; B*S for sampling: row b*S + s), R returned sequences per
+example, P prompt width (right-padded), L `max_length` (counts the forced prompt), V vocab, M mel bins,
+F mel frames.
 
-The core, `beam_search`, is model-agnostic like t5x's: it sees a `tokens_to_logits(ids, cache, positions)`
-callable and a cache that can reorder its rows. `make_decode_fn` binds it to a `Whisper` model: encoder once,
-cross-attention K/V once per example (shared by its beams), the forced prompt prefilled in one pass, then one
-token per step inside a single `lax.while_loop` that exits as soon as every example is done.
+Strategies (`DecodeSettings.strategy`), all inside one `lax.while_loop` that exits when every example is done:
+- "beam" (default): HF's beam search; K = 1 is greedy. With G > 1, HF v4's diverse (group) beam search:
+  one decoder forward per step for all K rows, then groups choose in order, group g's log-probs lowered by
+  `diversity_penalty` x (times each token was chosen at this step by groups < g of the example); each group
+  keeps its own live and finished sets and done flag, and the answer merges the groups' finished hypotheses.
+- "sample": S independent samples per example (HF's `_sample` with `do_sample=True`): processors on the raw
+  logits, then HF's warpers (temperature, top-k, top-p) and `jax.random.categorical` with
+  `fold_in(rng, step)`. A sample scores like a finished beam (processed log-probs before the warpers, summed,
+  divided by `penalty(g)`); the best R are returned.
+
+The core, `decode_tokens` (`beam_search` or `sample`), is model-agnostic like t5x's: it sees a
+`tokens_to_logits(ids, cache, positions)` callable and a cache that can copy and reorder its rows.
+`make_decode_fn` binds it to a `Whisper` model: encoder once, cross-attention K/V once per example (shared by
+its beams or samples), the forced prompt prefilled in one pass, then one token per step.
 
 Semantics are those of the original system, `transformers.GenerationMixin.generate(model, input_features,
 decoder_input_ids=prompt, num_beams=K, max_length=L)` in transformers 5 (`_beam_search` for K > 1, `_sample`
@@ -17,19 +30,25 @@ i.e. greedy for K = 1, which the K = 1 beam search reproduces):
 - A finished hypothesis scores `sum(log p) / penalty(g)` where g is the number of generated tokens including
   the eot, NOT counting the prompt (HF: `(cur_len + 1 - decoder_prompt_len) ** length_penalty`). `penalty` is
   `g ** lp` (HF) or GNMT's `((5 + g) / 6) ** lp`.
-- Logit processors act on log-softmax outputs without renormalising (as HF's do in beam search): suppressed
-  tokens get -inf at every generated position, `begin_suppress_tokens` at the first generated position only,
-  eot while the sequence (prompt included) is shorter than `min_length`. Forced prompt tokens are never
-  processed, so a prefix may contain suppressed ids (":" and " >" are in Whisper's list).
+- Logit processors, in HF's order, see the decoder ids so far INCLUDING the forced prompt (HF's `input_ids`):
+  Hamming diversity (groups), `repetition_penalty` (scores of tokens present multiplied by it where
+  negative, divided where not), then -inf for `no_repeat_ngram_size` bans, eot while the sequence is shorter
+  than `min_length`, `suppress_tokens` at every generated position and `begin_suppress_tokens` at the first.
+  Beam search (K > 1) applies them to log-softmax outputs without renormalising, as HF's beam search does;
+  greedy (K = 1) and sampling apply the repetition penalty to the raw logits, as HF's `_sample` does, then
+  log_softmax, then the bans (so a token's score is the same whichever of the two chose it). Forced prompt
+  tokens are never processed, so a prefix may contain suppressed ids (":" and " >" are in Whisper's list).
 - When an example is done (HF's rule, per example): `early_stopping=False` (default): every finished slot is
   filled and the best live score divided by `penalty(g)` at the current length cannot beat the worst finished
   score; `True`: every finished slot is filled; `"never"`: as False, but with `penalty` at the longest possible
   length when lp > 0 (the exact search). Reaching `max_length` ends an example. After that its finished set is
   frozen. With K = 1 the rule makes the search greedy; "never" is treated as False there, as HF runs greedy.
+  With groups the rule holds per (example, group), as HF v4's BeamHypotheses per group.
 Prompts may differ in length within a batch (each row has its own positions and its own `max_length - P_b`
 budget); HF cannot batch those, so parity there means "equal to HF run on each prompt length separately".
 Ties between exactly equal scores are broken towards the lower index (`lax.top_k`); torch.topk does not promise
-an order, so exact ties are the one place results may legitimately differ from HF.
+an order, so exact ties are the one place results may legitimately differ from HF (top-p likewise drops tied
+tokens at its cut lower ids first, where torch's unstable sort picks them in no specified order).
 """
 
 from __future__ import annotations
@@ -824,7 +843,7 @@ def make_decode_fn(
 
     `model` is a `Whisper` or its `nnx.graphdef` (only the structure is kept); `state` is `nnx.state(model)`
     (or any state of that structure, e.g. the training loop's), sharded however the caller placed it.
-    mel: float [B, M, S]; prompt_ids: int32 [B, P]; prompt_lengths: int32 [B]; rng: a `jax.random.key` for
+    mel: float [B, M, F]; prompt_ids: int32 [B, P]; prompt_lengths: int32 [B]; rng: a `jax.random.key` for
     sampling (beam search ignores it; None = `jax.random.key(settings.seed)`). Returns int32 [B, R, L] and
     float32 [B, R] (see `beam_search`). One `jax.jit`: encoder, cache init, prefill and the decoding loop.
     With `mesh`, the batch is constrained to the mesh's batch axes and the model's sharding annotations

@@ -690,6 +690,31 @@ def test_sharded_decode_equals_transformers(whisper_pair):
     np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
 
 
+def test_sampling_seed_gives_the_same_captions_on_1_and_8_devices(whisper_pair):
+    pair = whisper_pair
+    settings = DecodeSettings(
+        eos_id=pair.eot,
+        max_length=MAX_LENGTH,
+        strategy="sample",
+        num_samples=4,
+        num_return_sequences=4,
+        temperature=3.0,  # the peaked model is near-deterministic at 1
+        top_p=0.95,
+        no_repeat_ngram_size=3,
+    )
+    seqs, scores = our_generate(pair.ours, pair.inputs, settings, rng=jax.random.key(7))
+    again, _ = our_generate(pair.ours, pair.inputs, settings, rng=jax.random.key(7))
+    np.testing.assert_array_equal(again, seqs)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded, _ = load_hf_checkpoint(pair.path, mesh=mesh)
+    on_mesh, mesh_scores = our_generate(sharded, pair.inputs, settings, mesh=mesh, rng=jax.random.key(7))
+    np.testing.assert_array_equal(on_mesh, seqs)
+    np.testing.assert_allclose(mesh_scores, scores, atol=1e-4)
+    assert len({tuple(s) for s in seqs.reshape(-1, MAX_LENGTH).tolist()}) >= 16  # the samples vary
+    other, _ = our_generate(pair.ours, pair.inputs, settings, rng=jax.random.key(8))
+    assert (other != seqs).any(axis=-1).sum() >= 8
+
+
 def test_scanned_layers_decode_like_transformers(whisper_pair):
     """With scan_layers the decoding loop runs the layer scan over a stacked self-attention cache."""
     pair = whisper_pair
