@@ -469,34 +469,114 @@ def temperature_warp(scores: jax.Array, temperature: float) -> jax.Array:
     return scores if temperature == 1.0 else scores / temperature
 
 
-def top_k_filter(scores: jax.Array, top_k: int) -> jax.Array:
-    """HF's `TopKLogitsWarper`: -inf below the k-th largest score (ties with it are kept). [N, V] --> [N, V]"""
-    k = min(top_k, scores.shape[-1])
-    kth = top_k_per_example(scores, k)[0][:, -1:]
-    return jnp.where(scores < kth, -jnp.inf, scores)
+# Sampling looks at each row's best tokens first: the top-k / top-p cut almost always falls among them, and
+# then neither a sort of the vocabulary (3.7 s per step for 128 rows of whisper's 51865 tokens on CPU) nor
+# noise for every token (0.65 s) is needed. Rows whose cut lies further down send the batch's step to the
+# whole sorted vocabulary, with the same result.
+_SAMPLE_CANDIDATES = 64
 
 
-def top_p_filter(scores: jax.Array, top_p: float) -> jax.Array:
-    """HF's `TopPLogitsWarper` (min_tokens_to_keep=1): in ascending order, tokens whose cumulative
-    probability is <= 1 - top_p are dropped, except the most likely one. Equal scores are ordered by index,
-    lower first (a stable sort, as torch's CPU sort orders them), so of tied tokens at the edge the lower
-    ids go first. [N, V] --> [N, V]"""
-    rows = jnp.arange(scores.shape[0])[:, None]
-    order = jnp.argsort(scores, axis=-1, stable=True)  # ascending
-    cumulative = jnp.cumsum(jax.nn.softmax(scores[rows, order], axis=-1), axis=-1)
-    drop_sorted = (cumulative <= 1.0 - top_p).at[:, -1].set(False)
-    drop = jnp.zeros_like(drop_sorted).at[rows, order].set(drop_sorted)
-    return jnp.where(drop, -jnp.inf, scores)
+class _Candidates(NamedTuple):
+    """Each row's W best tokens after top-k and top-p: warped scores (-inf when dropped) best first (equal
+    scores: lower id first), their token ids, and whether the row's kept set surely lies inside them."""
+
+    scores: jax.Array  # float32 [N, W]
+    ids: jax.Array  # int32 [N, W]
+    complete: jax.Array  # bool [N]
+
+
+def _filtered_candidates(scores: jax.Array, settings: DecodeSettings, width: int) -> _Candidates:
+    """HF's `TopKLogitsWarper` then `TopPLogitsWarper` (min_tokens_to_keep=1) on the W best of tempered
+    scores [N, V]. Top-k drops scores below the k-th (ties with it stay); top-p drops, best first, every token
+    once the probability mass before it (normalised over what top-k kept) reaches top_p. HF's top-p sums in
+    ascending order from the least likely token, so the two differ only by float rounding at the cut; of
+    equal scores at the cut we keep the lower ids (torch's unstable sort keeps some, unspecified)."""
+    vocab_size = scores.shape[-1]
+    values, ids = top_k_per_example(scores, width)  # --> [N, W] descending
+    last = values[:, -1]
+    complete = jnp.full(values.shape[:1], width == vocab_size)
+    if settings.top_k > 0:
+        kth = values[:, min(settings.top_k, width) - 1]
+        values = jnp.where(values < kth[:, None], -jnp.inf, values)
+        # Everything past the candidates is <= the last one: dropped if that is below the k-th.
+        complete = complete | ((settings.top_k < width) & (last < kth))
+    if settings.top_p < 1.0:
+        if settings.top_k > 0:  # normalised over the top-k set (inside the candidates when complete)
+            log_total = jax.nn.logsumexp(values, axis=-1, keepdims=True)
+        else:
+            log_total = jax.nn.logsumexp(scores, axis=-1, keepdims=True)
+        probs = jnp.exp(values - log_total)
+        mass = jnp.cumsum(probs, axis=-1)
+        values = jnp.where(mass - probs >= settings.top_p, -jnp.inf, values)
+        # The candidates hold top_p of the mass: every later token comes after that much.
+        covered = mass[:, -1] >= settings.top_p
+        complete = complete | (covered if settings.top_k == 0 else complete & covered)
+    return _Candidates(values, ids.astype(jnp.int32), complete)
+
+
+def _over_candidates(
+    scores: jax.Array, settings: DecodeSettings, use: Callable[[jax.Array, jax.Array], jax.Array]
+) -> jax.Array:
+    """`use(filtered scores [N, W], ids [N, W])` over the best `_SAMPLE_CANDIDATES` tokens of every row when
+    each row's kept set lies among them, else over the whole vocabulary sorted (one decision per batch, so
+    every row sees the same W: a row's result does not depend on which)."""
+    vocab_size = scores.shape[-1]
+    width = min(_SAMPLE_CANDIDATES, vocab_size)
+    fast = _filtered_candidates(scores, settings, width)
+    if width == vocab_size:
+        return use(fast.scores, fast.ids)
+
+    def whole() -> jax.Array:
+        return use(*_filtered_candidates(scores, settings, vocab_size)[:2])
+
+    return jax.lax.cond(jnp.all(fast.complete), lambda: use(fast.scores, fast.ids), whole)
+
+
+def _filters(settings: DecodeSettings) -> bool:
+    return settings.top_k > 0 or settings.top_p < 1.0
 
 
 def warp(scores: jax.Array, settings: DecodeSettings) -> jax.Array:
-    """HF's sampling warpers in HF's order: temperature, top-k, top-p. [N, V] --> [N, V]"""
+    """HF's sampling warpers in HF's order: temperature, top-k, top-p; dropped tokens -inf. [N, V] --> [N, V]"""
     scores = temperature_warp(scores, settings.temperature)
-    if settings.top_k > 0:
-        scores = top_k_filter(scores, settings.top_k)
-    if settings.top_p < 1.0:
-        scores = top_p_filter(scores, settings.top_p)
-    return scores
+    if not _filters(settings):
+        return scores
+    rows = jnp.arange(scores.shape[0])[:, None]
+
+    def scatter(values: jax.Array, ids: jax.Array) -> jax.Array:
+        return jnp.full_like(scores, -jnp.inf).at[rows, ids].set(values)
+
+    return _over_candidates(scores, settings, scatter)
+
+
+def _rank_noise(key: jax.Array, rows: int, width: int) -> jax.Array:
+    """Gumbel noise float32 [N, W] for the W best-ranked tokens of each row, drawn in blocks of
+    `_SAMPLE_CANDIDATES` ranks (block b from `fold_in(key, b)`), so the first ranks get the same noise
+    whether the step looks at the candidates or at the whole vocabulary."""
+    block = _SAMPLE_CANDIDATES
+    blocks = -(-width // block)
+    noise = jax.vmap(lambda b: jax.random.gumbel(jax.random.fold_in(key, b), (rows, block)))(
+        jnp.arange(blocks)
+    )
+    return noise.transpose(1, 0, 2).reshape(rows, blocks * block)[:, :width]
+
+
+def draw_tokens(scores: jax.Array, key: jax.Array, settings: DecodeSettings) -> jax.Array:
+    """One token per row from `warp(scores)`'s distribution (Gumbel-max). float [N, V] --> int32 [N]
+
+    The noise is indexed by rank (then by token id with no filter to rank by), drawn for the global [N, ...]
+    array: with jax's partitionable threefry the same key gives the same tokens however rows are sharded.
+    """
+    scores = temperature_warp(scores, settings.temperature)
+    if not _filters(settings):
+        return jax.random.categorical(key, scores, axis=-1).astype(jnp.int32)
+    rows = scores.shape[0]
+
+    def draw(values: jax.Array, ids: jax.Array) -> jax.Array:
+        pick = jnp.argmax(values + _rank_noise(key, rows, values.shape[1]), axis=-1)
+        return jnp.take_along_axis(ids, pick[:, None], axis=1)[:, 0]
+
+    return _over_candidates(scores, settings, draw)
 
 
 def _select(
@@ -794,10 +874,8 @@ def sample(
         columns = row_prompt_lengths + state.step  # [N] tokens so far = where this step's token goes
         processors = _step_processors(state.seqs, columns, state.step, settings, logits.shape[-1])
         log_probs = _greedy_log_probs(logits, processors, settings)  # [N, V]
-        drawn = jax.random.categorical(
-            jax.random.fold_in(rng, state.step), warp(log_probs, settings), axis=-1
-        )
-        tokens = jnp.where(state.done, eos, drawn).astype(jnp.int32)  # [N]
+        drawn = draw_tokens(log_probs, jax.random.fold_in(rng, state.step), settings)
+        tokens = jnp.where(state.done, eos, drawn)  # [N]
         token_log_probs = jnp.take_along_axis(log_probs, tokens[:, None], axis=1)[:, 0]
         ends = (tokens == eos) | (columns + 1 >= max_length)
         return SampleState(
