@@ -13,8 +13,8 @@ Strategies (`DecodeSettings.strategy`), all inside one `lax.while_loop` that exi
   `diversity_penalty` x (times each token was chosen at this step by groups < g of the example); each group
   keeps its own live and finished sets and done flag, and the answer merges the groups' finished hypotheses.
 - "sample": S independent samples per example (HF's `_sample` with `do_sample=True`): processors on the raw
-  logits, then HF's warpers (temperature, top-k, top-p) and `jax.random.categorical` with
-  `fold_in(rng, step)`. A sample scores like a finished beam (processed log-probs before the warpers, summed,
+  logits, then HF's warpers (temperature, top-k, top-p) and a Gumbel-max draw keyed by `fold_in(rng, step)`,
+  over each row's 64 best tokens when every row's cut lies among them (else over the sorted vocabulary). A sample scores like a finished beam (processed log-probs before the warpers, summed,
   divided by `penalty(g)`); the best R are returned.
 
 The core, `decode_tokens` (`beam_search` or `sample`), is model-agnostic like t5x's: it sees a
