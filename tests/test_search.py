@@ -321,7 +321,9 @@ def _warper_inputs():
     tied = np.round(continuous).astype(np.float32)  # many equal scores, at the cut-offs too
     masked = continuous.copy()
     masked[:, ::3] = -np.inf  # suppressed tokens
-    return np.concatenate([continuous, tied, masked, np.zeros((1, 50), np.float32)])
+    equal = np.full((1, 50), -np.inf, np.float32)
+    equal[0, 10:17] = 0.0  # 7 equal tokens: no top-p cut falls exactly between them
+    return np.concatenate([continuous, tied, masked, equal])
 
 
 @pytest.mark.parametrize(
@@ -355,16 +357,40 @@ def test_sampling_warpers_keep_transformers_token_sets(temperature, top_k, top_p
         ours[untied][~np.isinf(ours[untied])], hf[untied][~np.isinf(hf[untied])], rtol=1e-6
     )
     # Where equal scores straddle top-p's cut, torch's (unstable) sort picks which of them go in an
-    # unspecified order; ours drops lower ids first. The same number of tokens, at the same scores, stay.
+    # unspecified order; ours keeps the lower ids. The same number of tokens, at the same scores, stay.
     for mine, theirs in zip(ours[16:], hf[16:], strict=True):
         np.testing.assert_allclose(
             np.sort(mine[~np.isinf(mine)]), np.sort(theirs[~np.isinf(theirs)]), rtol=1e-6
         )
-    kept_of_equal = np.flatnonzero(~np.isinf(ours[-1]))  # the all-equal row
-    assert kept_of_equal.tolist() == list(range(50 - len(kept_of_equal), 50))
+    kept_of_equal = np.flatnonzero(~np.isinf(ours[-1]))  # the row of 7 equal tokens
+    assert kept_of_equal.tolist() == list(range(10, 10 + len(kept_of_equal)))
     kept, finite = (~np.isinf(ours)).sum(axis=1), (~np.isinf(scores)).sum(axis=1)
     assert kept.min() >= 1
     assert (kept < finite).any() == (0 < top_k < 50 or top_p < 1.0)  # a filter that filters, or none
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.9), (20, 1.0), (40, 0.95)])
+def test_sampling_over_candidates_equals_sampling_over_the_vocabulary(top_k, top_p):
+    """Peaked rows keep few tokens, so a step looks at each row's best `_SAMPLE_CANDIDATES` only; one flat row
+    sends the whole batch to the sorted vocabulary. The peaked rows' filtered sets and draws are the same."""
+    rng = np.random.default_rng(1)
+    peaked = 6.0 * rng.standard_normal((8, 300)).astype(np.float32)
+    flat = np.zeros((1, 300), np.float32)  # top-k keeps all 300 (ties), top-p 270
+    settings = DecodeSettings(eos_id=0, strategy="sample", top_k=top_k, top_p=top_p)
+    fast, whole = jnp.asarray(peaked), jnp.asarray(np.concatenate([peaked, flat]))
+    assert search._filtered_candidates(fast, settings, search._SAMPLE_CANDIDATES).complete.all()
+    assert not search._filtered_candidates(whole, settings, search._SAMPLE_CANDIDATES).complete[-1]
+    warp = jax.jit(search.warp, static_argnums=1)
+    np.testing.assert_array_equal(warp(fast, settings), warp(whole, settings)[:8])
+    hf = transformers.LogitsProcessorList(
+        ([transformers.TopKLogitsWarper(top_k)] if top_k else [])
+        + ([transformers.TopPLogitsWarper(top_p)] if top_p < 1 else [])
+    )(None, torch.tensor(peaked))
+    np.testing.assert_array_equal(np.isinf(warp(fast, settings)), np.isinf(hf.numpy()))
+    draw = jax.jit(search.draw_tokens, static_argnums=2)
+    for seed in range(3):
+        key = jax.random.key(seed)
+        np.testing.assert_array_equal(draw(fast, key, settings), draw(whole, key, settings)[:8])
 
 
 def test_top_k_1_sampling_is_greedy_with_the_same_scores():
@@ -688,6 +714,32 @@ def test_sharded_decode_equals_transformers(whisper_pair):
     expected_seqs, expected_scores = hf_generate(pair.torch_model, pair.inputs, settings)
     np.testing.assert_array_equal(seqs, expected_seqs)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+
+
+def test_sampling_seed_gives_the_same_captions_on_1_and_8_devices(whisper_pair):
+    pair = whisper_pair
+    settings = DecodeSettings(
+        eos_id=pair.eot,
+        max_length=MAX_LENGTH,
+        strategy="sample",
+        num_samples=4,
+        num_return_sequences=4,
+        temperature=3.0,  # the peaked model is near-deterministic at 1
+        top_k=20,
+        top_p=0.95,
+        no_repeat_ngram_size=3,
+    )
+    seqs, scores = our_generate(pair.ours, pair.inputs, settings, rng=jax.random.key(7))
+    again, _ = our_generate(pair.ours, pair.inputs, settings, rng=jax.random.key(7))
+    np.testing.assert_array_equal(again, seqs)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded, _ = load_hf_checkpoint(pair.path, mesh=mesh)
+    on_mesh, mesh_scores = our_generate(sharded, pair.inputs, settings, mesh=mesh, rng=jax.random.key(7))
+    np.testing.assert_array_equal(on_mesh, seqs)
+    np.testing.assert_allclose(mesh_scores, scores, atol=1e-4)
+    assert len({tuple(s) for s in seqs.reshape(-1, MAX_LENGTH).tolist()}) >= 16  # the samples vary
+    other, _ = our_generate(pair.ours, pair.inputs, settings, rng=jax.random.key(8))
+    assert (other != seqs).any(axis=-1).sum() >= 8
 
 
 def test_scanned_layers_decode_like_transformers(whisper_pair):
