@@ -3,9 +3,13 @@
     # score a predictions CSV against Clotho references (or an AudioFolder metadata.jsonl)
     python -m audiocap_jax.evaluate --predictions=out.csv --references=clotho_captions_evaluation.csv
 
-    # caption a TFDS split with the shared beam search, then score it
+    # caption a TFDS split with the shared search, then score it (also writes the N-best CSV)
     python -m audiocap_jax.evaluate --checkpoint=RUN_OR_HF_DIR --dataset=clotho --split=evaluation \
         --data_dir=TFDS_DIR [--config-file=configs/predict.py --config-file.num_beams=5]
+
+    # a decoding sweep: the model and split loaded once, one row per named setting in sweep.csv
+    python -m audiocap_jax.evaluate --checkpoint=RUN --dataset=clotho --split=validation \
+        --sweep=configs/sweeps/decoding.py
 
     # the DCASE 2024 ranking metrics with bootstrap 95% intervals (FENSE needs the models once:
     # python -m audiocap_jax.dcase_metrics download)
@@ -13,16 +17,22 @@
 
 Presets (--metrics): coco (today's set), dcase2023 (+ SPIDEr-FL, FER), dcase2024 (FENSE first, + SBERT-sim, FER,
 SPIDEr-FL, Vocab). Several rows per clip in the predictions CSV are an N-best list: the first row is scored,
-and SPIDEr-max is added. Prints a table and writes a JSON file (corpus scores, intervals, unavailable metrics
-with the fix, warnings, per-clip scores incl. CIDEr-D). `audioset > keywords` outputs also get keyword
-precision/recall/F1 (`--keywords`, on by default for a keywords prefix). Inputs, dataset/split names and the
-output folder are checked before any model loads; output files are written complete or not at all; problems
-with the inputs exit 2 with one `error:` and one `fix:` line (README, "Exit codes and errors").
+and SPIDEr-max is added (likewise with --checkpoint and num_return_sequences > 1). Prints a table and writes a
+JSON file (corpus scores, intervals, unavailable metrics with the fix, warnings, per-clip scores incl. CIDEr-D).
+`audioset > keywords` outputs also get keyword precision/recall/F1 (`--keywords`, on by default for a keywords
+prefix). Inputs, dataset/split names and the output folder are checked before any model loads; output files are
+written complete or not at all; problems with the inputs exit 2 with one `error:` and one `fix:` line (README,
+"Exit codes and errors").
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -30,13 +40,28 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import cli, inference, load, metrics, preflight, search
+from audiocap_jax import cli, inference, load, metrics, preflight
 from audiocap_jax.data import pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
 
+SWEEP_CSV = "sweep.csv"
 
-def predict_split(
+
+@dataclasses.dataclass(frozen=True)
+class LoadedSplit:
+    """A model and one TFDS split's batches, loaded once for any number of decoding configs."""
+
+    model: Any  # Whisper
+    tokenizer: Any  # text.Tokenizer
+    mesh: jax.sharding.Mesh
+    checkpoint_dir: Path | None  # a HF checkpoint's directory (its generation_config), None for a workdir
+    batches: Iterable[dict[str, Any]]  # this process's batches in order (re-iterable)
+    prefix: str
+    dataset: str
+
+
+def load_split(
     checkpoint: str,
     dataset: str,
     split: str | None,
@@ -45,36 +70,164 @@ def predict_split(
     *,
     mel_config: str | None = None,
     style: str | None = None,
-) -> tuple[dict[str, str], dict[str, list[str]], str]:
-    """Caption a TFDS split with the shared beam search: (predictions, references, prefix)."""
+    in_memory: bool = False,
+) -> LoadedSplit:
+    """Build the model and open the split (config: mesh, step, dtype, batch_size, max_length). `in_memory`
+    reads every batch now (the sweep decodes them once per setting); otherwise they stream from disk on each
+    pass, so a large split needs no memory for its log-mels."""
     mesh = sharding.make_mesh(dict(config.mesh))
     built = load.build_model(load.ModelInit.from_path(checkpoint, config.step, dtype=config.dtype), mesh=mesh)
-    model, model_config, tokenizer = built.model, built.config, built.tokenizer
     spec = pipeline.DatasetSpec(
         name=dataset,
         data_dir=str(Path(data_dir).expanduser()),
         split=split,
-        config=mel_config or f"mel{model_config.num_mel_bins}",
+        config=mel_config or f"mel{built.config.num_mel_bins}",
         style=style,
     )
-    checkpoint_dir = None if load.is_workdir(checkpoint) else resolve_checkpoint_dir(checkpoint)
-    settings = inference.decode_settings(config, tokenizer, checkpoint_dir)
     batches = pipeline.eval_dataset(
         spec,
-        tokenizer,
+        built.tokenizer,
         global_batch_size=config.batch_size,
         max_length=config.max_length,
-        max_frames=model_config.num_frames,
+        max_frames=built.config.num_frames,
     )
-    decode_fn = search.make_decode_fn(model, settings, mesh)
-    predictions = inference.caption_batches(
-        decode_fn, nnx.state(model), batches, tokenizer, mesh, desc=f"{dataset}"
-    )
-    return (
-        {p.file_name: p.caption for p in predictions},
-        {p.file_name: list(p.references) for p in predictions},
+    return LoadedSplit(
+        built.model,
+        built.tokenizer,
+        mesh,
+        None if load.is_workdir(checkpoint) else resolve_checkpoint_dir(checkpoint),
+        list(batches) if in_memory else batches,
         spec.prefix,
+        dataset,
     )
+
+
+def caption_split(
+    loaded: LoadedSplit, config: ml_collections.ConfigDict, desc: str | None = None
+) -> list[inference.Prediction]:
+    """Caption the loaded split with one decoding config (compiled on first use)."""
+    decoder = inference.Decoder.from_config(
+        config, loaded.model, loaded.tokenizer, loaded.checkpoint_dir, loaded.mesh
+    )
+    return decoder.caption(
+        nnx.state(loaded.model),
+        loaded.batches,
+        loaded.tokenizer,
+        loaded.mesh,
+        desc=desc or loaded.dataset,
+    )
+
+
+def _captions_and_references(
+    predictions: list[inference.Prediction],
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """What `metrics.score` takes: {file: chosen caption}, {file: references}."""
+    return {p.file_name: p.caption for p in predictions}, {
+        p.file_name: list(p.references) for p in predictions
+    }
+
+
+def _candidates(config: ml_collections.ConfigDict, predictions: list[inference.Prediction]) -> Any:
+    """The N-best lists for SPIDEr-max when the config keeps several candidates, else None."""
+    if config.num_return_sequences < 2:
+        return None
+    return {p.file_name: [c.caption for c in p.candidates] for p in predictions}
+
+
+def write_predictions(out_dir: Path, stem: str, predictions: list[inference.Prediction]) -> None:
+    """`<stem>_predictions.csv` (one caption per clip) and `<stem>_predictions_nbest.csv` beside it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}_predictions.csv"
+    with cli.atomic_path(path) as partial:
+        metrics.write_predictions_csv(partial, {p.file_name: p.caption for p in predictions})
+    with cli.atomic_path(inference.nbest_path(path)) as partial:
+        inference.write_nbest_csv(partial, predictions)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The decoding sweep.
+# ---------------------------------------------------------------------------------------------------------------
+def sweep_configs(
+    base: ml_collections.ConfigDict, sweep_file: str, num_devices: int | None = None
+) -> dict[str, ml_collections.ConfigDict]:
+    """name -> the predict config with that setting's overrides, every one checked before any work.
+
+    The sweep file's `get_config()` returns a ConfigDict of name -> overrides; only decoding keys
+    (`inference.DECODING_KEYS`) may differ, because the model, mesh and batches are loaded once for all.
+    Settings run in name order (a ConfigDict iterates its keys sorted).
+    """
+    sweep = cli.load_config(sweep_file, "sweep")
+    if not isinstance(sweep, ml_collections.ConfigDict) or not len(sweep):
+        raise cli.UserError(
+            f"--sweep={sweep_file}: get_config() returned {type(sweep).__name__} without settings.",
+            "return a ConfigDict of setting name -> ConfigDict of configs/predict.py keys to override",
+        )
+    configs = {}
+    for name, overrides in sweep.items():
+        key = f"--sweep={sweep_file}: {name}"
+        if not isinstance(overrides, ml_collections.ConfigDict):
+            raise cli.UserError(
+                f"{key} is a {type(overrides).__name__}, not a ConfigDict of overrides.",
+                f"write {name}=ml_collections.ConfigDict(dict(num_beams=5, ...))",
+            )
+        config = ml_collections.ConfigDict(base.to_dict())
+        for field, value in overrides.items():
+            if field not in inference.DECODING_KEYS:
+                known = field in config
+                raise cli.UserError(
+                    f"{key}.{field}: "
+                    + (
+                        "the sweep loads the model and batches once, so only decoding keys may differ."
+                        if known
+                        else "no such key in configs/predict.py."
+                    ),
+                    f"use only {', '.join(inference.DECODING_KEYS)}"
+                    + (f"; set {field} for all settings with --config-file.{field}" if known else ""),
+                )
+            config[field] = value
+        preflight.check_decoding(config, key, num_devices)
+        configs[name] = config
+    return configs
+
+
+def format_sweep_table(rows: list[dict[str, Any]], digits: int = 4) -> str:
+    """Markdown table, one row per setting: its metrics (n/a when not computed) and decoding seconds."""
+    columns = [k for k in rows[0] if k != "setting"]
+    names = {**metrics.METRIC_NAMES, "seconds": "seconds"}
+    lines = ["| setting | " + " | ".join(names.get(c, c) for c in columns) + " |"]
+    lines.append("|---" * (len(columns) + 1) + "|")
+    for row in rows:
+        shown = ["n/a" if row[c] is None else f"{row[c]:.{digits}f}" for c in columns]
+        lines.append(f"| {row['setting']} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def run_sweep(
+    loaded: LoadedSplit,
+    configs: dict[str, ml_collections.ConfigDict],
+    out_dir: Path,
+    score: Any,
+) -> list[dict[str, Any]]:
+    """Caption the split with every setting and score it with `score(predictions, candidates)`; writes each
+    setting's predictions and `sweep.csv` (one row per setting: its corpus metrics, seconds to caption
+    including compilation)."""
+    rows = []
+    for name, config in configs.items():
+        started = time.perf_counter()
+        predictions = caption_split(loaded, config, desc=f"{loaded.dataset} {name}")
+        seconds = time.perf_counter() - started
+        write_predictions(out_dir, f"{loaded.dataset}_{name}", predictions)
+        scores = score(predictions, _candidates(config, predictions))
+        rows.append({"setting": name, **scores.corpus, "seconds": seconds})
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (
+        cli.atomic_path(out_dir / SWEEP_CSV) as partial,
+        partial.open("w", newline="", encoding="utf-8") as f,
+    ):
+        table = csv.DictWriter(f, columns, lineterminator="\n", restval="")
+        table.writeheader()
+        table.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    return [{c: row.get(c) for c in columns} for row in rows]
 
 
 def _define_flags() -> None:
@@ -102,6 +255,12 @@ def _define_flags() -> None:
     flags.DEFINE_string(
         "metrics_model_dir", None, "FENSE/FER models (default: $AUDIOCAP_METRICS_MODELS or ~/.cache)."
     )
+    flags.DEFINE_string(
+        "sweep",
+        None,
+        "With --checkpoint: a sweep file (configs/sweeps/decoding.py) of named decoding settings; decodes "
+        "the split once per setting and writes sweep.csv.",
+    )
     config_flags.DEFINE_config_file("config-file", cli.PREDICT_CONFIG, "Decoding settings.", lock_config=True)
 
 
@@ -119,43 +278,84 @@ def _alignment_fix(error: metrics.AlignmentError, predictions: dict[str, str], r
     return f"correct the file names, or pass {' '.join(switches)} to score the clips found in both"
 
 
+def _score(
+    f: flags.FlagValues,
+    predictions: dict[str, str],
+    references: dict[str, list[str]],
+    candidates: dict[str, list[str]] | None,
+    prefix: str,
+) -> metrics.CaptionScores:
+    """The flags' metrics of one set of predictions (`candidates`: N-best lists for SPIDEr-max)."""
+    keywords = f["keywords"].value if f["keywords"].value is not None else inference.keyword_style(prefix)
+    try:
+        return inference.score_captions(
+            predictions,
+            references,
+            keywords=keywords,
+            allow_missing=f["allow_missing"].value,
+            allow_extra=f["allow_extra"].value,
+            spice={"auto": "auto", "on": True, "off": False}[f["spice"].value],
+            preset=f["metrics"].value,
+            candidates=candidates,
+            model_dir=f["metrics_model_dir"].value,
+            bootstrap=f["bootstrap"].value,
+            seed=f["bootstrap_seed"].value,
+        )
+    except metrics.AlignmentError as error:
+        raise cli.UserError(str(error), _alignment_fix(error, predictions, references)) from error
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     f = flags.FLAGS
     preflight.check_spice(f["spice"].value)
-    n_best = None  # several rows per clip in --predictions: SPIDEr-max over them
+    n_best = None  # N-best lists: SPIDEr-max over them
+    if f["sweep"].value is not None and f["checkpoint"].value is None:
+        raise app.UsageError(
+            "--sweep needs --checkpoint and --dataset (it decodes the split once per setting)."
+        )
     if f["checkpoint"].value is not None:
         if f["dataset"].value is None:
             raise app.UsageError("--checkpoint needs --dataset (clotho, audiocaps or audioset).")
-        config = f["config-file"].value
+        config, dataset = f["config-file"].value, f["dataset"].value
         out_dir = preflight.check_writable_dir(
             f["output_dir"].value or Path(f["checkpoint"].value) / "evaluation", "--output_dir"
         )
         preflight.check_decoding(config, "--config-file", jax.device_count())
+        sweep = sweep_configs(config, f["sweep"].value, jax.device_count()) if f["sweep"].value else None
         preflight.check_checkpoint(f["checkpoint"].value, config.step)
         preflight.check_evaluate(
-            f["dataset"].value, f["split"].value, f["data_dir"].value, f["mel_config"].value, f["style"].value
+            dataset, f["split"].value, f["data_dir"].value, f["mel_config"].value, f["style"].value
         )
-        predictions, references, prefix = predict_split(
+        loaded = load_split(
             f["checkpoint"].value,
-            f["dataset"].value,
+            dataset,
             f["split"].value,
             f["data_dir"].value,
             config,
             mel_config=f["mel_config"].value,
             style=f["style"].value,
+            in_memory=sweep is not None,
         )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with cli.atomic_path(out_dir / f"{f['dataset'].value}_predictions.csv") as partial:
-            metrics.write_predictions_csv(partial, predictions)
-        json_path = out_dir / f"{f['dataset'].value}_scores.json"
-        source = {
-            "checkpoint": f["checkpoint"].value,
-            "dataset": f["dataset"].value,
-            "split": f["split"].value,
-        }
-        source["prefix"] = prefix
+        if sweep is not None:
+            rows = run_sweep(
+                loaded,
+                sweep,
+                out_dir,
+                lambda found, candidates: _score(
+                    f, *_captions_and_references(found), candidates, loaded.prefix
+                ),
+            )
+            print(format_sweep_table(rows))
+            print(f"Sweep: {out_dir / SWEEP_CSV}")
+            return
+        found = caption_split(loaded, config)
+        write_predictions(out_dir, dataset, found)
+        (predictions, references), n_best = _captions_and_references(found), _candidates(config, found)
+        json_path = out_dir / f"{dataset}_scores.json"
+        source = {"checkpoint": f["checkpoint"].value, "dataset": dataset, "split": f["split"].value}
+        source["prefix"] = prefix = loaded.prefix
     elif f["predictions"].value is not None and f["references"].value is not None:
         predictions_path = preflight.check_readable_file(
             f["predictions"].value, "--predictions", "a predictions CSV"
@@ -181,23 +381,7 @@ def main(argv: list[str]) -> None:
         source = {"predictions": f["predictions"].value, "references": f["references"].value}
     else:
         raise app.UsageError("Give --predictions and --references, or --checkpoint and --dataset.")
-    keywords = f["keywords"].value if f["keywords"].value is not None else inference.keyword_style(prefix)
-    try:
-        scores = inference.score_captions(
-            predictions,
-            references,
-            keywords=keywords,
-            allow_missing=f["allow_missing"].value,
-            allow_extra=f["allow_extra"].value,
-            spice={"auto": "auto", "on": True, "off": False}[f["spice"].value],
-            preset=f["metrics"].value,
-            candidates=n_best,
-            model_dir=f["metrics_model_dir"].value,
-            bootstrap=f["bootstrap"].value,
-            seed=f["bootstrap_seed"].value,
-        )
-    except metrics.AlignmentError as error:
-        raise cli.UserError(str(error), _alignment_fix(error, predictions, references)) from error
+    scores = _score(f, predictions, references, n_best, prefix)
     print(metrics.format_table(scores))
     out_dir.mkdir(parents=True, exist_ok=True)
     with cli.atomic_path(json_path) as partial:

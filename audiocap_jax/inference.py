@@ -1,14 +1,19 @@
-"""Caption batches with the shared jitted beam search: what training validation, `predict` and `evaluate` run.
+"""Caption batches with the shared jitted search: what training validation, `predict` and `evaluate` run.
 
-The host side of decoding: batches go onto the mesh, `search.make_decode_fn`'s function runs, each process
-turns its own rows back into text, and the texts of all processes are gathered so every process sees every
-prediction in dataset order.
+The host side of decoding: batches go onto the mesh, `search.make_decode_fn`'s function runs (batch i with the
+key `fold_in(key(seed), i)`, so sampling gives the same captions on any mesh), each process turns its own rows
+back into text, the rows of all processes are gathered so every process sees every prediction in dataset
+order, and each clip's candidates are ranked by the reranker (`rerank.py`; "none" keeps the search's order).
+
+Legend: B clips per batch, R candidates per clip returned by the search, L `max_length`, M mel bins, S frames.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +23,71 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from audiocap_jax import metrics, search
+from audiocap_jax import metrics, rerank, search
 from audiocap_jax.model.sharding import global_to_host, host_to_global
 from audiocap_jax.text import Tokenizer
+
+# The config keys `decode_settings` and the reranking read: configs/predict.py and the training config's `eval`
+# section both carry every one of them, with the same meaning.
+DECODING_KEYS = (
+    "strategy",
+    "num_beams",
+    "num_beam_groups",
+    "diversity_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "num_samples",
+    "seed",
+    "max_length",
+    "min_length",
+    "length_penalty",
+    "length_penalty_form",
+    "no_repeat_ngram_size",
+    "repetition_penalty",
+    "num_return_sequences",
+    "rerank",
+    "use_checkpoint_suppress_tokens",
+)
+NBEST_COLUMNS = ("file_name", "rank", "caption", "score")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    caption: str  # clean, as Prediction.caption
+    score: float  # what ranked it: the reranker's score, or the search's with rerank="none"
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     file_name: str
-    caption: str  # clean: prompt and special tokens removed
+    caption: str  # clean: prompt and special tokens removed; the chosen candidate (rank 1)
     raw: str  # the whole decoded sequence with special tokens, as the original logged it
-    score: float  # beam score of the returned sequence
+    score: float  # the search's score of the chosen sequence (sum log p / length penalty)
     references: tuple[str, ...] = ()
+    candidates: tuple[Candidate, ...] = ()  # the N-best list, best first (num_return_sequences of them)
+
+
+def settings_fields(config: Any) -> dict[str, Any]:
+    """`search.DecodeSettings` fields from a decoding config (configs/predict.py or the training `eval`
+    section), as the user wrote them; `decode_settings` adds the tokenizer's and checkpoint's facts."""
+    names = [k for k in DECODING_KEYS if k not in ("rerank", "use_checkpoint_suppress_tokens")]
+    return {name: config[name] for name in names}
+
+
+def candidate_pool(config: Any) -> int:
+    """Candidates per clip the search returns: all of them (beams or samples) for a reranker to choose from,
+    else `num_return_sequences`."""
+    if config.rerank == rerank.NONE:
+        return config.num_return_sequences
+    return config.num_samples if config.strategy == "sample" else config.num_beams
 
 
 def decode_settings(config: Any, tokenizer: Tokenizer, checkpoint_dir: Path | None) -> search.DecodeSettings:
-    """Beam settings from the config; suppress lists from a HF checkpoint's generation_config when asked."""
-    fields: dict[str, Any] = dict(
-        eos_id=tokenizer.specials.eot,
-        num_beams=config.num_beams,
-        max_length=config.max_length,
-        length_penalty=config.length_penalty,
-        length_penalty_form=config.length_penalty_form,
-        min_length=config.min_length,
-        num_return_sequences=config.num_return_sequences,
+    """The one mapping of a decoding config to `search.DecodeSettings`; suppress lists from a HF checkpoint's
+    generation_config when asked. With a reranker, the search returns every candidate (`candidate_pool`)."""
+    fields = settings_fields(config) | dict(
+        eos_id=tokenizer.specials.eot, num_return_sequences=candidate_pool(config)
     )
     generation = checkpoint_dir / "generation_config.json" if checkpoint_dir is not None else None
     if config.use_checkpoint_suppress_tokens and generation is not None and generation.exists():
@@ -80,42 +126,142 @@ def caption_batches(
     *,
     desc: str = "captioning",
     total: int | None = None,
+    settings: search.DecodeSettings | None = None,
+    reranker: rerank.Reranker = rerank.KEEP_ORDER,
+    num_candidates: int | None = None,
 ) -> list[Prediction]:
     """Decode every valid row of per-process batches; returns all processes' predictions in order.
 
     A batch has mel `[B, M, S]`, decoder_prompt `[B, P]` int32, optionally prompt_lengths `[B]` (default P),
     mask `[B]` bool (padding rows are False), file_name `[B]` and references `[B, R]` (str objects).
+    `settings` (those `decode_fn` was made with) give the sampling seed and the length penalty the
+    "likelihood" reranker undoes; `num_candidates`: how many of each clip's ranked candidates the prediction
+    keeps (None = all the search returned).
     """
-    local: list[tuple[str, str, str, float, tuple[str, ...]]] = []
+    settings = settings or search.DecodeSettings(eos_id=tokenizer.specials.eot)
+    base_key = jax.random.key(settings.seed)
+    local: list[dict[str, Any]] = []
     show = jax.process_index() == 0
-    for batch in tqdm(batches, desc=desc, total=total, disable=not show, unit="batch"):
+    for index, batch in enumerate(tqdm(batches, desc=desc, total=total, disable=not show, unit="batch")):
         prompt = np.asarray(batch["decoder_prompt"], np.int32)
         lengths = np.asarray(batch.get("prompt_lengths", np.full(len(prompt), prompt.shape[1])), np.int32)
         inputs = host_to_global({"mel": batch["mel"], "prompt": prompt, "lengths": lengths}, mesh)
-        sequences, scores = decode_fn(model_state, inputs["mel"], inputs["prompt"], inputs["lengths"])
-        sequences, scores = global_to_host(sequences, mesh), global_to_host(scores, mesh)
-        mask = np.asarray(batch.get("mask", np.ones(len(prompt), bool)))
-        for i in np.flatnonzero(mask):
-            ids = sequences[i, 0]
-            references = tuple(r for r in batch.get("references", [[]] * len(prompt))[i] if r)
+        rng = jax.random.fold_in(base_key, index)  # the same key on every process and mesh
+        sequences, scores = decode_fn(model_state, inputs["mel"], inputs["prompt"], inputs["lengths"], rng)
+        sequences, scores = global_to_host(sequences, mesh), global_to_host(scores, mesh)  # [B, R, L], [B, R]
+        valid = np.flatnonzero(np.asarray(batch.get("mask", np.ones(len(prompt), bool))))
+        generated = rerank.generated_lengths(sequences[valid], lengths[valid], tokenizer.specials.eot)
+        captions = [[tokenizer.caption_from_ids(ids, int(lengths[i])) for ids in sequences[i]] for i in valid]
+        plugin = (
+            reranker.score_batch(np.asarray(batch["mel"])[valid], captions, scores[valid])
+            if reranker.plugin is not None
+            else np.zeros_like(scores[valid])
+        )
+        references = batch.get("references", [[]] * len(prompt))
+        for j, i in enumerate(valid):
             local.append(
-                (
-                    str(batch["file_name"][i]),
-                    tokenizer.caption_from_ids(ids, int(lengths[i])),
-                    tokenizer.decode_with_specials(ids),
-                    float(scores[i, 0]),
-                    references,
+                dict(
+                    file_name=str(batch["file_name"][i]),
+                    references=[r for r in references[i] if r],
+                    captions=captions[j],
+                    raws=[tokenizer.decode_with_specials(ids) for ids in sequences[i]],
+                    scores=scores[i].tolist(),
+                    lengths=generated[j].tolist(),
+                    plugin=plugin[j].tolist(),
                 )
             )
-    if jax.process_count() == 1:
-        return [Prediction(*row) for row in local]
-    columns = [allgather_strings([row[k] for row in local]) for k in range(3)]
-    scores = allgather_strings([repr(row[3]) for row in local])
-    references = allgather_strings(["\x1f".join(row[4]) for row in local])
-    return [
-        Prediction(f, c, r, float(s), tuple(x for x in refs.split("\x1f") if x))
-        for f, c, r, s, refs in zip(*columns, scores, references, strict=True)
-    ]
+    rows = (
+        local
+        if jax.process_count() == 1
+        else [json.loads(r) for r in allgather_strings(list(map(json.dumps, local)))]
+    )
+    if not rows:
+        return []
+    candidates = [row["captions"] for row in rows]
+    values = rerank.rerank_scores(
+        reranker,
+        candidates,
+        np.array([row["scores"] for row in rows]),
+        np.array([row["lengths"] for row in rows]),
+        settings,
+        np.array([row["plugin"] for row in rows]),
+    )  # --> [C, R]
+    predictions = []
+    for row, order, value in zip(rows, rerank.ranking(values), values, strict=True):
+        best = order[0]
+        predictions.append(
+            Prediction(
+                row["file_name"],
+                row["captions"][best],
+                row["raws"][best],
+                float(row["scores"][best]),
+                tuple(row["references"]),
+                tuple(Candidate(row["captions"][k], float(value[k])) for k in order[:num_candidates]),
+            )
+        )
+    return predictions
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+    """One decoding config, ready to run: the search settings, its jitted function and the reranker."""
+
+    settings: search.DecodeSettings
+    decode_fn: search.DecodeFn
+    reranker: rerank.Reranker
+    num_candidates: int  # N-best candidates kept per clip (config num_return_sequences)
+
+    @classmethod
+    def from_config(
+        cls, config: Any, model: Any, tokenizer: Tokenizer, checkpoint_dir: Path | None, mesh: Mesh
+    ) -> Decoder:
+        """`model`: a `Whisper` or its graphdef; each Decoder compiles its own search on first use."""
+        settings = decode_settings(config, tokenizer, checkpoint_dir)
+        return cls(
+            settings,
+            search.make_decode_fn(model, settings, mesh),
+            rerank.Reranker.from_name(config.rerank),
+            config.num_return_sequences,
+        )
+
+    def caption(
+        self,
+        model_state: Any,
+        batches: Iterable[Mapping[str, np.ndarray]],
+        tokenizer: Tokenizer,
+        mesh: Mesh,
+        **progress: Any,
+    ) -> list[Prediction]:
+        """`caption_batches` with this config; `progress`: its desc and total."""
+        return caption_batches(
+            self.decode_fn,
+            model_state,
+            batches,
+            tokenizer,
+            mesh,
+            settings=self.settings,
+            reranker=self.reranker,
+            num_candidates=self.num_candidates,
+            **progress,
+        )
+
+
+def nbest_path(path: str | Path) -> Path:
+    """`out.csv` -> `out_nbest.csv`: where the N-best list goes beside a one-caption CSV."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_nbest{path.suffix or '.csv'}")
+
+
+def write_nbest_csv(path: str | Path, predictions: Sequence[Prediction]) -> None:
+    """Writes `file_name,rank,caption,score` (rank 1 = the chosen caption; score = what ranked it), quoted
+    and encoded as `metrics.write_predictions_csv` writes the one-caption CSV."""
+    with Path(path).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(NBEST_COLUMNS)
+        for p in predictions:
+            writer.writerows(
+                (p.file_name, rank, c.caption, c.score) for rank, c in enumerate(p.candidates, 1)
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------

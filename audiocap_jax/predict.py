@@ -1,10 +1,14 @@
-"""Caption a folder of audio with the shared jitted beam search: the original's predict.py, JAX-native.
+"""Caption a folder of audio with the shared jitted search: the original's predict.py, JAX-native.
 
     python -m audiocap_jax.predict --checkpoint=RUN_OR_HF_DIR --data=clips/ --output-file=out.csv \
         [--recursive] [--take-first-n=N] [--config-file=configs/predict.py --config-file.num_beams=10]
 
-Writes `out.csv` (`file_name,caption_predicted`, UTF-8, CSV-quoted) and `out_log.json` (settings, timings, files
-that could not be decoded); raw outputs (special tokens and prefix included) go to stdout. Everything that can be
+Writes `out.csv` (`file_name,caption_predicted`, UTF-8, CSV-quoted), `out_nbest.csv` (`file_name,rank,caption,
+score`: each clip's `num_return_sequences` candidates, rank 1 = the caption in out.csv, score = what ranked it:
+the search's score, or the reranker's with `rerank`) and `out_log.json` (settings, timings, files that could not
+be decoded); raw outputs (special tokens and prefix included) go to stdout. `style="none"` forces only
+Whisper's `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>`: an unmodified Whisper checkpoint then
+transcribes as transformers' `generate(language="en", task="transcribe")` does. Everything that can be
 checked from the flags and the file system (checkpoint, settings, output path) is checked before the model
 loads; both files are written complete or not at all. Files that fail to decode are listed and skipped: exit
 code 3 (`cli.EXIT_PARTIAL`) when some were, 2 when none could be captioned (README, "Exit codes and errors").
@@ -35,7 +39,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import audio, cli, inference, load, metrics, preflight, search, text
+from audiocap_jax import audio, cli, inference, load, metrics, preflight, text
 from audiocap_jax.data.prepare import AUDIO_EXTENSIONS
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
@@ -146,6 +150,9 @@ def predict(
     output_file = preflight.check_writable_file(output_file, "--output-file")
     log_path = output_file.with_name(output_file.stem + "_log.json")
     preflight.check_writable_file(log_path, "the log beside --output-file")
+    nbest_file = preflight.check_writable_file(
+        inference.nbest_path(output_file), "the N-best CSV beside --output-file"
+    )
     preflight.check_decoding(config, "--config-file", jax.device_count())
     preflight.check_checkpoint(checkpoint, config.step)
     files = list_audio(data, recursive)
@@ -158,7 +165,7 @@ def predict(
     )
     model, model_config, tokenizer = built.model, built.config, built.tokenizer
     checkpoint_dir = None if load.is_workdir(checkpoint) else resolve_checkpoint_dir(checkpoint)
-    settings = inference.decode_settings(config, tokenizer, checkpoint_dir)
+    decoder = inference.Decoder.from_config(config, model, tokenizer, checkpoint_dir, mesh)
     prefix = text.parse_style(config.style)
     prompt = tokenizer.prompt_ids(prefix)
     loaded = time.perf_counter()
@@ -175,9 +182,7 @@ def predict(
         failures=failures,
         num_frames=model_config.num_frames,
     )
-    decode_fn = search.make_decode_fn(model, settings, mesh)
-    predictions = inference.caption_batches(
-        decode_fn,
+    predictions = decoder.caption(
         nnx.state(model),
         batches,
         tokenizer,
@@ -198,10 +203,13 @@ def predict(
     output_file.parent.mkdir(parents=True, exist_ok=True)
     with cli.atomic_path(output_file) as partial:
         metrics.write_predictions_csv(partial, {p.file_name: p.caption for p in predictions})
+    with cli.atomic_path(nbest_file) as partial:
+        inference.write_nbest_csv(partial, predictions)
     log = {
         "checkpoint": str(checkpoint),
         "data": str(data),
         "output_file": str(output_file),
+        "nbest_file": str(nbest_file),
         "settings": config.to_dict(),
         "prefix": prefix,
         "prompt_ids": list(prompt),

@@ -21,14 +21,14 @@ from typing import Any
 
 import ml_collections
 
-from audiocap_jax import metrics, text
+from audiocap_jax import inference, metrics, rerank, text
 from audiocap_jax.choices import INITS, SCHEDULES
 from audiocap_jax.cli import UserError
 from audiocap_jax.data import features, pipeline
 from audiocap_jax.load import CHECKPOINT_DIR, MODEL_CONFIG_FILE
 from audiocap_jax.model.config import ATTENTION_IMPLS, COMPUTE_DTYPES, DTYPES, REMAT_POLICIES
 from audiocap_jax.model.sharding import MESH_AXES
-from audiocap_jax.search import LENGTH_PENALTY_FORMS
+from audiocap_jax.search import DecodeSettings
 
 STEP_CHOICES = ("best", "latest")  # or a step number
 LONG_AUDIO_CHOICES = ("truncate", "windows")
@@ -189,23 +189,44 @@ def style_prompt_length(style: str, key: str) -> int:
     try:
         prefix = text.parse_style(style)
     except ValueError as error:
-        raise UserError(f"{key}: {error}", f"set {key} like 'clotho > caption'") from error
+        raise UserError(
+            f"{key}: {error}", f"set {key} like 'clotho > caption', or 'none' for no prefix"
+        ) from error
     return prompt_length(prefix)
 
 
-def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int | None = None) -> None:
-    """The decoding settings of configs/predict.py (`key` is the flag, e.g. '--config-file')."""
+def check_search(config: ml_collections.ConfigDict, key: str) -> None:
+    """The decoding keys configs/predict.py and the training config's `eval` section share
+    (`inference.DECODING_KEYS`; `key` is their flag prefix, e.g. '--config-file' or '--config.eval'): the
+    search settings as `search.DecodeSettings` validates them, and the reranker (a plug-in must import)."""
     c = config
     _require(
         c.num_beams >= 1,
         f"{key}.num_beams={c.num_beams} must be >= 1.",
         f"set {key}.num_beams=1 (greedy) or more",
     )
-    _require(
-        1 <= c.num_return_sequences <= c.num_beams,
-        f"{key}.num_return_sequences={c.num_return_sequences} must be between 1 and num_beams={c.num_beams}.",
-        f"set {key}.num_return_sequences=1",
-    )
+    try:  # every field's rule lives in DecodeSettings; its messages start with the field's name
+        DecodeSettings(eos_id=0, **inference.settings_fields(c))
+    except ValueError as error:
+        raise UserError(
+            f"{key}.{error}", f"change that {key} value as the message says (--help lists the keys)"
+        ) from error
+    try:
+        reranker = rerank.Reranker.from_name(c.rerank)
+    except ValueError as error:
+        raise UserError(
+            f"{key}.{error}",
+            f"set {key}.rerank to one of {', '.join(rerank.BUILTIN)} or an importable '{rerank.PLUGIN_FORM}'",
+        ) from error
+    if reranker.name == rerank.MBR:
+        problem = metrics.java_problem(f"{key}.rerank=mbr (CIDEr-D's PTB tokenizer)")
+        _require(problem is None, str(problem), f"install Java, or set {key}.rerank=likelihood")
+
+
+def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int | None = None) -> None:
+    """The decoding settings of configs/predict.py (`key` is the flag, e.g. '--config-file')."""
+    c = config
+    check_search(c, key)
     _require(c.batch_size >= 1, f"{key}.batch_size={c.batch_size} must be >= 1.", f"set {key}.batch_size=8")
     _require(
         c.loader_workers >= 0,
@@ -224,7 +245,6 @@ def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int
         f"{key}.min_length={c.min_length} must be in [0, max_length).",
         f"set {key}.min_length=0",
     )
-    _choice(c.length_penalty_form, f"{key}.length_penalty_form", LENGTH_PENALTY_FORMS)
     _choice(c.long_audio, f"{key}.long_audio", LONG_AUDIO_CHOICES)
     _choice(c.dtype, f"{key}.dtype", COMPUTE_DTYPES)
     check_step(c.step, f"{key}.step")
@@ -393,11 +413,7 @@ def check_train(
             f"{name} caption after the {prompt}-token prompt.",
             f"set {k}.eval.max_length above {prompt}",
         )
-    _require(
-        c.eval.num_beams >= 1,
-        f"{k}.eval.num_beams={c.eval.num_beams} must be >= 1.",
-        f"set {k}.eval.num_beams=1 (greedy) or more",
-    )
+    check_search(c.eval, f"{k}.eval")
     _require(
         c.eval.every_steps >= 0 and c.checkpoint.every_steps >= 1 and c.log.every_steps >= 1,
         f"{k}.eval.every_steps / checkpoint.every_steps / log.every_steps must be >= 0 / 1 / 1.",

@@ -114,17 +114,25 @@ DEFAULT_PREFIXES: Mapping[str, str] = MappingProxyType(
 DATASETS: tuple[str, ...] = tuple(DEFAULT_PREFIXES)
 
 
+# Styles that force no prefix: the prompt is only `SpecialTokens.decoder_prompt`, as an unmodified Whisper
+# checkpoint expects (it transcribes; useful to hear what a pretrained model hears).
+PLAIN_STYLES: tuple[str, ...] = ("none", "")
+
+
 def parse_style(style: str) -> str:
-    """Config style string -> prefix: "clotho > caption", "clotho>caption:" -> "clotho > caption: ".
+    """Config style string -> prefix: "clotho > caption", "clotho>caption:" -> "clotho > caption: ";
+    "none" or "" (`PLAIN_STYLES`) -> "" (no prefix).
 
     Any dataset/task pair is accepted, so new datasets and styles need only a config change.
     """
+    if style.strip() in PLAIN_STYLES:
+        return ""
     body = style.strip().removesuffix(":")
     parts = [part.strip() for part in body.split(">")]
     if len(parts) != 2 or not all(parts):
         raise ValueError(
             f"style {style!r} is not of the form '<dataset> > <task>', e.g. 'clotho > caption' "
-            f"(known datasets: {', '.join(DATASETS)})."
+            f"(known datasets: {', '.join(DATASETS)}), nor 'none' (no prefix)."
         )
     return make_prefix(*parts)
 

@@ -2,7 +2,7 @@
 
 `run` reads as its stages: `setup` (mesh, checkpoints, writer) -> `build_state` (the model in the resume order
 of `load.build_model`, optimizer, train state restored or fresh) -> `compile_step` (the jitted step and the
-shared beam search) -> `build_data` (train stream at its saved position, validation) -> `train_loop` (log,
+shared decoding: search + reranker) -> `build_data` (train stream at its saved position, validation) -> `train_loop` (log,
 validate, checkpoint, agreed pre-emption) -> `finish` (HF export, final report). Overrides such as `--config.optim.lr=4e-6` are
 type-checked by ml_collections; unknown keys fail at start.
 
@@ -44,7 +44,6 @@ from audiocap_jax import (
     mfu,
     preflight,
     report,
-    search,
     text,
     train_step,
 )
@@ -277,8 +276,8 @@ class Validation:
     and scored by `inference.score_captions` (as `evaluate --checkpoint` does), logged; the best-checkpoint
     score. SPICE that cannot run is announced once per run (with its fix), not in every table."""
 
-    def __init__(self, s: Setup, t: Trainee, data_dir: str, decode_fn: search.DecodeFn):
-        self._s, self._t, self._decode_fn = s, t, decode_fn
+    def __init__(self, s: Setup, t: Trainee, data_dir: str, decoder: inference.Decoder):
+        self._s, self._t, self._decoder = s, t, decoder
         config = s.config
         self.specs = [
             pipeline.DatasetSpec(
@@ -309,13 +308,8 @@ class Validation:
                 max_length=config.eval.max_length,
                 max_frames=self._t.model_config.num_frames,
             )
-            predictions = inference.caption_batches(
-                self._decode_fn,
-                weights,
-                batches,
-                self._t.tokenizer,
-                self._s.mesh,
-                desc=f"validate {spec.name}",
+            predictions = self._decoder.caption(
+                weights, batches, self._t.tokenizer, self._s.mesh, desc=f"validate {spec.name}"
             )
             scores = inference.score_captions(
                 {p.file_name: p.caption for p in predictions},
@@ -369,7 +363,7 @@ class Data:
     validation: Validation
 
 
-def build_data(s: Setup, t: Trainee, decode_fn: search.DecodeFn) -> Data:
+def build_data(s: Setup, t: Trainee, decoder: inference.Decoder) -> Data:
     """The train stream (this process's shard, at its saved position when resuming) and the validation."""
     config = s.config
     data_dir = prepare_data(config, s.workdir)
@@ -390,24 +384,19 @@ def build_data(s: Setup, t: Trainee, decode_fn: search.DecodeFn) -> Data:
     train = pipeline.GlobalBatchIterator(train_data, s.mesh)
     if t.data_state is not None:
         train.set_state(t.data_state)
-    return Data(train, Validation(s, t, data_dir, decode_fn))
+    return Data(train, Validation(s, t, data_dir, decoder))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Stage 4: the jitted step and the shared beam search.
+# Stage 4: the jitted step and the shared decoding.
 # ---------------------------------------------------------------------------------------------------------------
-def compile_step(s: Setup, t: Trainee) -> tuple[Any, search.DecodeFn]:
-    """(train step, decode fn): the step jitted with the state's shardings (donated), the beam search bound
-    to the model's structure."""
+def compile_step(s: Setup, t: Trainee) -> tuple[Any, inference.Decoder]:
+    """(train step, decoder): the step jitted with the state's shardings (donated), and the shared decoding
+    (config.eval's strategy, search and reranker) bound to the model's structure."""
     step_fn = train_step.jit_train_step(
         t.graphdef, t.tx, t.schedule, t.selects, t.state, s.mesh, s.config.accum_steps, s.config.seed
     )
-    settings = search.DecodeSettings(
-        eos_id=t.tokenizer.specials.eot,
-        num_beams=s.config.eval.num_beams,
-        max_length=s.config.eval.max_length,
-    )
-    return step_fn, search.make_decode_fn(t.graphdef, settings, s.mesh)
+    return step_fn, inference.Decoder.from_config(s.config.eval, t.graphdef, t.tokenizer, None, s.mesh)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -593,8 +582,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> LoopEnd:
     preflight.check_train(config, workdir, jax.device_count())
     s = setup(config, workdir)
     trainee = build_state(s)
-    step_fn, decode_fn = compile_step(s, trainee)
-    data = build_data(s, trainee, decode_fn)
+    step_fn, decoder = compile_step(s, trainee)
+    data = build_data(s, trainee, decoder)
     end = train_loop(s, trainee, data, step_fn)
     finish(s, trainee, end)
     return end

@@ -1,8 +1,14 @@
-"""Captions per second: our jitted beam search vs transformers' PyTorch `generate`, same random weights.
+"""Captions per second: our jitted beam search and sampling vs transformers' PyTorch `generate`, same random
+weights.
 
     python -m benchmarks.bench_decode                       # tiny and base, beams 1 and 5, batch 8
     python -m benchmarks.bench_decode --variants=tiny --beams=5 --repeats=1
     python -m benchmarks.bench_decode --beams=5 --scan_layers   # + the scanned-layers search, per token
+    python -m benchmarks.bench_decode --variants=tiny --beams=16 --strategies=beam,sample --samples=16
+
+Sampling rows (`--strategies` with `sample`) draw `--samples` candidates per clip with the DCASE 2023 winner's
+filters by default (temperature 0.5, top-p 0.95); their "vs beam" column is their time over the beam row of
+the same width (issue 15's target: 16 samples at most 1.2x a 16-beam search).
 
 Both sides decode the same 30 s clips from the same forced prompt (`clotho > caption: `, 11 tokens) and are
 forced to generate exactly `--new_tokens` tokens (min_length = max_length, so eot is never allowed): the same
@@ -37,6 +43,12 @@ _BEAMS = flags.DEFINE_list("beams", ["1", "5"], "Beam counts to time.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Clips per batch.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 30, "Tokens generated after the prompt, exactly.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per measurement (the best is reported).")
+_STRATEGIES = flags.DEFINE_list("strategies", ["beam"], f"Decoding strategies to time: {search.STRATEGIES}.")
+_SAMPLES = flags.DEFINE_list("samples", ["16"], "Samples per clip to time (strategy sample).")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.5, "Sampling temperature.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sampling top-k (0: off).")
+_TOP_P = flags.DEFINE_float("top_p", 0.95, "Sampling top-p (1: off).")
+_NO_REPEAT_NGRAM = flags.DEFINE_integer("no_repeat_ngram_size", 0, "n-gram blocking, every row (0: off).")
 _SCAN_LAYERS = flags.DEFINE_bool(
     "scan_layers", False, "Also time our search with scan_layers=True (stacked cache in the scan's carry)."
 )
@@ -45,20 +57,23 @@ _SCAN_LAYERS = flags.DEFINE_bool(
 @dataclasses.dataclass
 class Row:
     variant: str
-    beams: int
+    strategy: str
+    beams: int  # beams, or samples per clip
     ours_s: float  # one batch, end to end
     hf_s: float
     ours_encoder_s: float  # one batch, encoder alone
     hf_encoder_s: float
     ours_compile_s: float
-    same_tokens: float  # share of clips whose best sequence is identical on both sides
+    same_tokens: float | None  # share of clips whose best sequence is identical on both sides (beam only)
     scanned_s: float | None = None  # one batch, end to end, with scan_layers=True
+    vs_beam: float | None = None  # sampling: ours_s over the beam row of the same width
 
 
 # (header, cell) pairs: one place defines the table.
 COLUMNS: tuple[tuple[str, Callable[[Row, int], str]], ...] = (
     ("model", lambda r, b: r.variant),
-    ("beams", lambda r, b: str(r.beams)),
+    ("strategy", lambda r, b: r.strategy),
+    ("beams / samples", lambda r, b: str(r.beams)),
     ("ours captions/s", lambda r, b: f"{b / r.ours_s:.2f}"),
     ("HF captions/s", lambda r, b: f"{b / r.hf_s:.2f}"),
     ("speed-up", lambda r, b: f"**{r.hf_s / r.ours_s:.1f}x**"),
@@ -69,7 +84,8 @@ COLUMNS: tuple[tuple[str, Callable[[Row, int], str]], ...] = (
         lambda r, b: f"{max(r.ours_s - r.ours_encoder_s, 0):.2f} / {r.hf_s - r.hf_encoder_s:.2f}",
     ),
     ("ours compile s", lambda r, b: f"{r.ours_compile_s:.1f}"),
-    ("same tokens", lambda r, b: f"{r.same_tokens:.0%}"),
+    ("same tokens", lambda r, b: "-" if r.same_tokens is None else f"{r.same_tokens:.0%}"),
+    ("vs beam", lambda r, b: "-" if r.vs_beam is None else f"{r.vs_beam:.2f}x"),
     # Per generated token, decoding alone (the encoder is the same computation either way).
     (
         "scanned / unscanned per token",
@@ -92,8 +108,13 @@ def best_time(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.nda
 
 
 def bench_variant(
-    variant: str, beams: Sequence[int], prompt: np.ndarray, eot: int, checkpoint_dir: str
+    variant: str,
+    widths: Sequence[tuple[str, int]],
+    prompt: np.ndarray,
+    eot: int,
+    checkpoint_dir: str,
 ) -> list[Row]:
+    """Rows for (strategy, beams or samples) pairs on one model size."""
     arch = WhisperConfig.from_variant(variant).architecture()
     torch_model = save_tiny_hf_whisper(checkpoint_dir, seed=0, **arch)
     model, config = load_hf_checkpoint(checkpoint_dir)
@@ -127,13 +148,25 @@ def bench_variant(
         hf_encoder_s, _ = best_time(lambda: torch_model.model.encoder(torch.from_numpy(mel)), repeats)
 
     rows = []
-    for num_beams in beams:
-        settings = search.DecodeSettings(
+    for strategy, width in widths:
+        common = dict(
             eos_id=eot,
-            num_beams=num_beams,
             max_length=length,
             min_length=length,
+            no_repeat_ngram_size=_NO_REPEAT_NGRAM.value,
         )
+        if strategy == "sample":
+            settings = search.DecodeSettings(
+                **common,
+                strategy="sample",
+                num_samples=width,
+                num_return_sequences=width,
+                temperature=_TEMPERATURE.value,
+                top_k=_TOP_K.value,
+                top_p=_TOP_P.value,
+            )
+        else:
+            settings = search.DecodeSettings(**common, num_beams=width)
 
         def time_ours(
             model: nnx.Module, settings: search.DecodeSettings = settings
@@ -156,25 +189,51 @@ def bench_variant(
                 raise RuntimeError("The scanned and unscanned models decoded different tokens.")
         hf_generate(dataclasses.replace(settings, max_length=len(prompt) + 1, min_length=0))  # warm-up
         hf_s, hf = best_time(lambda s=settings: hf_generate(s), repeats)
+        if strategy == "sample":
+            hf = hf[::width]  # HF returns all B*S samples; compare shapes with each clip's first
         if hf.shape != ours.shape:
             raise RuntimeError(f"HF returned {hf.shape}, ours {ours.shape}: the runs did different work.")
-        same = float((hf == ours).all(axis=1).mean())
+        same = float((hf == ours).all(axis=1).mean()) if strategy == "beam" else None
         rows.append(
-            Row(variant, num_beams, ours_s, hf_s, ours_encoder_s, hf_encoder_s, compile_s, same, scanned_s)
+            Row(
+                variant,
+                strategy,
+                width,
+                ours_s,
+                hf_s,
+                ours_encoder_s,
+                hf_encoder_s,
+                compile_s,
+                same,
+                scanned_s,
+            )
         )
         logging.info("%s", rows[-1])
-    return rows
+    beam_s = {r.beams: r.ours_s for r in rows if r.strategy == "beam"}
+    return [
+        dataclasses.replace(r, vs_beam=r.ours_s / beam_s[r.beams])
+        if r.strategy == "sample" and r.beams in beam_s
+        else r
+        for r in rows
+    ]
 
 
 def main(argv: list[str]) -> None:
     del argv
+    unknown = set(_STRATEGIES.value) - set(search.STRATEGIES)
+    if unknown:
+        raise app.UsageError(f"--strategies {sorted(unknown)} unknown; choose from {search.STRATEGIES}.")
     tokenizer = text.Tokenizer.from_assets()
     prompt = np.asarray(tokenizer.prompt_ids(text.CLOTHO_CAPTION), np.int32)
     rows = []
     for variant in _VARIANTS.value:
         with tempfile.TemporaryDirectory() as checkpoint_dir:
-            beams = [int(b) for b in _BEAMS.value]
-            rows += bench_variant(variant, beams, prompt, tokenizer.specials.eot, checkpoint_dir)
+            widths = [
+                (strategy, int(n))
+                for strategy in _STRATEGIES.value
+                for n in (_SAMPLES.value if strategy == "sample" else _BEAMS.value)
+            ]
+            rows += bench_variant(variant, widths, prompt, tokenizer.specials.eot, checkpoint_dir)
     print(
         f"\nBatch {_BATCH.value} clips of 30 s, {_NEW_TOKENS.value} new tokens after a {len(prompt)}-token "
         f"prompt, random weights; {platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
@@ -188,7 +247,9 @@ def main(argv: list[str]) -> None:
     print(
         "\n'same tokens': clips whose best sequence is identical on both sides. Random weights give near-flat "
         "distributions where float rounding can pick another token; exact parity is tested in "
-        "tests/test_search.py on peaked weights."
+        "tests/test_search.py on peaked weights. Sampling rows: temperature "
+        f"{_TEMPERATURE.value}, top-k {_TOP_K.value}, top-p {_TOP_P.value}; n-gram blocking "
+        f"{_NO_REPEAT_NGRAM.value} on every row."
     )
 
 

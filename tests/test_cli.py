@@ -109,7 +109,7 @@ TFDS = ["build", "tfds_builders/clotho", "--manual_dir={clotho_af}", "--data_dir
 # (id, module, arguments, texts the message must contain: the key or file, and the fix)
 CASES = [
     ("predict-key-typo", "audiocap_jax.predict", [*PREDICT, "--config-file.num_beam=3"],
-     ["--config-file.num_beam:", "did you mean --config-file.num_beams?"]),
+     ["--config-file.num_beam:", "did you mean --config-file.num_beams"]),
     ("predict-negative-take-first-n", "audiocap_jax.predict", [*PREDICT, "--take-first-n=-1"],
      ["--take-first-n=-1 is negative", "0 for all"]),
     ("predict-step-not-a-number", "audiocap_jax.predict", [*PREDICT, "--config-file.step=nonsense"],
@@ -290,6 +290,6 @@ def test_config_comments_and_override_suggestions():
     assert comments["batch_size"] == "global, over all devices and processes"  # from base.py
     assert comments["data.synthetic.root"] == 'raw layouts + AudioFolders; "" = <workdir>/data/synthetic'
     config = cli.load_config(str(REPO / "configs" / "smoke.py"), "config")
-    with pytest.raises(cli.UserError, match=r"did you mean --config\.eval\.num_beams\?"):
+    with pytest.raises(cli.UserError, match=r"did you mean --config\.eval\.num_beams\b"):
         cli.check_overrides(["--config.eval.numbeams=2"], "config", config, "train")
     cli.check_overrides(["--config.eval.num_beams=2", "--config.mesh.data", "4"], "config", config, "train")

@@ -1,6 +1,7 @@
 """`predict` and `evaluate` on a tiny random HF Whisper: CSV and log, skipped files, long clips, scoring."""
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -8,9 +9,12 @@ import subprocess
 import sys
 
 import ml_collections
+import numpy as np
 import pytest
+from flax import nnx
 
-from audiocap_jax import evaluate, inference, metrics, predict
+from audiocap_jax import audio, cli, evaluate, inference, load, metrics, predict, preflight, text
+from audiocap_jax.model import sharding
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing import tfds_data
 from audiocap_jax.testing.models import save_tiny_hf_whisper
@@ -49,7 +53,7 @@ def clips(tmp_path_factory):
 
 def test_predict_writes_csv_and_log_and_skips_broken_files(checkpoint, clips, tmp_path, capsys):
     out = tmp_path / "out.csv"
-    log = predict.predict(str(checkpoint), clips, out, _config(), recursive=True)
+    log = predict.predict(str(checkpoint), clips, out, _config(num_return_sequences=2), recursive=True)
     with out.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["file_name"] for r in rows] == [
@@ -68,6 +72,14 @@ def test_predict_writes_csv_and_log_and_skips_broken_files(checkpoint, clips, tm
     assert (
         "rain, heavy.wav\t<|startoftranscript|><|en|><|transcribe|><|notimestamps|>clotho > caption:" in raw
     )
+    # The N-best CSV: both beams of every clip, rank 1 = the CSV's caption, scores descending.
+    nbest = _read(tmp_path / "out_nbest.csv")
+    assert log["nbest_file"] == str(tmp_path / "out_nbest.csv")
+    assert list(nbest[0]) == ["file_name", "rank", "caption", "score"]
+    assert [(r["file_name"], r["rank"]) for r in nbest] == [(r["file_name"], k) for r in rows for k in "12"]
+    assert [r["caption"] for r in nbest if r["rank"] == "1"] == [r["caption_predicted"] for r in rows]
+    scores = [float(r["score"]) for r in nbest]
+    assert all(best >= second for best, second in zip(scores[::2], scores[1::2], strict=True))
 
 
 def test_batch_padding_does_not_change_captions(checkpoint, clips, tmp_path):
@@ -118,6 +130,7 @@ def test_exit_codes_of_skipped_files_and_no_partial_output(checkpoint, tmp_path)
         "clips",
         "some.csv",
         "some_log.json",
+        "some_nbest.csv",
     ]  # no temp files
 
 
@@ -147,13 +160,320 @@ def test_evaluate_predictions_against_clotho_csv(tmp_path):
     assert extra.corpus == scores.corpus
 
 
-def test_evaluate_checkpoint_on_tfds_split(checkpoint, tmp_path):
-    build = tfds_data.build_all(tmp_path)
-    config = ml_collections.ConfigDict(_config())
-    predictions, references, prefix = evaluate.predict_split(
-        str(checkpoint), "audioset", "valid", str(build["audioset_small"].data_dir), config
-    )
-    assert prefix == "audioset > keywords: "
+@pytest.fixture(scope="module")
+def tfds_build(tmp_path_factory):
+    return tfds_data.build_all(tmp_path_factory.mktemp("tfds"))
+
+
+def test_evaluate_checkpoint_on_tfds_split(checkpoint, tfds_build, tmp_path):
+    config = ml_collections.ConfigDict(_config(num_return_sequences=2))
+    data_dir = str(tfds_build["audioset_small"].data_dir)
+    loaded = evaluate.load_split(str(checkpoint), "audioset", "valid", data_dir, config)
+    found = evaluate.caption_split(loaded, config)
+    predictions = {p.file_name: p.caption for p in found}
+    references = {p.file_name: list(p.references) for p in found}
+    assert loaded.prefix == "audioset > keywords: "
     assert len(predictions) == 3 and set(predictions) == set(references)
+    assert all(len(p.candidates) == 2 and p.candidates[0].caption == p.caption for p in found)
     scores = inference.score_captions(predictions, references, keywords=True, spice=False)
     assert {"cider_d", "keyword_f1_micro", "keyword_precision_macro"} <= set(scores.corpus)
+    evaluate.write_predictions(tmp_path, "audioset", found)
+    nbest = _read(tmp_path / "audioset_predictions_nbest.csv")
+    assert [r["rank"] for r in nbest] == ["1", "2"] * 3
+    assert {r["file_name"]: r["caption"] for r in nbest if r["rank"] == "1"} == predictions
+
+
+def _read(path):
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding config, N-best lists, reranking, plain prompts, the sweep.
+# ---------------------------------------------------------------------------------------------------------
+def test_eval_section_and_predict_config_carry_every_decoding_key():
+    namespace: dict = {}
+    exec(compile((REPO / "configs" / "base.py").read_text(), "base.py", "exec"), namespace)
+    eval_section = namespace["get_config"]().eval
+    predict_config = _config()
+    assert set(inference.DECODING_KEYS) <= set(eval_section) & set(predict_config)
+    comments = cli.config_comments(REPO / "configs" / "predict.py")
+    assert all(comments.get(k) for k in inference.DECODING_KEYS), "every decoding key has a --help line"
+
+
+def test_decode_settings_return_every_candidate_to_a_reranker():
+    tokenizer = text.Tokenizer.from_assets()
+    settings = inference.decode_settings(_config(num_beams=4, rerank="mbr"), tokenizer, None)
+    assert (settings.num_beams, settings.num_return_sequences, settings.eos_id) == (4, 4, 50257)
+    plain = inference.decode_settings(_config(num_beams=4, num_return_sequences=3), tokenizer, None)
+    assert plain.num_return_sequences == 3
+
+
+@pytest.mark.parametrize(
+    "overrides, problem, fix",
+    [
+        (
+            dict(strategy="greedy"),
+            "--config-file.strategy 'greedy' unknown",
+            "change that --config-file value",
+        ),
+        (dict(temperature=0.5), '--config-file.temperature=0.5 only apply to strategy="sample"', "--help"),
+        (dict(num_beams=4, num_beam_groups=3), "--config-file.num_beam_groups 3 must be >= 1 and divide", ""),
+        (
+            dict(num_return_sequences=3),
+            "--config-file.num_return_sequences 3 must be between 1 and num_beams 2",
+            "",
+        ),
+        (
+            dict(rerank="best"),
+            "--config-file.rerank 'best' is neither",
+            "set --config-file.rerank to one of none",
+        ),
+        (
+            dict(rerank="no_such_plugin_mod:score"),
+            "module 'no_such_plugin_mod' does not import",
+            "importable",
+        ),
+        (
+            dict(style="clotho"),
+            "--config-file.style: style 'clotho' is not of the form",
+            "or 'none' for no prefix",
+        ),
+    ],
+)
+def test_preflight_rejects_bad_decoding_values(overrides, problem, fix):
+    with pytest.raises(cli.UserError) as error:
+        preflight.check_decoding(_config(**overrides), "--config-file", 1)
+    assert problem in error.value.problem and fix in error.value.fix
+
+
+PLUGIN_CALLS: list[tuple] = []
+
+
+def longest_caption(mel, candidates, scores):
+    """A plug-in reranker for the test below: the longest caption wins; records what it was given."""
+    PLUGIN_CALLS.append((mel.shape, mel.dtype, [len(c) for c in candidates], scores.shape))
+    return np.array([[len(c) for c in clip] for clip in candidates], np.float64)
+
+
+# Whisper's non-speech suppress list as openai/whisper-tiny's generation_config.json carries it.
+_WHISPER_SUPPRESS = [
+    1, 2, 7, 8, 9, 10, 14, 25, 26, 27, 28, 29, 31, 58, 59, 60, 61, 62, 63, 90, 91, 92, 93, 359, 503, 522, 542,
+    873, 893, 902, 918, 922, 931, 1350, 1853, 1982, 2460, 2627, 3246, 3253, 3268, 3536, 3846, 3961, 4183, 4667,
+    6585, 6647, 7273, 9061, 9383, 10428, 10929, 11938, 12033, 12331, 12562, 13793, 14157, 14635, 15265, 15618,
+    16553, 16604, 18362, 18956, 20075, 21675, 22520, 26130, 26161, 26435, 28279, 29464, 31650, 32302, 32470,
+    36865, 42863, 47425, 49870, 50254, 50258, 50358, 50359, 50360, 50361, 50362,
+]  # fmt: skip
+
+
+def _released_generation_config(tokenizer):
+    """The Whisper fields a released checkpoint's generation_config.json has (what `generate(language=...,
+    task=...)` reads), with this tokenizer's special ids."""
+    import transformers
+
+    specials = tokenizer.specials
+    return transformers.GenerationConfig(
+        decoder_start_token_id=specials.sot,
+        bos_token_id=specials.eot,
+        eos_token_id=specials.eot,
+        pad_token_id=specials.eot,
+        suppress_tokens=_WHISPER_SUPPRESS,
+        begin_suppress_tokens=[220, specials.eot],
+        is_multilingual=True,
+        lang_to_id={f"<|{code}|>": specials.language(code) for code in specials.languages},
+        task_to_id={"transcribe": specials.transcribe, "translate": specials.translate},
+        no_timestamps_token_id=specials.notimestamps,
+        prev_sot_token_id=specials.startofprev,
+        max_initial_timestamp_index=50,
+        max_length=448,
+    )
+
+
+@pytest.fixture(scope="module")
+def released_whisper(tmp_path_factory):
+    """(HF dir, folder of 3 clips): a tiny random HF Whisper with a released checkpoint's generation_config,
+    200 mel frames (a 2 s window) for speed."""
+    root = tmp_path_factory.mktemp("released_whisper")
+    torch_model = save_tiny_hf_whisper(root / "whisper", seed=5)
+    torch_model.generation_config = _released_generation_config(text.Tokenizer.from_assets())
+    torch_model.generation_config.save_pretrained(root / "whisper")
+    (root / "clips").mkdir()
+    for seed in range(3):
+        test_audio.write_audio(root / "clips" / f"clip{seed}.wav", test_audio.speech_like(2.0, seed=seed))
+    return root / "whisper", root / "clips"
+
+
+def test_plain_prompt_transcribes_as_transformers_whisper_generate(released_whisper, tmp_path, capsys):
+    """style='none' on an unmodified HF Whisper = `generate(language="en", task="transcribe")`, beams and the
+    checkpoint's suppress lists (begin_suppress at the first generated token) included."""
+    import torch
+    import transformers
+
+    hf_dir, folder = released_whisper
+    torch_model = transformers.WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
+    tokenizer = text.Tokenizer.from_assets()
+    predict.predict(str(hf_dir), folder, tmp_path / "out.csv", _config(style="none", num_beams=3))
+    ours = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
+
+    files = sorted(folder.iterdir())
+    mel = audio.log_mel(np.stack([audio.pad_or_trim(audio.load_audio(f)) for f in files]), n_mels=80)[
+        ..., :200
+    ]
+    with torch.no_grad():  # Whisper's generate returns the generated tokens only; 16 = our max_length 20 - 4
+        generated = torch_model.generate(
+            torch.from_numpy(mel), language="en", task="transcribe", num_beams=3, max_new_tokens=16
+        )
+    prompt = list(tokenizer.specials.decoder_prompt)
+    expected = {
+        f.name: tokenizer.decode_with_specials(prompt + ids)
+        for f, ids in zip(files, generated.tolist(), strict=True)
+    }
+    assert ours == expected
+
+
+def test_plugin_reranker_is_called_per_batch_and_its_choice_wins(released_whisper, tmp_path):
+    PLUGIN_CALLS.clear()
+    out = tmp_path / "out.csv"
+    config = _config(num_beams=3, num_return_sequences=3, rerank=f"{__name__}:longest_caption")
+    hf_dir, folder = released_whisper
+    predict.predict(str(hf_dir), folder, out, config)  # 3 clips, one batch
+    (call,) = PLUGIN_CALLS
+    assert call == ((3, 80, 200), np.float32, [3, 3, 3], (3, 3))
+    nbest = _read(tmp_path / "out_nbest.csv")
+    for name, caption in metrics.read_predictions_csv(out).items():
+        rows = [r for r in nbest if r["file_name"] == name]
+        assert rows[0]["caption"] == caption and len(caption) == max(len(r["caption"]) for r in rows)
+        assert [float(r["score"]) for r in rows] == sorted(
+            (float(len(r["caption"])) for r in rows), reverse=True
+        )
+
+
+def test_sampling_seed_fixes_the_captions_and_another_seed_changes_them(released_whisper):
+    """caption_batches draws batch i with fold_in(key(seed), i): the same seed twice gives the same N-best
+    lists, another seed others (one compiled search: the key is an argument)."""
+    hf_dir, folder = released_whisper
+    config = _config(
+        strategy="sample", num_samples=4, num_return_sequences=4, temperature=1.5, rerank="likelihood"
+    )
+    mesh = sharding.make_mesh(dict(config.mesh))
+    built = load.build_model(
+        load.ModelInit.from_path(str(hf_dir), config.step, dtype=config.dtype), mesh=mesh
+    )
+    tokenizer = built.tokenizer
+    batches = list(
+        predict.audio_batches(
+            predict.list_audio(folder),
+            folder,
+            batch_size=8,
+            n_mels=80,
+            prompt=tokenizer.prompt_ids(text.CLOTHO_CAPTION),
+            long_audio="truncate",
+            workers=1,
+            failures=[],
+            num_frames=built.config.num_frames,
+        )
+    )
+    decoder = inference.Decoder.from_config(config, built.model, tokenizer, hf_dir, mesh)
+    assert (decoder.settings.num_samples, decoder.settings.num_return_sequences) == (4, 4)
+
+    def run(settings):
+        found = dataclasses.replace(decoder, settings=settings).caption(
+            nnx.state(built.model), batches, tokenizer, mesh
+        )
+        for p in found:  # likelihood order: scores descending, the chosen caption first
+            assert [c.score for c in p.candidates] == sorted((c.score for c in p.candidates), reverse=True)
+            assert p.caption == p.candidates[0].caption
+        return [(p.file_name, [c.caption for c in p.candidates]) for p in found]
+
+    first = run(decoder.settings)
+    assert len(first) == 3 and all(len(captions) == 4 for _, captions in first)
+    assert run(decoder.settings) == first
+    assert run(dataclasses.replace(decoder.settings, seed=1)) != first
+
+
+def test_the_decoding_sweep_file_passes_preflight():
+    configs = evaluate.sweep_configs(_config(), str(REPO / "configs" / "sweeps" / "decoding.py"), 1)
+    assert list(configs) == ["beam1", "beam10", "beam5", "diverse10x5", "sample16_mbr"]
+    sample = configs["sample16_mbr"]
+    assert (sample.strategy, sample.num_samples, sample.temperature, sample.top_p) == (
+        "sample",
+        16,
+        0.5,
+        0.95,
+    )
+    assert (sample.no_repeat_ngram_size, sample.rerank) == (3, "mbr")
+
+
+def test_sweep_decodes_every_setting_once_and_writes_one_row_each(released_whisper, tfds_build, tmp_path):
+    sweep_file = tmp_path / "sweep.py"
+    sweep_file.write_text(
+        "import ml_collections\n"
+        "def get_config():\n"
+        "    return ml_collections.ConfigDict(dict(\n"
+        "        greedy=ml_collections.ConfigDict(dict(num_beams=1)),\n"
+        "        beam2_mbr=ml_collections.ConfigDict(dict(num_beams=2, num_return_sequences=2, rerank='mbr')),\n"
+        "    ))\n"
+    )
+    base = _config()
+    configs = evaluate.sweep_configs(base, str(sweep_file), 1)
+    assert list(configs) == ["beam2_mbr", "greedy"] and configs["beam2_mbr"].rerank == "mbr"  # sorted names
+    assert base.rerank == "none"  # the base config is not changed
+    hf_dir, _ = released_whisper  # 200 mel frames: the TFDS clips' first 2 s
+    data_dir = str(tfds_build["clotho"].data_dir)
+    loaded = evaluate.load_split(
+        str(hf_dir), "clotho", "validation", data_dir, base, style="none", in_memory=True
+    )
+    assert loaded.prefix == "" and loaded.batches[0]["decoder_prompt"][0].tolist() == [
+        50258,
+        50259,
+        50359,
+        50363,
+    ]
+    seen = []
+
+    def score(found, candidates):
+        """A stand-in for the JVM metrics (`evaluate` passes `metrics.score`; tested above): what it got."""
+        seen.append(candidates)
+        return metrics.CaptionScores(
+            corpus={"cider_d": float(len(found)), "spice": None}, per_clip={}, unavailable={}, warnings=[]
+        )
+
+    rows = evaluate.run_sweep(loaded, configs, tmp_path, score)
+    assert [r["setting"] for r in rows] == ["beam2_mbr", "greedy"]
+    assert [(r["cider_d"], r["spice"]) for r in rows] == [(2.0, None), (2.0, None)]  # the 2 decodable clips
+    assert all(r["seconds"] > 0 for r in rows)
+    assert [None if c is None else [len(v) for v in c.values()] for c in seen] == [[2, 2], None]
+    written = _read(tmp_path / "sweep.csv")
+    assert [(r["setting"], r["cider_d"], r["spice"]) for r in written] == [
+        ("beam2_mbr", "2.0", ""),
+        ("greedy", "2.0", ""),
+    ]
+    assert {"clotho_greedy_predictions.csv", "clotho_beam2_mbr_predictions_nbest.csv"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    table = evaluate.format_sweep_table(rows).splitlines()
+    assert table[0] == "| setting | CIDEr-D | SPICE | seconds |"
+    assert table[2].startswith("| beam2_mbr | 2.0000 | n/a | ")
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ("dict(a=ml_collections.ConfigDict(dict(beams=3)))", ": a.beams: no such key in configs/predict.py"),
+        (
+            "dict(a=ml_collections.ConfigDict(dict(batch_size=3)))",
+            ": a.batch_size: the sweep loads the model",
+        ),
+        ("dict(a=ml_collections.ConfigDict(dict(top_p=2.0, strategy='sample')))", ": a.top_p 2.0 must be in"),
+        ("dict(a=3)", ": a is a int, not a ConfigDict"),
+        ("dict()", "without settings"),
+    ],
+)
+def test_bad_sweep_files_name_the_setting_and_key(tmp_path, body, problem):
+    sweep_file = tmp_path / "sweep.py"
+    sweep_file.write_text(
+        f"import ml_collections\ndef get_config():\n    return ml_collections.ConfigDict({body})\n"
+    )
+    with pytest.raises(cli.UserError) as error:
+        evaluate.sweep_configs(_config(), str(sweep_file), 1)
+    assert str(sweep_file) in error.value.problem and problem in error.value.problem

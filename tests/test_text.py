@@ -67,16 +67,23 @@ def test_make_prefix_rejects_unsplittable_names(dataset, task):
         ("clotho>caption:", "clotho > caption: "),
         ("  audioset >  keywords ", "audioset > keywords: "),
         ("wavcaps > long caption", "wavcaps > long caption: "),
+        ("none", ""),
+        (" none ", ""),
+        ("", ""),
     ],
 )
 def test_parse_style(style, prefix):
     assert text.parse_style(style) == prefix
 
 
-@pytest.mark.parametrize("style", ["clotho", "a > b > c", " > caption", "clotho > ", ""])
+@pytest.mark.parametrize("style", ["clotho", "a > b > c", " > caption", "clotho > ", "none >"])
 def test_parse_style_rejects_malformed(style):
     with pytest.raises(ValueError, match="<dataset> > <task>"):
         text.parse_style(style)
+
+
+def test_plain_style_prompt_is_only_the_special_tokens(tok):
+    assert tok.prompt_ids(text.parse_style("none")) == DECODER_PROMPT
 
 
 def test_split_prefixed_text():
