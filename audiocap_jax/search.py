@@ -343,17 +343,21 @@ def length_penalty(num_generated: jax.Array, settings: DecodeSettings) -> jax.Ar
     return g**settings.length_penalty
 
 
-def top_k_per_example(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """lax.top_k over the last axis, computed where each example lives. [B, C] --> [B, k], [B, k]
+def top_k_per_example(x: jax.Array, k: int, block: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """lax.top_k over the last axis, computed where each example lives (`blocked_top_k` with `block`, by
+    default `_TOP_K_BLOCK`). [B, C] --> [B, k], [B, k]
 
     XLA's partitioner gathers the whole batch onto every device for a TopK; under a mesh (`jax.set_mesh`)
     we run it per batch shard instead (shard_map over the mesh axes the `batch` rule maps to).
     """
+    block = block or _TOP_K_BLOCK
     mesh = jax.sharding.get_abstract_mesh()
     spec = None if mesh.empty else logical_to_spec(("batch", None), x.shape, mesh)
     if spec is None or spec[0] is None:
-        return blocked_top_k(x, k)
-    return jax.shard_map(lambda a: blocked_top_k(a, k), mesh=mesh, in_specs=spec, out_specs=(spec, spec))(x)
+        return blocked_top_k(x, k, block)
+    return jax.shard_map(
+        lambda a: blocked_top_k(a, k, block), mesh=mesh, in_specs=spec, out_specs=(spec, spec)
+    )(x)
 
 
 _TOP_K_BLOCK = 256
@@ -492,7 +496,10 @@ def _filtered_candidates(scores: jax.Array, settings: DecodeSettings, width: int
     ascending order from the least likely token, so the two differ only by float rounding at the cut; of
     equal scores at the cut we keep the lower ids (torch's unstable sort keeps some, unspecified)."""
     vocab_size = scores.shape[-1]
-    values, ids = top_k_per_example(scores, width)  # --> [N, W] descending
+    # --> [N, W] descending. The barrier keeps XLA:CPU from turning the top-k, whose k-th column is read
+    # below, into a sort of the whole row (655 instead of 6.5 ms for 64 rows of 51865 tokens).
+    # Blocks of 64 rather than 256: 3.6 instead of 6.4 ms for the 64 best of 51865 tokens in 64 rows.
+    values, ids = jax.lax.optimization_barrier(top_k_per_example(scores, width, block=64))
     last = values[:, -1]
     complete = jnp.full(values.shape[:1], width == vocab_size)
     if settings.top_k > 0:
