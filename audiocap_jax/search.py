@@ -74,8 +74,9 @@ _NEG = -1.0e9
 
 LENGTH_PENALTY_FORMS = ("hf", "gnmt")
 STRATEGIES = ("beam", "sample")
-# The fields that only sampling reads, with their (inactive) defaults.
-_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "num_samples": 1, "seed": 0}
+# The fields that only sampling reads, with their (inactive) defaults. `seed` is not among them: beam search
+# ignores it, so one config (or a sweep mixing strategies) can carry a seed whatever its strategy.
+_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "num_samples": 1}
 EarlyStopping = bool | Literal["never"]
 
 
@@ -114,7 +115,7 @@ class DecodeSettings:
     top_k: int = 0  # sample only; 0 = off, 1 = greedy
     top_p: float = 1.0  # sample only; 1 = off
     num_samples: int = 1  # sample only: candidates per example
-    seed: int = 0  # sample only: the key when the caller passes none
+    seed: int = 0  # sampling's key when the caller passes none; beam search ignores it
     no_repeat_ngram_size: int = 0  # every strategy; 0 = off
     repetition_penalty: float = 1.0  # every strategy; 1 = off
 

@@ -497,7 +497,7 @@ def test_beam_groups_without_penalty_are_independent_beam_searches():
 def test_strategy_settings_errors_name_the_field():
     cases = [
         (dict(temperature=0.5), 'temperature=0.5 only apply to strategy="sample"'),
-        (dict(top_k=5, seed=1), 'top_k=5, seed=1 only apply to strategy="sample"'),
+        (dict(top_k=5, num_samples=2), 'top_k=5, num_samples=2 only apply to strategy="sample"'),
         (dict(strategy="greedy"), "strategy 'greedy' unknown"),
         (dict(num_beams=4, num_beam_groups=3), "num_beam_groups 3 must be >= 1 and divide num_beams 4"),
         (dict(diversity_penalty=0.5), "diversity_penalty 0.5 needs num_beam_groups > 1"),
