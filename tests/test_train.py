@@ -77,7 +77,7 @@ def _params(workdir):
     return jax.device_get(nnx.state(built.model))
 
 
-def test_exact_resume_after_sigkill(tmp_path, data_dir):
+def test_exact_resume_after_sigkill_and_a_corrupt_latest_checkpoint(tmp_path, data_dir):
     _train(tmp_path / "straight", data_dir)
 
     interrupted = tmp_path / "interrupted"
@@ -97,9 +97,18 @@ def test_exact_resume_after_sigkill(tmp_path, data_dir):
     process.wait()
     killed_at = max(r["step"] for r in read_metrics(interrupted))
     assert 6 <= killed_at < 10
+    # The latest checkpoint is also corrupt (a node died while the storage wrote it): the run moves it aside,
+    # kept for a post-mortem, resumes from the one before and still ends exactly where the straight run does.
+    saved = checkpoint.Checkpointer(interrupted / "checkpoints").all_steps()
+    latest = saved[-1]
+    for path in (interrupted / "checkpoints" / str(latest) / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
 
     resumed = _train(interrupted, data_dir)
-    assert "Resumed from step" in resumed.stderr
+    assert f"Resumed from step {saved[-2]}" in resumed.stderr and "moved it aside" in resumed.stderr
+    [aside] = (interrupted / "checkpoints").glob(f"{latest}.corrupt-*")
+    assert (aside / "state").is_dir()
     straight_losses = _losses(tmp_path / "straight")
     assert len(straight_losses) == 10
     assert _losses(interrupted) == straight_losses
