@@ -77,6 +77,8 @@ STRATEGIES = ("beam", "sample")
 # The fields that only sampling reads, with their (inactive) defaults. `seed` is not among them: beam search
 # ignores it, so one config (or a sweep mixing strategies) can carry a seed whatever its strategy.
 _SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "num_samples": 1}
+# The fields that only (diverse) beam search reads.
+_GROUP_DEFAULTS = {"num_beam_groups": 1, "diversity_penalty": 0.0}
 EarlyStopping = bool | Literal["never"]
 
 
@@ -126,38 +128,25 @@ class DecodeSettings:
             raise ValueError(f"num_beams is {self.num_beams}; it must be >= 1 (1 = greedy).")
         if self.num_samples < 1:
             raise ValueError(f"num_samples is {self.num_samples}; it must be >= 1.")
-        if self.strategy == "beam":
-            sampling_only = {
-                name: getattr(self, name)
-                for name, default in _SAMPLING_DEFAULTS.items()
-                if getattr(self, name) != default
-            }
-            if sampling_only:
-                raise ValueError(
-                    f"{', '.join(f'{k}={v!r}' for k, v in sampling_only.items())} only apply to "
-                    'strategy="sample"; set strategy="sample" or leave them at their defaults.'
-                )
-            if not 1 <= self.num_return_sequences <= self.num_beams:
-                raise ValueError(
-                    f"num_return_sequences {self.num_return_sequences} must be between 1 and num_beams "
-                    f"{self.num_beams}; raise num_beams to return more sequences."
-                )
-        else:
-            group_fields = {
-                name: getattr(self, name)
-                for name, default in (("num_beam_groups", 1), ("diversity_penalty", 0.0))
-                if getattr(self, name) != default
-            }
-            if group_fields:
-                raise ValueError(
-                    f"{', '.join(f'{k}={v!r}' for k, v in group_fields.items())} only apply to "
-                    'strategy="beam"; leave them at their defaults when sampling.'
-                )
-            if not 1 <= self.num_return_sequences <= self.num_samples:
-                raise ValueError(
-                    f"num_return_sequences {self.num_return_sequences} must be between 1 and num_samples "
-                    f"{self.num_samples}; raise num_samples to return more sequences."
-                )
+        # The knobs the other strategy reads must stay at their defaults, so a setting never silently does nothing.
+        other_strategy, other_defaults = (
+            ("sample", _SAMPLING_DEFAULTS) if self.strategy == "beam" else ("beam", _GROUP_DEFAULTS)
+        )
+        inactive = {
+            k: getattr(self, k) for k, default in other_defaults.items() if getattr(self, k) != default
+        }
+        if inactive:
+            raise ValueError(
+                f"{', '.join(f'{k}={v!r}' for k, v in inactive.items())} only apply to "
+                f'strategy="{other_strategy}"; set strategy="{other_strategy}" or leave them at their defaults.'
+            )
+        width_name = "num_beams" if self.strategy == "beam" else "num_samples"
+        width = getattr(self, width_name)
+        if not 1 <= self.num_return_sequences <= width:
+            raise ValueError(
+                f"num_return_sequences {self.num_return_sequences} must be between 1 and {width_name} "
+                f"{width}; raise {width_name} to return more sequences."
+            )
         if self.num_beam_groups < 1 or self.num_beams % self.num_beam_groups:
             raise ValueError(
                 f"num_beam_groups {self.num_beam_groups} must be >= 1 and divide num_beams {self.num_beams}; "

@@ -4,35 +4,13 @@ and 30 training steps."""
 import jax
 import numpy as np
 from flax import nnx
+from test_train_step import TINY, _batch  # the tiny model and 8-clip batch the train-step tests use
 
 from audiocap_jax import text, train_step
 from audiocap_jax.model import sharding
-from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint
 from audiocap_jax.model.whisper import create_model
 from audiocap_jax.testing.models import TINY_ARCH, save_tiny_hf_whisper
-
-SMALL = WhisperConfig(
-    d_model=64,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_attention_heads=2,
-    decoder_attention_heads=2,
-    encoder_ffn_dim=128,
-    decoder_ffn_dim=128,
-    max_source_positions=50,
-    max_target_positions=32,
-)
-CAPTIONS = [
-    "a dog barks twice",
-    "rain falls on a metal roof",
-    "birds chirp in the morning",
-    "a car passes by quickly",
-    "water drips into a bucket",
-    "people talk in a busy cafe",
-    "a door creaks and slams",
-    "wind blows through the trees",
-]
 
 
 def test_bfloat16_logits_within_bfloat16_tolerance(tmp_path):
@@ -61,15 +39,11 @@ def test_bfloat16_training_matches_float32():
     """30 optimizer steps in bfloat16 end within 5% of the float32 run's loss (same data, same init): the
     float32 master weights and float32 loss keep bf16 matmuls from drifting. In-process train steps on a tiny
     model; `train.py` reads `config.model.dtype` into this same `WhisperConfig.dtype`."""
-    tokenizer = text.Tokenizer.from_assets()
-    rng = np.random.default_rng(0)
-    rows = [tokenizer.encode_target(text.CLOTHO_CAPTION, c, 24) for c in CAPTIONS]
-    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    batch["mel"] = rng.standard_normal((len(CAPTIONS), 80, SMALL.num_frames)).astype(np.float32)
+    batch = _batch(text.Tokenizer.from_assets())
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     final = {}
     for dtype in ("float32", "bfloat16"):
-        graphdef, weights = nnx.split(create_model(SMALL.replace(dtype=dtype), mesh=mesh, seed=0))
+        graphdef, weights = nnx.split(create_model(TINY.replace(dtype=dtype), mesh=mesh, seed=0))
         selects = train_step.trainable((), ())
         schedule = train_step.make_schedule(lr=3e-3, warmup_steps=5, total_steps=30, decay="constant")
         tx = train_step.make_optimizer(schedule)
