@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist loadfile tests
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=15 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,9 +1,19 @@
-"""Test session setup: 8 fake CPU devices so sharding is exercised like on a pod."""
+"""Test session setup: 8 fake CPU devices so sharding is exercised like on a pod; shared fixtures."""
 
 import os
+
+import pytest
 
 # Must be set before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def clotho_data_dir(tmp_path_factory):
+    """The tiny real-layout Clotho TFDS build (`audiocap_jax.testing.tfds_data`) end-to-end training runs use."""
+    from audiocap_jax.testing import tfds_data
+
+    return tfds_data.build_all(tmp_path_factory.mktemp("tfds"))["clotho"].data_dir
