@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from test_train import REPO, _command, _env, data_dir  # noqa: F401  (data_dir: the tiny Clotho build fixture)
+from test_train import REPO, _command, _env
 from test_train_step import TINY, _batch  # the tiny model and 8-clip batch the train-step tests use
 
 from audiocap_jax import checkpoint, load, text, train_step
@@ -324,7 +324,7 @@ def test_lora_tuned_tiny_model_overfits_eight_clips(tokenizer):
     assert first_loss > 11.0 and last_loss < 5.0, (first_loss, last_loss)
 
 
-def test_smoke_run_with_lora_trains_logs_the_trainable_line_exports_and_resumes(tmp_path, data_dir):  # noqa: F811
+def test_smoke_run_with_lora_trains_logs_the_trainable_line_exports_and_resumes(tmp_path, clotho_data_dir):
     workdir = tmp_path / "run"
     settings = (
         "--config.eval.every_steps=0",
@@ -334,7 +334,7 @@ def test_smoke_run_with_lora_trains_logs_the_trainable_line_exports_and_resumes(
     )
 
     def train(*overrides):
-        command = _command(workdir, data_dir, *settings, *overrides, validate_and_export=True)
+        command = _command(workdir, clotho_data_dir, *settings, *overrides, validate_and_export=True)
         result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stderr
