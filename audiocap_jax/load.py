@@ -37,6 +37,7 @@ from jax.sharding import Mesh
 from audiocap_jax.checkpoint import Checkpointer
 from audiocap_jax.choices import INITS
 from audiocap_jax.model import sharding
+from audiocap_jax.model.backend import resolve_runtime
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint, resolve_checkpoint_dir
 from audiocap_jax.model.lora import NO_LORA, LoRASpec, apply_lora, merge_lora
@@ -141,6 +142,19 @@ def saved_lora(workdir: Path) -> LoRASpec:
     return LoRASpec.from_config(saved) if saved else NO_LORA
 
 
+def model_config_of(init: ModelInit) -> WhisperConfig:
+    """The architecture `build_model(init)` would load, read from JSON files only (no weights): a workdir's
+    `model_config.json`, a local HF directory's `config.json`, else `variant` + `arch_overrides` (also for
+    a hub id, whose files are not fetched here: the training configs name its variant beside it)."""
+    runtime = dict(init.runtime)
+    if init.init == "ours" and is_workdir(init.init_from):
+        return WhisperConfig.from_json_file(Path(init.init_from).expanduser() / MODEL_CONFIG_FILE, **runtime)
+    hf_config = Path(init.hf_checkpoint).expanduser() / "config.json"
+    if init.init == "hf" and init.hf_checkpoint and hf_config.is_file():
+        return WhisperConfig.from_json_file(hf_config, **runtime)
+    return WhisperConfig.from_variant(init.variant, **dict(init.arch_overrides), **runtime)
+
+
 def build_model(
     init: ModelInit,
     *,
@@ -165,7 +179,7 @@ def build_model(
                 "resume from the workdir the checkpoints came from."
             )
         config = WhisperConfig.from_json_file(run_files / MODEL_CONFIG_FILE, **runtime)
-        model = _abstract_model(config, mesh, saved_lora(run_files))
+        model = abstract_model(config, mesh, saved_lora(run_files))
         tokenizer = Tokenizer.from_pretrained(run_files / TOKENIZER_DIR)
         return BuiltModel(model, config, tokenizer, f"resuming {resume_from.directory}", resume=True)
     if init.init == "ours":
@@ -184,9 +198,11 @@ def build_model(
     raise ValueError(f"model init {init.init!r} unknown; choose one of {INITS}.")
 
 
-def _abstract_model(config: WhisperConfig, mesh: Mesh, lora: LoRASpec) -> Whisper:
+def abstract_model(config: WhisperConfig, mesh: Mesh, lora: LoRASpec) -> Whisper:
     """The model (with `lora`'s adapters) with `jax.ShapeDtypeStruct` leaves carrying their shardings: a
-    restore target, no memory."""
+    restore target, or the input of a program compiled ahead of time; no memory. "auto" runtime settings
+    are resolved for the mesh's devices (compile-only TPU/GPU devices included)."""
+    config = resolve_runtime(config, list(mesh.devices.flat))
 
     def create() -> Whisper:
         model = Whisper(config, rngs=nnx.Rngs(0))
@@ -213,7 +229,7 @@ def _restore_workdir(path: Path, step: int | str, mesh: Mesh, runtime: dict[str,
         if "param_dtype" not in runtime:
             runtime["param_dtype"] = _saved_param_dtype(manager.saved_dtypes(chosen, WEIGHTS_KEY))
         config = WhisperConfig.from_json_file(path / MODEL_CONFIG_FILE, **runtime)
-        abstract = _abstract_model(config, mesh, saved_lora(path))
+        abstract = abstract_model(config, mesh, saved_lora(path))
         graphdef, target = nnx.split(abstract)
         weights = manager.restore_subset(chosen, {WEIGHTS_KEY: target})[WEIGHTS_KEY]
     finally:

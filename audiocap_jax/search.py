@@ -53,6 +53,7 @@ tokens at its cut lower ids first, where torch's unstable sort picks them in no 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Mapping
@@ -66,6 +67,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from audiocap_jax.model.backend import tracing_platform
 from audiocap_jax.model.sharding import constrain, logical_to_spec
 
 # HF's "very large negative" score for dead beams and empty finished slots, kept identical so masking and
@@ -334,20 +336,24 @@ def length_penalty(num_generated: jax.Array, settings: DecodeSettings) -> jax.Ar
 
 
 def top_k_per_example(x: jax.Array, k: int, block: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """lax.top_k over the last axis, computed where each example lives (`blocked_top_k` with `block`, by
-    default `_TOP_K_BLOCK`). [B, C] --> [B, k], [B, k]
+    """lax.top_k over the last axis, computed where each example lives. [B, C] --> [B, k], [B, k]
 
     XLA's partitioner gathers the whole batch onto every device for a TopK; under a mesh (`jax.set_mesh`)
-    we run it per batch shard instead (shard_map over the mesh axes the `batch` rule maps to).
+    we run it per batch shard instead (shard_map over the mesh axes the `batch` rule maps to). On CPU the
+    exact `blocked_top_k` (with `block`, by default `_TOP_K_BLOCK`) replaces XLA:CPU's slow TopK; TPUs and
+    GPUs have fast TopK kernels (and XLA:TPU ran out of scoped vector memory on the blocked form's
+    reduce_window over a 51,968-token row).
     """
     block = block or _TOP_K_BLOCK
+
+    def top_k(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return blocked_top_k(a, k, block) if tracing_platform() == "cpu" else tuple(jax.lax.top_k(a, k))
+
     mesh = jax.sharding.get_abstract_mesh()
     spec = None if mesh.empty else logical_to_spec(("batch", None), x.shape, mesh)
     if spec is None or spec[0] is None:
-        return blocked_top_k(x, k, block)
-    return jax.shard_map(
-        lambda a: blocked_top_k(a, k, block), mesh=mesh, in_specs=spec, out_specs=(spec, spec)
-    )(x)
+        return top_k(x)
+    return jax.shard_map(top_k, mesh=mesh, in_specs=spec, out_specs=(spec, spec))(x)
 
 
 _TOP_K_BLOCK = 256
@@ -908,7 +914,28 @@ def decode_tokens(
     return beam_search(tokens_to_logits, cache, prompt_ids, prompt_lengths, settings)
 
 
-DecodeFn = Callable[..., tuple[jax.Array, jax.Array]]
+@dataclasses.dataclass(frozen=True)
+class DecodeFn:
+    """The jitted captioning program of `make_decode_fn`, run (or lowered ahead of time) under its mesh.
+
+    `decode(state, mel, prompt_ids, prompt_lengths, rng=None) -> (sequences, scores)`; `lower` takes the
+    same arguments, concrete or abstract (`jax.ShapeDtypeStruct` with shardings), and returns the lowered
+    program without running it: what `audiocap_jax.aot` compiles for a target.
+    """
+
+    jitted: Any  # jax.jit of the whole search
+    mesh: Mesh | None
+
+    def _on_mesh(self) -> Any:
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+    def __call__(self, *args: Any) -> tuple[jax.Array, jax.Array]:
+        with self._on_mesh():
+            return self.jitted(*args)
+
+    def lower(self, *args: Any) -> jax.stages.Lowered:
+        with self._on_mesh():
+            return self.jitted.trace(*args).lower()
 
 
 def make_decode_fn(
@@ -940,17 +967,4 @@ def make_decode_fn(
         sequences, scores = decode_tokens(tokens_to_logits, cache, prompt_ids, prompt_lengths, settings, rng)
         return constrain(sequences, ("batch", None, None)), constrain(scores, ("batch", None))
 
-    if mesh is None:
-        return decode
-
-    def decode_on_mesh(
-        state: Any,
-        mel: jax.Array,
-        prompt_ids: jax.Array,
-        prompt_lengths: jax.Array,
-        rng: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        with jax.set_mesh(mesh):
-            return decode(state, mel, prompt_ids, prompt_lengths, rng)
-
-    return decode_on_mesh
+    return DecodeFn(decode, mesh)

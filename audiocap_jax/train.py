@@ -192,7 +192,7 @@ def build_state(s: Setup) -> Trainee:
     """The model in `load.build_model`'s resume order (a new run wraps it with `config.model.lora`'s
     adapters; a resumed one has them from its run files), then the optimizer and the train state: restored
     from this workdir's latest checkpoint (into abstract arrays, nothing allocated twice) or fresh."""
-    config, o = s.config, s.config.optim
+    config = s.config
     adapters = lora.LoRASpec.from_config(config.model.lora)
     built = load.build_model(
         load.ModelInit.from_config(config), mesh=s.mesh, resume_from=s.checkpoints, run_files=s.workdir
@@ -211,20 +211,9 @@ def build_state(s: Setup) -> Trainee:
         load.save_run_files(s.workdir, built.config, built.tokenizer, adapters)
     graphdef, weights = nnx.split(built.model)
     sharding.log_sharding_overview(weights, s.mesh, s.workdir / SHARDING_TABLE_FILE)
-    selects = train_step.trainable(tuple(o.train_only), tuple(o.freeze), adapters, weights)
-    settings = train_step.trainable_settings(o.train_only, o.freeze, adapters)
-    train_step.check_trainable(weights, selects, settings)
-    logging.info("%s", train_step.describe_trainable(weights, selects, settings))
-    schedule = train_step.make_schedule(
-        lr=o.lr,
-        warmup_steps=o.warmup_steps,
-        total_steps=config.total_steps,
-        decay=o.schedule,
-        end_lr_fraction=o.end_lr_fraction,
-    )
-    tx = train_step.make_optimizer(
-        schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm
-    )
+    updater = train_step.updater_from_config(config, weights, adapters)
+    logging.info("%s", train_step.describe_trainable(weights, updater.selects, updater.settings))
+    tx, schedule, selects = updater.tx, updater.schedule, updater.selects
     start_step, data_state = 0, None
     if built.resume:
         restored = s.checkpoints.restore_latest(train_step.abstract_train_state(weights, tx, selects, s.mesh))

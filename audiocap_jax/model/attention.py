@@ -9,7 +9,8 @@ Which implementation runs is the backend policy's choice (model/backend.py), mad
   encoder always sees 1500 frames; right-padded targets only feed masked-out loss positions), so no lengths.
 - `splash` (TPU): Pallas splash attention (`make_splash_mha`), vmapped over the batch. Its blocks are
   multiples of 128 that divide the sequence, so queries and keys are padded (1500 frames --> 1536) and the
-  padded keys are masked out with segment ids. Off TPU the kernel runs in Pallas interpret mode (tests).
+  padded keys are masked out with segment ids. The Mosaic kernel when the program is compiled for TPUs (the
+  mesh's devices, compile-only ones included); Pallas interpret mode elsewhere (tests).
 - `cpu`: `tiled` for long unmasked attention (the encoder), einsum-softmax-einsum otherwise.
   XLA on CPU does not fuse matmul->softmax->matmul, so the encoder's [B, H, 1500, 1500] scores (432 MB for
   tiny at B=8) fall out of cache; a (batch, head) tile (9 MB) does not. With its flash-style backward (no
@@ -21,12 +22,13 @@ All implementations agree to float32 rounding (tests/test_attention.py).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_masks
+
+from audiocap_jax.model.backend import tracing_platform
+from audiocap_jax.model.sharding import logical_to_spec
 
 _TILED_MIN_KEYS = 256  # below this the scores fit in cache anyway
 _SPLASH_BLOCK = 128  # splash attention's block sizes are multiples of this
@@ -39,7 +41,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str, causal: bo
     in float32 (cuDNN and splash accumulate in float32 internally).
     """
     if impl == "cudnn":
-        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn").astype(q.dtype)
+        return _cudnn_attention(q, k, v, causal)
     if impl == "splash":
         return _splash_attention(q, k, v, causal)
     if impl == "cpu" and not causal and k.shape[1] >= _TILED_MIN_KEYS:
@@ -50,6 +52,31 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, impl: str, causal: bo
     raise ValueError(
         f"Unknown attention implementation {impl!r}; resolve 'auto' with model/backend.py first."
     )
+
+
+def _pad_length(x: jax.Array, length: int) -> jax.Array:
+    """[B, L, H, Dh] --> [B, length, H, Dh], zeros after the real positions."""
+    return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0)))
+
+
+def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
+    """cuDNN flash attention, with odd lengths padded to even ones: jax's cuDNN training path refuses odd
+    sequence lengths (`Unsupported sequence length Q 79, KV 79` for the decoder's 79 teacher-forced tokens).
+    Padded queries are dropped; padded keys come after every real query under the causal mask, and are cut
+    off by the key lengths otherwise."""
+    b, t, s = q.shape[0], q.shape[1], k.shape[1]
+    t_even = t + t % 2
+    s_even = t_even if causal else s + s % 2
+    key_lengths = jnp.full((b,), s, jnp.int32) if s_even != s and not causal else None
+    out = jax.nn.dot_product_attention(
+        _pad_length(q, t_even),
+        _pad_length(k, s_even),
+        _pad_length(v, s_even),
+        is_causal=causal,
+        key_value_seq_lengths=key_lengths,
+        implementation="cudnn",
+    )
+    return out[:, :t].astype(q.dtype)
 
 
 def heads_major(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -186,11 +213,15 @@ def _splash_blocks(q_len: int, kv_len: int) -> splash.BlockSizes:
     )
 
 
-@functools.cache
 def _splash_kernel(
     heads: int, q_len: int, kv_len: int, causal: bool, interpret: bool
 ) -> splash.SplashAttentionKernel:
-    """One kernel per shape (building one processes its mask on the host)."""
+    """A kernel for the program being traced, built anew in every trace that needs one.
+
+    The kernel holds its mask tables as arrays of the trace that built it: cached across traces, it broke
+    the second jitted program that used it (train step, then validation). The host-side mask processing it
+    starts from is cached inside splash itself, so a rebuild costs well under a millisecond.
+    """
     shape = (q_len, kv_len)
     head_mask = splash_masks.CausalMask(shape) if causal else splash_masks.FullMask(shape)
     return splash.make_splash_mha(
@@ -203,25 +234,35 @@ def _splash_kernel(
 
 
 def _splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
-    """Splash attention on [B, T, H, Dh] inputs, lengths padded to multiples of 128 and padded keys masked."""
-    b, t, h, dh = q.shape
+    """Splash attention on [B, T, H, Dh] inputs, lengths padded to multiples of 128 and padded keys masked.
+
+    Under a mesh the kernel runs inside `shard_map`, one call per device on its batch rows and heads (the
+    `batch` and `heads` rules): XLA cannot partition a Mosaic kernel itself.
+    """
+    _, t, _, dh = q.shape
     s = k.shape[1]
     t_pad, s_pad = _round_up(t, _SPLASH_BLOCK), _round_up(s, _SPLASH_BLOCK)
     if causal:  # queries and keys are the same positions: pad both alike; causality hides the padded keys
         t_pad = s_pad = max(t_pad, s_pad)
+    interpret = tracing_platform() != "tpu"  # Pallas interpret mode off TPU (tests)
 
     def heads_first(x: jax.Array, length: int) -> jax.Array:  # [B, L, H, Dh] --> [B, H, L_pad, Dh]
-        return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+        return _pad_length(x, length).transpose(0, 2, 1, 3)
+
+    def local(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:  # one device's [B', H', L_pad, Dh]
+        kernel = _splash_kernel(q.shape[1], t_pad, s_pad, causal, interpret)
+        segments = None
+        if s_pad != s and not causal:  # every query sees segment 1: the real keys
+            segments = splash.SegmentIds(
+                q=jnp.ones((t_pad,), jnp.int32), kv=(jnp.arange(s_pad) < s).astype(jnp.int32)
+            )
+        return jax.vmap(lambda q1, k1, v1: kernel(q1, k1, v1, segment_ids=segments))(q, k, v)
 
     q = heads_first(q * jnp.asarray(dh**-0.5, q.dtype), t_pad)
     k, v = heads_first(k, s_pad), heads_first(v, s_pad)
-    kernel = _splash_kernel(h, t_pad, s_pad, causal, jax.default_backend() != "tpu")
-    segments = None
-    if s_pad != s and not causal:  # every query sees segment 1: the real keys
-        segments = splash.SegmentIds(
-            q=jnp.ones((t_pad,), jnp.int32), kv=(jnp.arange(s_pad) < s).astype(jnp.int32)
-        )
-    out = jax.vmap(lambda q1, k1, v1: kernel(q1, k1, v1, segment_ids=segments))(
-        q, k, v
-    )  # --> [B, H, T_pad, Dh]
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:
+        spec = logical_to_spec(("batch", "heads", None, None), q.shape, mesh)
+        local = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
+    out = local(q, k, v)  # --> [B, H, T_pad, Dh]
     return out[:, :, :t].transpose(0, 2, 1, 3).astype(q.dtype)

@@ -67,6 +67,14 @@ def resolve_runtime(config: WhisperConfig, devices: Sequence[jax.Device] | None 
     return config.replace(dtype=dtype, attention_impl=impl)
 
 
+def tracing_platform() -> str:
+    """The platform of the program being traced: the devices of the mesh in context (`jax.set_mesh`;
+    compile-only TPU/GPU devices included, so a program compiled from a CPU host for a pod gets the pod's
+    kernels), else JAX's default backend. "tpu", "gpu", "cpu"..."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
+
+
 def cpu_layouts(config: WhisperConfig) -> bool:
     """Whether the model uses the CPU-only forms (decoding encoder in sequence chunks, vocab-major logits for
     decoding steps): exactly when the policy chose the CPU attention."""
