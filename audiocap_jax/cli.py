@@ -131,6 +131,36 @@ def quiet_library_logs() -> None:
         handler.addFilter(_OwnInfoOnly())
 
 
+# PCI vendors of the accelerators JAX has plugins for: NVIDIA, Google (TPU), AMD GPUs.
+_ACCELERATOR_PCI_VENDORS = ("0x10de", "0x1ae0", "0x1002")
+_ACCELERATOR_DEVICE_FILES = ("/dev/nvidia0", "/dev/accel0", "/dev/kfd")
+
+
+def accelerator_present() -> bool:
+    """Whether this machine has a GPU or TPU, from its PCI devices and device files (nothing is opened)."""
+    if any(Path(f).exists() for f in _ACCELERATOR_DEVICE_FILES):
+        return True
+    for vendor in Path("/sys/bus/pci/devices").glob("*/vendor"):
+        with contextlib.suppress(OSError):
+            if vendor.read_text().strip() in _ACCELERATOR_PCI_VENDORS:
+                return True
+    return False
+
+
+def use_cpu_without_accelerators() -> None:
+    """On a machine with no GPU or TPU, run JAX on the CPU without asking the TPU and CUDA plugins first.
+
+    An environment with `jax[tpu]` or `jax[cuda13]` installed (to compile for pods with
+    `python -m audiocap_jax.aot`) otherwise prints libtpu's and CUDA's start-up complaints on every
+    command. An explicit `JAX_PLATFORMS` wins. `run` calls it at every command's start.
+    """
+    if os.environ.get("JAX_PLATFORMS") or accelerator_present():
+        return
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path`; renamed onto `path` on success, removed on failure.
@@ -376,6 +406,7 @@ def run(
     """
     argv = list(sys.argv)
     quiet_library_logs()
+    use_cpu_without_accelerators()
     program = program or f"python -m {sys.modules['__main__'].__spec__.name}"
     leaves: dict[str, Any] = {}
     try:

@@ -38,6 +38,7 @@ class LoweredProgram:
 
     lowered: jax.stages.Lowered
     global_batch: int
+    data_parallel: int  # devices the batch is split over (global batch = per-device batch x this)
     weights_bytes: int  # per device: every model variable
     optimizer_bytes: int  # per device: the optimizer state (0 for decoding)
     batch_bytes: int  # per device: the batch's leaves
@@ -101,6 +102,7 @@ def lower_train(
     return LoweredProgram(
         lowered,
         g,
+        sharding.data_parallel_size(mesh),
         bytes_per_device(state.weights),
         bytes_per_device(state.opt_state),
         bytes_per_device(batch),
@@ -128,4 +130,6 @@ def lower_decode(
     key = jax.eval_shape(lambda: jax.random.key(0))
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
     lowered = decoder.decode_fn.lower(weights, batch["mel"], batch["prompt"], batch["lengths"], rng)
-    return LoweredProgram(lowered, g, bytes_per_device(weights), 0, bytes_per_device(batch))
+    return LoweredProgram(
+        lowered, g, sharding.data_parallel_size(mesh), bytes_per_device(weights), 0, bytes_per_device(batch)
+    )
