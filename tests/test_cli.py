@@ -1,6 +1,6 @@
 """The error convention of every command (audiocap_jax/cli.py), run as the user runs them, in processes.
 
-Each bad input must exit 2 with `error:` naming the key or file and a `fix:` line, no traceback unless asked,
+Each bad input must exit 2 with `Error:` naming the key or file and a `fix:` line, no traceback unless asked,
 and no output file. The cases fail in pre-flight by design, before any model loads, so a case costs little
 beyond importing jax/TFDS (3 s of CPU; far more on a loaded machine). So the cases of one command share that
 import: one subprocess imports the command's dependencies, then forks one child per case that runs the
@@ -230,8 +230,8 @@ def test_bad_input_is_a_user_error(paths, results, case_id, expected):
     result = results(case_id)
     assert result.returncode == cli.EXIT_USER, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    message = result.stderr[result.stderr.rindex("error: ") :]
-    assert "\nfix: " in message or "fix:" in message, message
+    message = result.stderr[result.stderr.rindex("Error: ") :]
+    assert "\nfix: " in message, message
     for text in expected:
         assert text in message, message
     assert not result.created  # no output file, no workdir, no output folder
@@ -242,7 +242,7 @@ def test_traceback_on_request(paths):
     for extra_args, env in (([], {"AUDIOCAP_TRACEBACK": "1"}), (["--verbosity=1"], {})):
         result = _run("audiocap_jax.predict", [*args, *extra_args], env)
         assert result.returncode == cli.EXIT_USER
-        assert "Traceback" in result.stderr and "error: --take-first-n=-1 is negative" in result.stderr
+        assert "Traceback" in result.stderr and "Error: --take-first-n=-1 is negative" in result.stderr
 
 
 @pytest.mark.parametrize(
