@@ -6,7 +6,9 @@ file system) and raises `cli.UserError` naming the key or file and the fix; none
 numeric rules: lr > 0, warmup_steps < total_steps, num_beams >= 1, take_first_n >= 0, mixture weights >= 0
 with one > 0, max_length longer than the forced prompt, batch sizes that split over the mesh's data-parallel
 devices. TFDS datasets and splits are checked from the build's `dataset_info.json`, without asking TFDS (which
-answers a missing dataset with its catalogue of ~250 names).
+answers a missing dataset with its catalogue of ~250 names). A training run's model is known from JSON files
+too (`model_config.json`, a HF `config.json`, the variant table): a resumed workdir must hold the model the
+config describes, LoRA targets must match its layer names, and its data must fit it.
 """
 
 from __future__ import annotations

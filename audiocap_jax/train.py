@@ -6,6 +6,9 @@ shared decoding: search + reranker) -> `build_data` (train stream at its saved p
 validate, checkpoint, agreed pre-emption) -> `finish` (HF export, final report). Overrides such as `--config.optim.lr=4e-6` are
 type-checked by ml_collections; unknown keys fail at start.
 
+The run holds the workdir's lock from after the pre-flight checks to its end (`hold_workdir`,
+`workdir_lock.py`): a second training into the same workdir stops with exit 2 before it writes anything.
+
 Every stage works with any number of processes (one per host, each with its own data shard): validation
 decodes padded global batches and gathers the captions, the export gathers the weights, and pre-emption is
 agreed: a SIGTERM reaching any process stops all of them after the same step, each saves that step and the

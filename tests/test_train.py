@@ -1,6 +1,7 @@
 """`python -m audiocap_jax.train` end to end on a tiny real-layout Clotho build: exact resume after SIGKILL past a
 corrupt latest checkpoint, SIGTERM saves and exits with the "resume me" code, bad configs fail fast. Two
-processes = one 8-device process, and pre-emption agreed between them: tests/test_distributed_train.py."""
+processes = one 8-device process, and pre-emption agreed between them: tests/test_distributed_train.py. One
+training per workdir, and a resumed workdir keeps its model: the last test."""
 
 import os
 import pathlib
