@@ -576,6 +576,7 @@ def check_train(
     adapters = lora.LoRASpec.from_config(c.model.lora)
     if adapters.enabled:
         lora.check_targets(adapters, lora.layer_names())
+    lora.check_train_only(adapters, c.optim.train_only)
     check_resume(c, workdir)
     check_model_and_data(c, saved_model(workdir) or planned_model(c))
     _choice(c.log.wandb_mode, f"{k}.log.wandb_mode", WANDB_MODES)

@@ -196,6 +196,8 @@ CASES = [
      ["--config.model.lora.bias='some'", "none, all, lora_only"]),
     ("train-lora-unknown-target", "audiocap_jax.train",
      [*TRAIN, *LORA[:2], '--config.model.lora.targets=("query",)'], ["['query'] match no layer", "'q_proj'"]),
+    ("train-lora-and-train-only", "audiocap_jax.train", [*TRAIN, *LORA, '--config.optim.train_only=("fc1",)'],
+     ["train_only=['fc1'] and --config.model.lora both choose", "leave --config.optim.train_only empty"]),
     ("report-not-a-workdir", "audiocap_jax.report", ["{empty}"], ["holds no training log", "--workdir of a"]),
     ("dcase-metrics-unknown-command", "audiocap_jax.dcase_metrics", ["fetch"],
      ["the only command is `download`; got ['fetch']", "download [--model_dir=DIR]"]),

@@ -109,7 +109,7 @@ def test_targets_missing_from_the_model_and_bad_settings_fail_at_start():
         with pytest.raises(cli.UserError, match=message):
             lora.LoRASpec.from_config({**base, **change})
     lora.apply_lora(model, Q_V_FC1)
-    with pytest.raises(ValueError, match=r"train_only=\['fc1'\] and config.model.lora both choose"):
+    with pytest.raises(cli.UserError, match=r"train_only=\['fc1'\] and --config.model.lora both choose"):
         train_step.trainable(train_only=("fc1",), lora=Q_V_FC1, weights=nnx.state(model))
 
 

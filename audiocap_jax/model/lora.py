@@ -239,6 +239,16 @@ def check_targets(spec: LoRASpec, names: Sequence[str], key: str = CONFIG_KEY) -
         )
 
 
+def check_train_only(spec: LoRASpec, train_only: Sequence[str]) -> None:
+    """With LoRA the adapters (and the biases of `spec.bias`) are what trains, so `optim.train_only`, which
+    also chooses it, must stay empty; `optim.freeze` still applies. A config-only rule: pre-flight checks it."""
+    if spec.enabled and train_only:
+        raise UserError(
+            f"--config.optim.train_only={list(train_only)} and {CONFIG_KEY} both choose the trained parameters.",
+            "with LoRA leave --config.optim.train_only empty (--config.optim.freeze still applies)",
+        )
+
+
 def apply_lora(model: Whisper, spec: LoRASpec, *, seed: int = 0) -> list[str]:
     """Replaces (in place) every Dense whose dotted path matches a target regex by a `LoRADense`.
 
