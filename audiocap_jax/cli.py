@@ -7,11 +7,12 @@ where it validates input (`preflight.py`, the config checks here, checkpoint and
 `run(main)` wraps an absl `app.run` program so that a `UserError`, a bad flag or a bad `--config.x.y`
 override prints
 
-    error: <what is wrong, naming the key / file / line>
+    Error: <what is wrong, naming the key / file / line>
     fix: <what to do>
 
 and exits with `EXIT_USER`, without a traceback unless `--verbosity=1` (or `AUDIOCAP_TRACEBACK=1`) asks for
-one. Anything else is an internal failure: Python's traceback and exit code 1, unchanged. A dedicated class
+one. The argparse commands (`prepare`, the synthetic set) use `ArgumentParser`, which reports a bad argument
+the same way. Anything else is an internal failure: Python's traceback and exit code 1, unchanged. A dedicated class
 rather than "every ValueError" because a ValueError raised deep inside JAX or TFDS is a bug to report, not a
 flag to fix; `UserError` subclasses ValueError so callers that catch ValueError keep working.
 
@@ -24,6 +25,7 @@ heavy imports, and model code can raise `UserError`.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import difflib
@@ -64,6 +66,8 @@ OUR_SOURCES = tuple(
     f"{os.sep}{name}{os.sep}" for name in ("audiocap_jax", "configs", "tfds_builders", "benchmarks")
 )
 HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
+# The fix printed for an input error raised without one (a ValueError naming a file or row in `prepare`).
+DEFAULT_FIX = "correct the argument or input file named above; --help lists the options"
 
 
 class UserError(ValueError):
@@ -95,16 +99,34 @@ def wants_traceback(argv: Sequence[str] = ()) -> bool:
     return False
 
 
+def format_user_error(error: BaseException) -> str:
+    """`Error: <problem>` and `fix: <fix>`: the two lines every command prints for a user error.
+
+    Every error gets a `fix:` line, so a script (or a person) can rely on both; an error raised without one
+    (a plain ValueError naming a file or row) gets `DEFAULT_FIX`.
+    """
+    problem, fix = (error.problem, error.fix) if isinstance(error, UserError) else (str(error), "")
+    return f"Error: {problem}\nfix: {fix or DEFAULT_FIX}"
+
+
 def print_user_error(error: BaseException, argv: Sequence[str] = ()) -> None:
-    """Print `error: ...` (and `fix: ...`) on stderr, after the traceback only when asked for one."""
+    """Print `Error: ...` and `fix: ...` on stderr, after the traceback only when asked for one."""
     if wants_traceback(argv):
         traceback.print_exception(error)
-    print(f"error: {error}", file=sys.stderr)
+    print(format_user_error(error), file=sys.stderr)
 
 
 def exit_user_error(error: BaseException, argv: Sequence[str] = ()) -> NoReturn:
     print_user_error(error, argv)
     sys.exit(EXIT_USER)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the error convention: a bad or missing argument prints `Error:` and `fix:` and exits
+    `EXIT_USER`, instead of argparse's `usage: ... <prog>: error: ...`. Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        exit_user_error(UserError(f"{self.prog}: {message}.", f"`{self.prog} --help` lists the arguments"))
 
 
 class _OwnInfoOnly(logging.Filter):
@@ -392,7 +414,7 @@ def run(
     program: str = "",
     flags_parser: Callable[[list[str]], Any] | None = None,
 ) -> NoReturn:
-    """`app.run(main)` with the error convention: UserError / bad flags -> `error:` + fix, exit 2.
+    """`app.run(main)` with the error convention: UserError / bad flags -> `Error:` + `fix:`, exit 2.
 
     Args:
       main: the absl main; it may raise UserError or app.UsageError for the user to fix.
@@ -418,12 +440,10 @@ def run(
             sys.argv = argv[:1]  # define the flags without parsing any override
             if define_flags is not None:
                 define_flags()
-            text = [
-                (sys.modules["__main__"].__doc__ or "").strip(),
-                "",
-                "Flags:",
-                flags.FLAGS.main_module_help(),
-            ]
+            text = [(sys.modules["__main__"].__doc__ or "").strip()]
+            own_flags = flags.FLAGS.main_module_help()
+            if own_flags:  # e.g. `report` has none: its usage is in its docstring
+                text += ["", "Flags:", own_flags]
             if config is not None:
                 text += ["", config_help(config, config_spec.partition(":")[0], config_flag)]
             print("\n".join(text))

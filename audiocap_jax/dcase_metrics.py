@@ -295,16 +295,26 @@ def download_models(model_dir: str | Path | None = None) -> Path:
 
 
 def main(argv: Sequence[str]) -> None:
-    from absl import app, flags
+    from absl import flags
+
+    from audiocap_jax import cli
 
     if list(argv[1:]) != ["download"]:
-        raise app.UsageError(f"usage: {DOWNLOAD_COMMAND} [--model_dir=DIR]; got {list(argv[1:])}")
+        raise cli.UserError(
+            f"the only command is `download`; got {list(argv[1:]) or 'none'}.",
+            f"run {DOWNLOAD_COMMAND} [--model_dir=DIR] (--help lists the flags)",
+        )
     model_dir = download_models(flags.FLAGS.model_dir)
     print(f"FENSE / SBERT-sim / FER / SPIDEr-FL models ready in {model_dir}")
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def _define_flags() -> None:
+    from absl import flags
 
     flags.DEFINE_string("model_dir", None, f"Model directory (default: ${MODEL_DIR_ENV} or ~/.cache/...).")
-    app.run(main)
+
+
+if __name__ == "__main__":
+    from audiocap_jax import cli
+
+    cli.run(main, define_flags=_define_flags)

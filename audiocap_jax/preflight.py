@@ -6,11 +6,14 @@ file system) and raises `cli.UserError` naming the key or file and the fix; none
 numeric rules: lr > 0, warmup_steps < total_steps, num_beams >= 1, take_first_n >= 0, mixture weights >= 0
 with one > 0, max_length longer than the forced prompt, batch sizes that split over the mesh's data-parallel
 devices. TFDS datasets and splits are checked from the build's `dataset_info.json`, without asking TFDS (which
-answers a missing dataset with its catalogue of ~250 names).
+answers a missing dataset with its catalogue of ~250 names). A training run's model is known from JSON files
+too (`model_config.json`, a HF `config.json`, the variant table): a resumed workdir must hold the model the
+config describes, LoRA targets must match its layer names, and its data must fit it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,12 +24,20 @@ from typing import Any
 
 import ml_collections
 
-from audiocap_jax import inference, metrics, rerank, text
+from audiocap_jax import inference, load, metrics, rerank, text
 from audiocap_jax.choices import INITS, SCHEDULES
 from audiocap_jax.cli import UserError
 from audiocap_jax.data import features, pipeline
 from audiocap_jax.load import CHECKPOINT_DIR, MODEL_CONFIG_FILE
-from audiocap_jax.model.config import ATTENTION_IMPLS, COMPUTE_DTYPES, DTYPES, REMAT_POLICIES
+from audiocap_jax.model import lora
+from audiocap_jax.model.config import (
+    ARCH_FIELDS,
+    ATTENTION_IMPLS,
+    COMPUTE_DTYPES,
+    DTYPES,
+    REMAT_POLICIES,
+    WhisperConfig,
+)
 from audiocap_jax.model.sharding import MESH_AXES
 from audiocap_jax.search import DecodeSettings
 
@@ -105,13 +116,18 @@ def check_readable_file(path: str | os.PathLike, key: str, what: str) -> Path:
     return path
 
 
+def finished_steps(workdir: str | os.PathLike) -> list[int]:
+    """The steps of a workdir's finished checkpoints, from the folder names (Orbax gives an unfinished save a
+    temporary name and a moved-aside corrupt one is `<step>.corrupt-<time>`), without opening Orbax."""
+    folder = Path(workdir).expanduser() / CHECKPOINT_DIR
+    return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit() and p.is_dir())
+
+
 def check_checkpoint(checkpoint: str, step: str | int = "best", key: str = "--checkpoint") -> None:
     """A training workdir of ours (with the requested step), a HF Whisper directory, or a hub id."""
     path = Path(checkpoint).expanduser()
     if (path / MODEL_CONFIG_FILE).is_file():
-        steps = sorted(
-            int(p.name) for p in (path / CHECKPOINT_DIR).glob("*") if p.name.isdigit() and p.is_dir()
-        )
+        steps = finished_steps(path)
         _require(
             bool(steps),
             f"{key}={path} is a training workdir without any finished checkpoint in {path / CHECKPOINT_DIR}.",
@@ -344,6 +360,179 @@ def check_evaluate(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The model a training run trains: planned by the config, or saved in the workdir it resumes.
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelPlan:
+    """A model's architecture (`WhisperConfig.architecture()`: HF field names) and, per field, what decides it."""
+
+    architecture: dict[str, Any]
+    sources: dict[
+        str, str
+    ]  # field -> e.g. "--config.model.arch_overrides.d_model", "--workdir=W (model_config.json)"
+
+
+def _read_architecture(path: Path, where: str) -> dict[str, Any]:
+    """The architecture in a `model_config.json` or a HF `config.json`; UserError naming `where` if unusable."""
+    try:
+        return WhisperConfig.from_hf_config(json.loads(path.read_text(encoding="utf-8"))).architecture()
+    except (OSError, ValueError) as error:  # unreadable, not JSON, not Whisper, fields missing
+        raise UserError(
+            f"{where}: {path} does not describe a Whisper model ({error}).",
+            "point it at a training workdir or a HF Whisper checkpoint",
+        ) from error
+
+
+def _hf_config_file(checkpoint: str) -> Path | None:
+    """`config.json` of a HF directory, or of a hub id already in the local HF cache; None when only a
+    download would tell (nothing is fetched here)."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return path / HF_CONFIG_FILE
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(checkpoint, HF_CONFIG_FILE)
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def planned_model(config: ml_collections.ConfigDict) -> ModelPlan | None:
+    """The model `config.model` builds when nothing is resumed, from config values and JSON files only (the
+    variant and overrides, `init_from`'s model_config.json or the HF checkpoint's config.json); None for a hub
+    id that is not in the local HF cache."""
+    m, k = config.model, "--config.model"
+    if m.init == "scratch":
+        overrides = dict(m.arch_overrides)
+        unknown = sorted(set(overrides) - set(ARCH_FIELDS))
+        _require(
+            not unknown,
+            f"{k}.arch_overrides has unknown keys {unknown}.",
+            f"use architecture fields only: {', '.join(ARCH_FIELDS)}",
+        )
+        try:
+            architecture = WhisperConfig.from_variant(m.variant, **overrides).architecture()
+        except ValueError as error:  # an unknown variant, a width the heads do not divide
+            raise UserError(
+                f"{k}.variant={m.variant!r} with {k}.arch_overrides={overrides}: {error}",
+                f"change {k}.variant or {k}.arch_overrides as the message says",
+            ) from error
+        return ModelPlan(
+            architecture,
+            {
+                f: f"{k}.arch_overrides.{f}" if f in overrides else f"{k}.variant={m.variant}"
+                for f in architecture
+            },
+        )
+    if m.init == "ours":
+        path, where = Path(m.init_from).expanduser() / MODEL_CONFIG_FILE, f"{k}.init_from={m.init_from}"
+    else:
+        path, where = _hf_config_file(m.hf_checkpoint), f"{k}.hf_checkpoint={m.hf_checkpoint}"
+        if path is None:
+            return None
+    architecture = _read_architecture(path, where)
+    return ModelPlan(architecture, dict.fromkeys(architecture, where))
+
+
+def saved_model(workdir: str | os.PathLike) -> ModelPlan | None:
+    """The model a training workdir resumes (its `model_config.json`), or None when it has no finished
+    checkpoint (the run starts from `config.model`)."""
+    workdir = Path(workdir).expanduser().absolute()
+    if not finished_steps(workdir):
+        return None
+    path = workdir / MODEL_CONFIG_FILE
+    _require(
+        path.is_file(),
+        f"--workdir={workdir} has checkpoints but no {MODEL_CONFIG_FILE}, so its model is unknown.",
+        "resume from the workdir the checkpoints came from, or train in a new --workdir",
+    )
+    architecture = _read_architecture(path, f"--workdir={workdir}")
+    return ModelPlan(architecture, dict.fromkeys(architecture, f"--workdir={workdir} ({MODEL_CONFIG_FILE})"))
+
+
+def _previous_config(workdir: Path) -> dict[str, Any]:
+    """The config of the workdir's last run (`config.json`, as train.py writes it); {} if unreadable."""
+    try:
+        return json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+    """A workdir with finished checkpoints resumes the model it saved, so the config must describe that model:
+    its architecture (vocabulary and mel bins included), against what `config.model` would build, and its LoRA
+    adapters. Every difference is refused in one line naming the keys and both values, before anything in the
+    workdir changes; starting afresh takes a new --workdir (README, "Training").
+
+    When the config names a hub id that is not in the local HF cache, its architecture is unknown without a
+    download; then the hub id itself must be the one the workdir's last run named (its config.json).
+    """
+    workdir = Path(workdir).expanduser().absolute()
+    saved = saved_model(workdir)
+    if saved is None:
+        return
+    differences: list[tuple[str, Any, Any, str]] = []  # (key, saved value, config's value, what sets it)
+    planned = planned_model(config)
+    if planned is not None:
+        differences += [
+            (field, value, planned.architecture[field], planned.sources[field])
+            for field, value in saved.architecture.items()
+            if planned.architecture[field] != value
+        ]
+    else:
+        previous = _previous_config(workdir).get("model", {}).get("hf_checkpoint")
+        if previous is not None and previous != config.model.hf_checkpoint:
+            differences.append(
+                ("hf_checkpoint", previous, config.model.hf_checkpoint, "--config.model.hf_checkpoint")
+            )
+    saved_adapters = load.saved_lora(workdir)
+    adapters = lora.LoRASpec.from_config(config.model.lora)
+    differences += [
+        (
+            f"lora.{f.name}",
+            getattr(saved_adapters, f.name),
+            getattr(adapters, f.name),
+            f"{lora.CONFIG_KEY}.{f.name}",
+        )
+        for f in dataclasses.fields(lora.LoRASpec)
+        if getattr(saved_adapters, f.name) != getattr(adapters, f.name)
+    ]
+    if differences:
+        had = ", ".join(f"{key}={value!r}" for key, value, _, _ in differences)
+        asked = ", ".join(f"{key}={value!r}" for key, _, value, _ in differences)
+        sources = ", ".join(dict.fromkeys(source for *_, source in differences))
+        raise UserError(
+            f"--workdir={workdir} holds a run with {had} ({MODEL_CONFIG_FILE}), but the config asks for "
+            f"{asked} ({sources}); a resumed run keeps its model.",
+            f"resume with the run's settings (undo that change; its last config is {workdir / 'config.json'}), "
+            "or train the new model in a new --workdir",
+        )
+
+
+def check_model_and_data(config: ml_collections.ConfigDict, model: ModelPlan | None) -> None:
+    """The run's model (saved or planned; None: unknown until downloaded) takes the data the config feeds it:
+    log-mels of its `num_mel_bins`, token sequences within its `max_target_positions`."""
+    if model is None:
+        return
+    k, arch = "--config", model.architecture
+    bins, positions = arch["num_mel_bins"], arch["max_target_positions"]
+    _require(
+        config.data.mel_config == f"mel{bins}",
+        f"{k}.data.mel_config={config.data.mel_config!r}, but the model takes num_mel_bins={bins} "
+        f"({model.sources['num_mel_bins']}).",
+        f"set {k}.data.mel_config=mel{bins}",
+    )
+    for key, length in (
+        ("data.max_length", config.data.max_length),
+        ("eval.max_length", config.eval.max_length),
+    ):
+        _require(
+            length <= positions,
+            f"{k}.{key}={length} exceeds the model's {positions} decoder positions "
+            f"(max_target_positions, {model.sources['max_target_positions']}).",
+            f"set {k}.{key} to {positions} or less",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Training.
 # ---------------------------------------------------------------------------------------------------------------
 def check_train(
@@ -384,6 +573,12 @@ def check_train(
     if c.model.init == "hf":
         check_checkpoint(c.model.hf_checkpoint, key=f"{k}.model.hf_checkpoint")
     _choice(c.data.mel_config, f"{k}.data.mel_config", MEL_CONFIGS)
+    adapters = lora.LoRASpec.from_config(c.model.lora)
+    if adapters.enabled:
+        lora.check_targets(adapters, lora.layer_names())
+    lora.check_train_only(adapters, c.optim.train_only)
+    check_resume(c, workdir)
+    check_model_and_data(c, saved_model(workdir) or planned_model(c))
     _choice(c.log.wandb_mode, f"{k}.log.wandb_mode", WANDB_MODES)
 
     weights = dict(c.data.mixture)

@@ -1,13 +1,14 @@
 """What a finished run leaves for a person: a PNG of its loss and validation metrics, and a printed summary.
 
 Both read only the workdir (`metrics.jsonl` from `writer.MetricWriter`, the files train.py writes), so they
-also work on a run that finished earlier: `python -m audiocap_jax.report WORKDIR`.
+also work on a run that finished earlier:
+
+    python -m audiocap_jax.report WORKDIR    writes WORKDIR/metrics.png and prints the summary
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 
-from audiocap_jax import metrics  # noqa: E402
+from audiocap_jax import cli, metrics  # noqa: E402
 from audiocap_jax.writer import METRICS_FILE, SAMPLES_FILE, read_metrics  # noqa: E402
 
 PLOT_FILE = "metrics.png"
@@ -150,14 +151,22 @@ def summary(workdir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str]) -> None:
+    """`python -m audiocap_jax.report WORKDIR`: writes WORKDIR/metrics.png and prints the summary."""
     if len(argv) != 2:
-        print("usage: python -m audiocap_jax.report WORKDIR", file=sys.stderr)
-        return 2
-    plot_metrics(argv[1])
-    print(summary(argv[1]))
-    return 0
+        raise cli.UserError(
+            f"expected one WORKDIR; got {list(argv[1:]) or 'none'}.",
+            "run python -m audiocap_jax.report WORKDIR, with the --workdir of a training run",
+        )
+    workdir = Path(argv[1]).expanduser()
+    if not read_metrics(workdir):  # before plotting, so nothing is written into a folder that is no workdir
+        raise cli.UserError(
+            f"{workdir} holds no training log ({METRICS_FILE} is missing or empty).",
+            "pass the --workdir of a training run that logged at least one step",
+        )
+    plot_metrics(workdir)
+    print(summary(workdir))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    cli.run(main)

@@ -6,6 +6,9 @@ shared decoding: search + reranker) -> `build_data` (train stream at its saved p
 validate, checkpoint, agreed pre-emption) -> `finish` (HF export, final report). Overrides such as `--config.optim.lr=4e-6` are
 type-checked by ml_collections; unknown keys fail at start.
 
+The run holds the workdir's lock from after the pre-flight checks to its end (`hold_workdir`,
+`workdir_lock.py`): a second training into the same workdir stops with exit 2 before it writes anything.
+
 Every stage works with any number of processes (one per host, each with its own data shard): validation
 decodes padded global batches and gathers the captions, the export gathers the weights, and pre-emption is
 agreed: a SIGTERM reaching any process stops all of them after the same step, each saves that step and the
@@ -15,12 +18,14 @@ the process and the step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,7 @@ from audiocap_jax import (
     report,
     text,
     train_step,
+    workdir_lock,
 )
 from audiocap_jax.data import demo, pipeline
 from audiocap_jax.model import lora, sharding
@@ -198,14 +204,9 @@ def build_state(s: Setup) -> Trainee:
         load.ModelInit.from_config(config), mesh=s.mesh, resume_from=s.checkpoints, run_files=s.workdir
     )
     logging.info("Model: %s", built.origin)
-    if built.resume:  # the abstract model already holds the adapters the run's checkpoints were saved with
-        saved = load.saved_lora(s.workdir)
-        if saved != adapters:
-            raise ValueError(
-                f"{s.workdir} was trained with {saved.describe()}, but config.model.lora asks for "
-                f"{adapters.describe()}; resume with the run's settings or use a new --workdir."
-            )
-    else:
+    # A resumed model already holds the adapters its checkpoints were saved with (preflight.check_resume made
+    # sure they are the config's).
+    if not built.resume:
         lora.apply_lora(built.model, adapters, seed=config.seed)
     if jax.process_index() == 0:
         load.save_run_files(s.workdir, built.config, built.tokenizer, adapters)
@@ -562,19 +563,48 @@ def finish(s: Setup, t: Trainee, end: LoopEnd) -> None:
     barrier("finish", end.step)
 
 
+@contextlib.contextmanager
+def hold_workdir(workdir: str | Path) -> Iterator[None]:
+    """The run holds its workdir's lock (`workdir_lock`): process 0 takes it, and every process learns the
+    outcome through the coordination service, so a refused pod stops whole, each process with the same error."""
+    held, refusal = None, None
+    if jax.process_index() == 0:
+        try:
+            held = workdir_lock.WorkdirLock.acquire(workdir)
+        except cli.UserError as error:
+            refusal = [error.problem, error.fix]
+    if jax.process_count() > 1:
+        client, key = distributed.global_state.client, "audiocap/workdir_lock"
+        if jax.process_index() == 0:
+            client.key_value_set(key, json.dumps(refusal))
+        else:
+            refusal = json.loads(client.blocking_key_value_get(key, COLLECTIVE_TIMEOUT_SECONDS * 1000))
+    if refusal is not None:
+        raise cli.UserError(*refusal)
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.release()
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> LoopEnd:
     """Train per `config` in `workdir`, resuming from its latest checkpoint.
 
     Every process checks the config first (`preflight.check_train`: batch sizes against accumulation and the
-    mesh's data-parallel devices, among the rest), before the workdir is created.
+    mesh's data-parallel devices, a resumed model against the config, among the rest), before the workdir is
+    created; then the run takes the workdir's lock, and holds it until it ends, however it ends.
     """
     preflight.check_train(config, workdir, jax.device_count())
-    s = setup(config, workdir)
-    trainee = build_state(s)
-    step_fn, decoder = compile_step(s, trainee)
-    data = build_data(s, trainee, decoder)
-    end = train_loop(s, trainee, data, step_fn)
-    finish(s, trainee, end)
+    with hold_workdir(workdir):
+        # Again under the lock: a run that held it until now may have saved the workdir's first checkpoints.
+        preflight.check_resume(config, workdir)
+        s = setup(config, workdir)
+        trainee = build_state(s)
+        step_fn, decoder = compile_step(s, trainee)
+        data = build_data(s, trainee, decoder)
+        end = train_loop(s, trainee, data, step_fn)
+        finish(s, trainee, end)
     return end
 
 

@@ -94,12 +94,8 @@ def trainable(
     mode names train (`lora.train_patterns` over the names of `weights`, the wrapped model's state), so
     `train_only` must be empty; `freeze` still applies.
     """
+    lora_lib.check_train_only(lora, train_only)
     if lora.enabled:
-        if train_only:
-            raise ValueError(
-                f"config.optim.train_only={list(train_only)} and config.model.lora both choose the trained "
-                "parameters; with LoRA leave config.optim.train_only empty (config.optim.freeze still applies)."
-            )
         train_only = lora_lib.train_patterns(param_names(weights), lora)
 
     def selects(path: tuple[Any, ...], value: Any) -> bool:

@@ -246,4 +246,4 @@ def test_cli_refuses_bad_settings_before_reading_anything(tmp_path, capsys):
     args = ["select-audioset-subset", "--segments", str(tmp_path / "eval.csv"), "--ontology", "o.json"]
     args += ["--exclude-audiocaps", str(tmp_path), "--output", str(tmp_path / "out"), "--step", "0"]
     assert prepare.main(args) == 2
-    assert capsys.readouterr().err == "error: --step must be at least 1, got 0.\n"
+    assert capsys.readouterr().err.startswith("Error: --step must be at least 1, got 0.\nfix: ")

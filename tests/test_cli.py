@@ -1,6 +1,6 @@
 """The error convention of every command (audiocap_jax/cli.py), run as the user runs them, in processes.
 
-Each bad input must exit 2 with `error:` naming the key or file and a `fix:` line, no traceback unless asked,
+Each bad input must exit 2 with `Error:` naming the key or file and a `fix:` line, no traceback unless asked,
 and no output file. The cases fail in pre-flight by design, before any model loads, so a case costs little
 beyond importing jax/TFDS (3 s of CPU; far more on a loaded machine). So the cases of one command share that
 import: one subprocess imports the command's dependencies, then forks one child per case that runs the
@@ -104,6 +104,11 @@ for index, args in enumerate(cases):
 PREDICT = ["--checkpoint={ckpt}", "--data={clips}", "--output-file={root}/out/p.csv"]
 EVALUATE = ["--checkpoint={ckpt}", "--data_dir={tfds}", "--output_dir={root}/out/e"]
 TRAIN = ["--config=configs/smoke.py", "--workdir={root}/out/w", "--config.data.data_dir={tfds}"]
+LORA = [
+    "--config.model.lora.rank=4",
+    "--config.model.lora.alpha=8",
+    '--config.model.lora.targets=("q_proj",)',
+]
 TFDS = ["build", "tfds_builders/clotho", "--manual_dir={clotho_af}", "--data_dir={root}/out/t"]
 
 # (id, module, arguments, texts the message must contain: the key or file, and the fix)
@@ -181,6 +186,21 @@ CASES = [
      [*TRAIN[:2], "--config.data.data_dir={root}/nope"], ["--config.data.data_dir=", "python -m tfds_builders build"]),
     ("train-config-arg", "audiocap_jax.train", ["--config=configs/base.py:size=small", "--workdir={root}/out/w"],
      ["Unknown config argument 'size'", "after ':'"]),
+    ("train-lora-negative-rank", "audiocap_jax.train", [*TRAIN, "--config.model.lora.rank=-1"],
+     ["--config.model.lora.rank=-1 is negative", "a positive rank"]),
+    ("train-lora-rank-0-with-targets", "audiocap_jax.train", [*TRAIN, '--config.model.lora.targets=("q_proj",)'],
+     ["rank=0 means no LoRA (every weight trains)", "targets=('q_proj',)", "a positive rank"]),
+    ("train-lora-dropout", "audiocap_jax.train", [*TRAIN, *LORA, "--config.model.lora.dropout=1.5"],
+     ["--config.model.lora.dropout=1.5 is outside [0, 1)", "e.g. 0.05"]),
+    ("train-lora-bias", "audiocap_jax.train", [*TRAIN, *LORA, "--config.model.lora.bias=some"],
+     ["--config.model.lora.bias='some'", "none, all, lora_only"]),
+    ("train-lora-unknown-target", "audiocap_jax.train",
+     [*TRAIN, *LORA[:2], '--config.model.lora.targets=("query",)'], ["['query'] match no layer", "'q_proj'"]),
+    ("train-lora-and-train-only", "audiocap_jax.train", [*TRAIN, *LORA, '--config.optim.train_only=("fc1",)'],
+     ["train_only=['fc1'] and --config.model.lora both choose", "leave --config.optim.train_only empty"]),
+    ("report-not-a-workdir", "audiocap_jax.report", ["{empty}"], ["holds no training log", "--workdir of a"]),
+    ("dcase-metrics-unknown-command", "audiocap_jax.dcase_metrics", ["fetch"],
+     ["the only command is `download`; got ['fetch']", "download [--model_dir=DIR]"]),
     ("tfds-unknown-builder", "tfds_builders", ["build", "tfds_builders/wavcaps", "--manual_dir={clotho_af}"],
      ["No TFDS builder 'wavcaps'", "known builders: audiocaps, audioset_small, clotho"]),
     ("tfds-unknown-config", "tfds_builders", [*TFDS, "--config=mel64"], ["--config=mel64", "mel80, mel128"]),
@@ -230,8 +250,8 @@ def test_bad_input_is_a_user_error(paths, results, case_id, expected):
     result = results(case_id)
     assert result.returncode == cli.EXIT_USER, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    message = result.stderr[result.stderr.rindex("error: ") :]
-    assert "\nfix: " in message or "fix:" in message, message
+    message = result.stderr[result.stderr.rindex("Error: ") :]
+    assert "\nfix: " in message, message
     for text in expected:
         assert text in message, message
     assert not result.created  # no output file, no workdir, no output folder
@@ -242,7 +262,7 @@ def test_traceback_on_request(paths):
     for extra_args, env in (([], {"AUDIOCAP_TRACEBACK": "1"}), (["--verbosity=1"], {})):
         result = _run("audiocap_jax.predict", [*args, *extra_args], env)
         assert result.returncode == cli.EXIT_USER
-        assert "Traceback" in result.stderr and "error: --take-first-n=-1 is negative" in result.stderr
+        assert "Traceback" in result.stderr and "Error: --take-first-n=-1 is negative" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -258,6 +278,8 @@ def test_traceback_on_request(paths):
             [],
             ["allow_extra: Ignore predictions", "long_audio", "threads decoding audio files"],
         ),
+        ("audiocap_jax.report", [], ["python -m audiocap_jax.report WORKDIR"]),
+        ("audiocap_jax.dcase_metrics", [], ["--model_dir", "python -m audiocap_jax.dcase_metrics download"]),
         (
             "audiocap_jax.train",
             ["--config=configs/smoke.py"],

@@ -17,7 +17,7 @@ from flax import nnx
 from test_train import REPO, _command, _env
 from test_train_step import TINY, _batch  # the tiny model and 8-clip batch the train-step tests use
 
-from audiocap_jax import checkpoint, load, text, train_step
+from audiocap_jax import checkpoint, cli, load, text, train_step
 from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.hf import export, load_hf_checkpoint
 from audiocap_jax.model.sharding import batch_sharding
@@ -75,24 +75,41 @@ def test_wrapped_model_starts_equal_and_adapters_shard_like_their_layer():
 
 
 def test_targets_missing_from_the_model_and_bad_settings_fail_at_start():
+    """Every setting is checked from the config alone, before a model exists (pre-flight runs these): targets
+    against the layer names of the architecture, which do not depend on its sizes (stacked layers)."""
     model = create_model(TINY, seed=0)
+    assert lora.layer_names() == [name for name, *_ in lora._dense_layers(model)]
     spec = lora.LoRASpec(rank=4, alpha=8.0, targets=("q_proj", "query", "c_attn"), bias="all")
-    with pytest.raises(
-        ValueError, match=r"targets \['query', 'c_attn'\] match no layer of this model.*'q_proj'"
-    ):
-        lora.apply_lora(model, spec)
+    for check in (lambda: lora.check_targets(spec, lora.layer_names()), lambda: lora.apply_lora(model, spec)):
+        with pytest.raises(
+            cli.UserError, match=r"targets \['query', 'c_attn'\] match no layer of Whisper.*'q_proj'"
+        ):
+            check()
     base = dict(rank=64, alpha=32.0, dropout=0.05, targets=("q_proj",), bias="all")
     assert lora.LoRASpec.from_config(base).scale == 0.5
+    assert (
+        lora.LoRASpec.from_config(dict(rank=0, alpha=0.0, dropout=0.0, targets=(), bias="none"))
+        == lora.NO_LORA
+    )
     for change, message in (
-        ({"dropout": 1.0}, r"dropout is 1.0; it must be in \[0, 1\)"),
-        ({"bias": "some"}, r"bias 'some' unknown; choose one of \['none', 'all', 'lora_only'\]"),
+        ({"rank": -1}, r"lora.rank=-1 is negative\.\nfix: set --config.model.lora.rank=0 \(no LoRA\)"),
+        # Rank 0 is no LoRA: every weight would train while the other keys ask for adapters.
+        (
+            {"rank": 0},
+            r"rank=0 means no LoRA \(every weight trains\), yet --config.model.lora sets alpha=32.0, ",
+        ),
+        ({"dropout": 1.0}, r"dropout=1 is outside \[0, 1\)"),
+        ({"dropout": -0.1}, r"dropout=-0.1 is outside \[0, 1\)"),
+        ({"bias": "some"}, r"bias='some' is not one of 'none', 'all', 'lora_only'"),
         ({"targets": ()}, "targets is empty"),
-        ({"alpha": 0.0}, "alpha is 0.0; it must be positive"),
+        ({"targets": ("q_proj(",)}, r"targets: 'q_proj\(' is not a regex"),
+        ({"targets": "q_proj"}, r"targets='q_proj' is a string, not a tuple"),
+        ({"alpha": 0.0}, "alpha=0 must be positive"),
     ):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(cli.UserError, match=message):
             lora.LoRASpec.from_config({**base, **change})
     lora.apply_lora(model, Q_V_FC1)
-    with pytest.raises(ValueError, match=r"train_only=\['fc1'\] and config.model.lora both choose"):
+    with pytest.raises(cli.UserError, match=r"train_only=\['fc1'\] and --config.model.lora both choose"):
         train_step.trainable(train_only=("fc1",), lora=Q_V_FC1, weights=nnx.state(model))
 
 

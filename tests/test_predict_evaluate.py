@@ -115,7 +115,7 @@ def test_exit_codes_of_skipped_files_and_no_partial_output(checkpoint, tmp_path)
     nothing = run(tmp_path / "none.csv")
     assert nothing.returncode == 2, nothing.stderr[-3000:]
     assert (
-        "error: none of the 1 files in" in nothing.stderr
+        "Error: none of the 1 files in" in nothing.stderr
         and "a.wav: not a readable audio file" in nothing.stderr
     )
     assert "fix: check the files with `python -m audiocap_jax.data.prepare find-corrupted" in nothing.stderr

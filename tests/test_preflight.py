@@ -102,3 +102,89 @@ def test_train_config_batch_sizes_and_choices(tmp_path):
     ):
         with pytest.raises(cli.UserError, match=message):
             preflight.check_train(_train_config(**changes), tmp_path / "run", num_devices=8)
+
+
+def _saved_run(workdir, lora=None, **arch):
+    """A workdir as a finished run leaves it, as far as pre-flight reads it: model_config.json, config.json
+    (whose model came from `arch`, the tiny variant's fields changed) and one finished checkpoint folder."""
+    from audiocap_jax.model.config import WhisperConfig
+
+    saved = {"model_type": "whisper", **WhisperConfig.from_variant("tiny", **arch).architecture()}
+    (workdir / "checkpoints" / "4").mkdir(parents=True)
+    (workdir / "model_config.json").write_text(json.dumps({**saved, **({"lora": lora} if lora else {})}))
+    (workdir / "config.json").write_text(json.dumps({"model": {"hf_checkpoint": "openai/whisper-tiny"}}))
+    return {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file()}
+
+
+def test_a_resumed_workdir_must_hold_the_configured_model(tmp_path):
+    """The issue's reproduction, in process: a run saved with d_model=32, resumed with d_model=64, is refused in
+    one line naming the key and both values; so are other LoRA settings, data of other mel bins and sequences
+    longer than the saved model's positions. Nothing in the workdir changes."""
+    workdir = tmp_path / "run"
+    files = _saved_run(workdir, d_model=32, encoder_attention_heads=2, decoder_attention_heads=2)
+    scratch = {
+        "model.init": "scratch",
+        "model.arch_overrides": {"d_model": 32, "encoder_attention_heads": 2, "decoder_attention_heads": 2},
+    }
+    preflight.check_train(_train_config(**scratch), workdir, num_devices=8)  # the same model: resumes
+
+    wider = _train_config(**scratch)
+    wider.model.arch_overrides.d_model = 64
+    with pytest.raises(cli.UserError) as refused:
+        preflight.check_train(wider, workdir, num_devices=8)
+    problem, fix = refused.value.problem, refused.value.fix
+    assert problem == (
+        f"--workdir={workdir} holds a run with d_model=32 (model_config.json), but the config asks for "
+        "d_model=64 (--config.model.arch_overrides.d_model); a resumed run keeps its model."
+    )
+    assert fix.startswith("resume with the run's settings") and fix.endswith(
+        "or train the new model in a new --workdir"
+    )
+    for changes, message in (
+        (
+            {"model.lora": dict(rank=4, alpha=8.0, dropout=0.0, targets=("q_proj",), bias="none")},
+            r"holds a run with lora.rank=0, lora.alpha=0.0, lora.targets=\(\) .* asks for lora.rank=4, "
+            r"lora.alpha=8.0, lora.targets=\('q_proj',\) \(--config.model.lora.rank, --config.model.lora.alpha",
+        ),
+        (
+            {"model.variant": "base"},
+            r"holds a run with encoder_layers=4, encoder_ffn_dim=1536, .* asks for encoder_layers=6, .*"
+            r"\(--config.model.variant=base\)",
+        ),
+        (
+            {"data.mel_config": "mel128"},
+            r"mel_config='mel128', but the model takes num_mel_bins=80 \(--workdir=",
+        ),
+        ({"data.max_length": 500}, r"max_length=500 exceeds the model's 448 decoder positions"),
+    ):
+        config = _train_config(**scratch)
+        config.update_from_flattened_dict({k: v for k, v in changes.items() if k != "model.lora"})
+        if "model.lora" in changes:
+            config.model.lora.update(changes["model.lora"])
+        with pytest.raises(cli.UserError, match=message):
+            preflight.check_train(config, workdir, num_devices=8)
+    assert {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file()} == files
+
+
+def test_resume_compares_the_hf_checkpoint_and_starts_fresh_without_checkpoints(tmp_path):
+    """init=hf: a local HF directory's config.json is the planned model; a hub id that is not cached cannot be
+    read without a download, so it must be the one the workdir's last run named."""
+    workdir = tmp_path / "run"
+    _saved_run(workdir)
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    tiny = preflight.WhisperConfig.from_variant("tiny").architecture()
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "whisper", **tiny, "decoder_layers": 2}))
+    with pytest.raises(
+        cli.UserError,
+        match=rf"decoder_layers=4 .* decoder_layers=2 \(--config.model.hf_checkpoint={hf_dir}\)",
+    ):
+        preflight.check_resume(_train_config(**{"model.hf_checkpoint": str(hf_dir)}), workdir)
+    preflight.check_resume(_train_config(**{"model.hf_checkpoint": "openai/whisper-tiny"}), workdir)
+    with pytest.raises(
+        cli.UserError, match=r"hf_checkpoint='openai/whisper-tiny' .* hf_checkpoint='someone/whisper-x'"
+    ):
+        preflight.check_resume(_train_config(**{"model.hf_checkpoint": "someone/whisper-x"}), workdir)
+    (workdir / "checkpoints" / "4").rename(workdir / "checkpoints" / "4.corrupt-20260101T000000Z")
+    # Without a finished checkpoint there is nothing to resume: the config's model starts afresh.
+    preflight.check_resume(_train_config(**{"model.hf_checkpoint": str(hf_dir)}), workdir)

@@ -363,7 +363,7 @@ def test_cli_refuses_beam_options_without_beam(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == cli.EXIT_USER
     assert result.stderr.strip().splitlines()[-2:] == [
-        "error: --beam_pipeline_options were given but apache-beam is not installed.",
+        "Error: --beam_pipeline_options were given but apache-beam is not installed.",
         "fix: pip install -e '.[beam]' (README, 'Builds on Apache Beam'), or build without Beam options",
     ]
 

@@ -1,6 +1,7 @@
 """`python -m audiocap_jax.train` end to end on a tiny real-layout Clotho build: exact resume after SIGKILL past a
 corrupt latest checkpoint, SIGTERM saves and exits with the "resume me" code, bad configs fail fast. Two
-processes = one 8-device process, and pre-emption agreed between them: tests/test_distributed_train.py."""
+processes = one 8-device process, and pre-emption agreed between them: tests/test_distributed_train.py. One
+training per workdir, and a resumed workdir keeps its model: the last test."""
 
 import os
 import pathlib
@@ -153,3 +154,62 @@ def test_sigterm_saves_and_exits_with_resume_code(tmp_path, clotho_data_dir):
     assert len(steps) == 1 and 1 <= steps[0] < 1000
     assert f"Pre-empted: stopped at step {steps[0]}" in err.decode()
     assert not (workdir / "final_metrics.json").exists()
+
+
+def test_one_training_per_workdir_and_a_resumed_workdir_keeps_its_model(tmp_path, clotho_data_dir):
+    """A second training into the workdir of a running one exits 2 naming the lock's holder, and the first logs
+    each step once; then resuming that workdir with another width (the issue's d_model 32 -> 64) exits 2 in one
+    line naming the key and both values, before anything in the workdir changes."""
+    workdir, lock = tmp_path / "run", tmp_path / "run" / "train.lock"
+    first = subprocess.Popen(
+        _command(workdir, clotho_data_dir, "--config.total_steps=4"),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not any("loss" in r for r in read_metrics(workdir)):
+        assert first.poll() is None and time.time() < deadline, first.stderr.read()[-3000:]
+        time.sleep(0.05)
+    first.send_signal(signal.SIGSTOP)  # it holds the lock while the second starts, however fast this machine
+    try:
+        second = subprocess.run(
+            _command(workdir, clotho_data_dir, "--config.total_steps=4"),
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == cli.EXIT_USER, second.stderr[-3000:]
+    assert "Traceback" not in second.stderr
+    assert f"Error: --workdir={workdir} is in use by another training run (host " in second.stderr
+    assert f", pid {first.pid}, started " in second.stderr and f"its lock {lock} was renewed" in second.stderr
+    assert "\nfix: wait for that run to end or stop it, or train into another --workdir" in second.stderr
+    _, log = first.communicate(timeout=300)
+    assert first.returncode == 0, log[-3000:]
+    assert [r["step"] for r in read_metrics(workdir) if "loss" in r] == [1, 2, 3, 4]
+    assert not lock.exists()
+
+    before = {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file()}
+    wider = subprocess.run(
+        _command(
+            workdir, clotho_data_dir, "--config.total_steps=4", "--config.model.arch_overrides.d_model=64"
+        ),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert wider.returncode == cli.EXIT_USER, wider.stderr[-3000:]
+    assert "Traceback" not in wider.stderr
+    assert (
+        f"Error: --workdir={workdir} holds a run with d_model=32 (model_config.json), but the config asks for "
+        "d_model=64 (--config.model.arch_overrides.d_model); a resumed run keeps its model.\nfix: "
+    ) in wider.stderr
+    assert {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file()} == before

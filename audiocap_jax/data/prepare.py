@@ -19,7 +19,7 @@ each command writes `<folder>/report_<split>.csv` (`file_name,problem`; only the
 and logs the count. The layouts and the row schemas are documented in docs/data.md.
 
 Exit status of the CLI (audiocap_jax/cli.py): 0 done; 3 `find-corrupted` found files that do not decode; 2 bad
-arguments or input (missing files, a refused limit), with `error:` and the reason on stderr.
+arguments or input (missing files, a refused limit), with `Error:` (the reason) and `fix:` on stderr.
 """
 
 import argparse
@@ -810,7 +810,7 @@ def _comma_list(text: str) -> list[str]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m audiocap_jax.data.prepare",
         description="Turn downloaded datasets into AudioFolders (audio + metadata.jsonl per split). "
         "See docs/data.md.",

@@ -22,7 +22,6 @@ distinct audio for the same generation cost, and held-out splits stay held out f
 a pure function of (seed, dataset, split, index), so files are byte-identical across runs and worker counts.
 """
 
-import argparse
 import concurrent.futures
 import csv
 import dataclasses
@@ -40,6 +39,7 @@ import soundfile
 import tqdm
 from absl import logging
 
+from audiocap_jax import cli
 from audiocap_jax.audio import SAMPLE_RATE
 from audiocap_jax.data import prepare
 from audiocap_jax.data.prepare import CLOTHO_METADATA_COLUMNS
@@ -709,7 +709,7 @@ def write_synthetic_dataset(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Writes the synthetic set and prints the prepare commands that come next; returns the exit status."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m audiocap_jax.data.synthetic",
         description="Write the synthetic captioning set in the Clotho and AudioSet-small layouts. "
         "See docs/synthetic.md.",
@@ -739,8 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
         )
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        cli.print_user_error(error, sys.argv if argv is None else argv)
+        return cli.EXIT_USER
     state = "written" if summary.generated else "already complete"
     print(
         f"Synthetic set {state} under {summary.root}: "

@@ -39,11 +39,14 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from audiocap_jax.cli import UserError
+from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.sharding import logical_to_spec
 from audiocap_jax.model.whisper import Axes, Dense, Whisper
 
 BIAS_MODES = ("none", "all", "lora_only")  # peft's `bias`: which biases train besides the adapters.
 ADAPTER_NAMES = ("lora_a", "lora_b")
+CONFIG_KEY = "--config.model.lora"  # where the settings come from, as errors name them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +70,16 @@ class LoRASpec:
         return self.alpha / self.rank
 
     @classmethod
-    def from_config(cls, lora: Mapping[str, Any]) -> LoRASpec:
-        """Reads and checks `config.model.lora` (a ConfigDict or dict with this class's fields)."""
+    def from_config(cls, lora: Mapping[str, Any], key: str = CONFIG_KEY) -> LoRASpec:
+        """Reads and checks `config.model.lora` (a ConfigDict or dict with this class's fields; `key` is its
+        flag in messages). A value the run could not honour is a `UserError` naming the key and the fix, before
+        any model exists; that includes settings that would be silently ignored: rank 0 (no LoRA, every weight
+        trains) with any other key set."""
+        if isinstance(lora["targets"], str):  # tuple("q_proj") would be seven one-letter regexes
+            raise UserError(
+                f"{key}.targets={lora['targets']!r} is a string, not a tuple of regexes.",
+                f"""set {key}.targets='("{lora["targets"]}",)'""",
+            )
         spec = cls(
             rank=int(lora["rank"]),
             alpha=float(lora["alpha"]),
@@ -77,24 +88,49 @@ class LoRASpec:
             bias=str(lora["bias"]),
         )
         if spec.rank < 0:
-            raise ValueError(f"config.model.lora.rank is {spec.rank}; use 0 (no LoRA) or a positive rank.")
+            raise UserError(
+                f"{key}.rank={spec.rank} is negative.",
+                f"set {key}.rank=0 (no LoRA) or a positive rank, e.g. 8",
+            )
         if not spec.enabled:
-            return cls()  # no LoRA: the other fields mean nothing, and a resumed run compares specs
+            ignored = [
+                f"{field.name}={getattr(spec, field.name)!r}"
+                for field in dataclasses.fields(cls)
+                if getattr(spec, field.name) != field.default
+            ]
+            if ignored:
+                raise UserError(
+                    f"{key}.rank=0 means no LoRA (every weight trains), yet {key} sets {', '.join(ignored)}.",
+                    f"set {key}.rank to a positive rank (e.g. 8) to train adapters, or leave {key} at its "
+                    "defaults for a full fine-tune",
+                )
+            return spec
         if spec.bias not in BIAS_MODES:
-            raise ValueError(
-                f"config.model.lora.bias {spec.bias!r} unknown; choose one of {list(BIAS_MODES)}."
+            raise UserError(
+                f"{key}.bias={spec.bias!r} is not one of {', '.join(map(repr, BIAS_MODES))}.",
+                f"set {key}.bias to one of {', '.join(BIAS_MODES)}",
             )
         if not spec.targets:
-            raise ValueError(
-                "config.model.lora.targets is empty; name the layers to adapt, e.g. ('q_proj', 'v_proj', 'fc1')."
+            raise UserError(
+                f"{key}.targets is empty: LoRA rank {spec.rank} adapts no layer.",
+                f"""name the layers to adapt, e.g. {key}.targets='("q_proj","v_proj","fc1")'""",
             )
+        for target in spec.targets:
+            try:
+                re.compile(target)
+            except re.error as error:
+                raise UserError(
+                    f"{key}.targets: {target!r} is not a regex ({error}).",
+                    "fix the pattern, e.g. 'q_proj' or '^encoder\\..*fc1'",
+                ) from None
         if spec.alpha <= 0:
-            raise ValueError(
-                f"config.model.lora.alpha is {spec.alpha}; it must be positive (the original: 32)."
+            raise UserError(
+                f"{key}.alpha={spec.alpha:g} must be positive.", f"set {key}.alpha, e.g. 32 (the original's)"
             )
         if not 0.0 <= spec.dropout < 1.0:
-            raise ValueError(
-                f"config.model.lora.dropout is {spec.dropout}; it must be in [0, 1) (the original: 0.05)."
+            raise UserError(
+                f"{key}.dropout={spec.dropout:g} is outside [0, 1).",
+                f"set {key}.dropout in [0, 1), e.g. 0.05 (the original's) or 0",
             )
         return spec
 
@@ -178,11 +214,46 @@ def _dense_layers(model: nnx.Module) -> Iterator[tuple[str, nnx.Module, str, Den
             yield ".".join(map(str, path)), parent, str(path[-1]), module
 
 
+def layer_names() -> list[str]:
+    """Dotted paths of every Dense layer of our Whisper, e.g. "encoder.layers.self_attn.q_proj": what
+    `LoRASpec.targets` are searched in.
+
+    The paths do not depend on the architecture's sizes (each stack of layers is one module with a leading [L]
+    axis), so an abstract model (`nnx.eval_shape`: shapes only, nothing allocated) of the default size gives
+    them before the run's model is loaded or built: a target that matches nothing fails in pre-flight.
+    """
+    model = nnx.eval_shape(lambda: Whisper(WhisperConfig(), rngs=nnx.Rngs(0)))
+    return [name for name, *_ in _dense_layers(model)]
+
+
+def check_targets(spec: LoRASpec, names: Sequence[str], key: str = CONFIG_KEY) -> None:
+    """Every target regex of `spec` matches at least one of the layer `names` (a config written for another
+    model, or a misspelling, adapts nothing); UserError naming the targets and the layer names there are."""
+    unmatched = [target for target in spec.targets if not any(re.search(target, name) for name in names)]
+    if unmatched:
+        kinds = sorted({name.rsplit(".", 1)[-1] for name in names})
+        raise UserError(
+            f"{key}.targets {unmatched} match no layer of Whisper; its Dense layers are named {kinds} "
+            f"(full paths such as {names[0]!r}).",
+            f"set {key}.targets to regexes of those names, e.g. ('q_proj', 'v_proj', 'fc1')",
+        )
+
+
+def check_train_only(spec: LoRASpec, train_only: Sequence[str]) -> None:
+    """With LoRA the adapters (and the biases of `spec.bias`) are what trains, so `optim.train_only`, which
+    also chooses it, must stay empty; `optim.freeze` still applies. A config-only rule: pre-flight checks it."""
+    if spec.enabled and train_only:
+        raise UserError(
+            f"--config.optim.train_only={list(train_only)} and {CONFIG_KEY} both choose the trained parameters.",
+            "with LoRA leave --config.optim.train_only empty (--config.optim.freeze still applies)",
+        )
+
+
 def apply_lora(model: Whisper, spec: LoRASpec, *, seed: int = 0) -> list[str]:
     """Replaces (in place) every Dense whose dotted path matches a target regex by a `LoRADense`.
 
-    Call after the model is built or loaded and before the parameters are split for training. Fails, naming
-    the regex and the layers there are, when a target matches no layer (a config written for another model).
+    Call after the model is built or loaded and before the parameters are split for training. Fails like
+    `check_targets` (which pre-flight runs first) when a target matches no layer.
 
     Returns:
       the dotted paths wrapped, e.g. ["encoder.layers.self_attn.q_proj", ...].
@@ -190,14 +261,7 @@ def apply_lora(model: Whisper, spec: LoRASpec, *, seed: int = 0) -> list[str]:
     if not spec.enabled:
         return []
     layers = list(_dense_layers(model))
-    names = [name for name, *_ in layers]
-    unmatched = [target for target in spec.targets if not any(re.search(target, name) for name in names)]
-    if unmatched:
-        kinds = sorted({name.rsplit(".", 1)[-1] for name in names})
-        raise ValueError(
-            f"config.model.lora.targets {unmatched} match no layer of this model. Its Dense layers are "
-            f"named {kinds} (full paths such as {names[0]!r}); fix config.model.lora.targets."
-        )
+    check_targets(spec, [name for name, *_ in layers])
     rngs = nnx.Rngs(seed)
     wrapped = []
     for name, parent, attribute, layer in layers:
