@@ -48,7 +48,13 @@ MODEL_CONFIG_FILE = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 WEIGHTS_KEY = "weights"  # the field of a saved train state that holds every model variable
-_RUNTIME_KEYS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl")
+RUNTIME_KEYS = (  # config.model keys that say how the model runs, not what it is
+    "dtype",
+    "param_dtype",
+    "remat",
+    "scan_layers",
+    "attention_impl",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +99,7 @@ class ModelInit:
             arch_overrides=dict(m.arch_overrides),
             conv_init_std=m.conv_init_std,
             seed=config.seed,
-            runtime={k: m[k] for k in _RUNTIME_KEYS},
+            runtime={k: m[k] for k in RUNTIME_KEYS},
         )
 
     @classmethod
@@ -140,19 +146,6 @@ def saved_lora(workdir: Path) -> LoRASpec:
     """The LoRA adapters a workdir's checkpoints hold (rank 0: none)."""
     saved = json.loads((workdir / MODEL_CONFIG_FILE).read_text()).get("lora")
     return LoRASpec.from_config(saved) if saved else NO_LORA
-
-
-def model_config_of(init: ModelInit) -> WhisperConfig:
-    """The architecture `build_model(init)` would load, read from JSON files only (no weights): a workdir's
-    `model_config.json`, a local HF directory's `config.json`, else `variant` + `arch_overrides` (also for
-    a hub id, whose files are not fetched here: the training configs name its variant beside it)."""
-    runtime = dict(init.runtime)
-    if init.init == "ours" and is_workdir(init.init_from):
-        return WhisperConfig.from_json_file(Path(init.init_from).expanduser() / MODEL_CONFIG_FILE, **runtime)
-    hf_config = Path(init.hf_checkpoint).expanduser() / "config.json"
-    if init.init == "hf" and init.hf_checkpoint and hf_config.is_file():
-        return WhisperConfig.from_json_file(hf_config, **runtime)
-    return WhisperConfig.from_variant(init.variant, **dict(init.arch_overrides), **runtime)
 
 
 def build_model(

@@ -23,7 +23,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from audiocap_jax import inference, load, text, train_step
+from audiocap_jax import inference, load, preflight, text, train_step
 from audiocap_jax.model import lora as lora_lib
 from audiocap_jax.model import sharding
 from audiocap_jax.model.backend import resolve_runtime
@@ -45,9 +45,16 @@ class LoweredProgram:
 
 
 def model_config(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> WhisperConfig:
-    """The architecture a run of `config` builds (`load.model_config_of`: JSON files only), with its runtime
-    settings resolved for `devices` as the run would on them (bfloat16 and cuDNN/splash on GPU/TPU)."""
-    return resolve_runtime(load.model_config_of(load.ModelInit.from_config(config)), list(devices))
+    """The architecture a new run of `config` builds (`preflight.planned_model`: JSON files only; the
+    variant's for a hub id that is not in the local HF cache), with its runtime settings resolved for
+    `devices` as the run would on them (bfloat16 and cuDNN/splash on GPU/TPU)."""
+    plan = preflight.planned_model(config)
+    if plan is None:
+        architecture = WhisperConfig.from_variant(config.model.variant).architecture()
+    else:
+        architecture = plan.architecture
+    runtime = {k: config.model[k] for k in load.RUNTIME_KEYS}
+    return resolve_runtime(WhisperConfig(**architecture, **runtime), list(devices))
 
 
 def bytes_per_device(tree: Any) -> int:

@@ -99,6 +99,9 @@ def compile_only_devices(target: Target) -> list[jax.Device]:
                 "", platform="cuda", topology=target.topology, target_config=gpu_spec_text(target)
             )
     except (NotImplementedError, RuntimeError) as error:
+        missing = isinstance(error, NotImplementedError) or "not installed" in str(error)
+        if not missing:
+            raise
         raise cli.UserError(
             f"cannot compile for --target={target.name}: JAX has no {target.platform.upper()} compiler here "
             f"({str(error).splitlines()[0][:200]}).",
@@ -108,8 +111,10 @@ def compile_only_devices(target: Target) -> list[jax.Device]:
 
 
 def prepare_process() -> None:
-    """Process start of a compile-only run: JAX runs on the CPU (the plugins only compile), and libtpu gets
-    the settings it would otherwise look for in a TPU VM's metadata and complain about."""
+    """Process start of a compile-only run: JAX runs on the CPU (the plugins only compile); libtpu gets the
+    settings it would otherwise look for in a TPU VM's metadata and complain about, and several compiling
+    processes may load it at once (it otherwise holds /tmp/libtpu_lockfile for the process's lifetime)."""
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-8")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling opens no chip: no lock needed
     jax.config.update("jax_platforms", "cpu")
