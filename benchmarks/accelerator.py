@@ -4,12 +4,14 @@
     python -m benchmarks.accelerator --variants tiny --steps 2    # CPU smoke run: ~65 CPU-seconds
 
 Rows:
-- train step of whisper-small and large-v2: AdamW, compute dtype and attention from the model's backend
-  policy (bfloat16 on GPU/TPU), scanned layers, FSDP over all local devices, 30 s log-mels and 80-token
-  targets (the training configs' `max_length`): examples/s, MFU (`audiocap_jax.mfu`: analytic FLOPs over the
+- train step of whisper-small and large-v2: the product's step (`train_step.jit_train_step`: AdamW with
+  clipping and the warmup schedule, masked token loss, optimizer state sharded like the weights), compute
+  dtype and attention from the model's backend policy (bfloat16 on GPU/TPU), scanned layers, FSDP over all
+  local devices, 30 s log-mels and 80-token targets (the training configs' `max_length`): examples/s, MFU (`audiocap_jax.mfu`: analytic FLOPs over the
   bf16 peak of the device), peak device memory (`Device.memory_stats()`; on CPU the process's peak RSS) and
   compile time;
-- beam search of base, small and large-v2 through the shared `search.make_decode_fn` (5 beams, exactly 30
+- beam search of base, small and large-v2 through the shared `search.make_decode_fn`, the program
+  `inference.Decoder` runs for validation, `predict` and `evaluate` (5 beams, exactly 30
   tokens after the 11-token `clotho > caption: ` prompt): captions/s and compile time;
 - the same with transformers' PyTorch Whisper on the same GPU, where torch sees CUDA (AdamW, bf16 autocast;
   `GenerationMixin.generate(num_beams=5)`).
@@ -22,7 +24,7 @@ the table), rows are printed as they finish. It imports only `audiocap_jax.model
 `text` (tiktoken), so it runs in an accelerator image without ml_collections, grain, TFDS, librosa,
 pycocoevalcap or wandb (tests/test_accelerator_benchmark.py runs it with those blocked).
 
-Time on one H100/H200 with the defaults (an estimate: no GPU was lent while this was written): about 5 of
+Time on one H100/H200 with the defaults (an estimate, not yet measured on either): about 5 of
 the 8 minutes a device slot allows: process starts ~10 s each (7 processes), compiles of the scanned train
 steps ~30 s (small) and ~60 s (large-v2), of the beam searches ~20-60 s each, and 5 timed steps or batches
 per row after one warm-up (large-v2: ~130 TFLOP a step at batch 16, 0.3-0.5 s). benchmarks/device_check.sh
@@ -191,13 +193,14 @@ def _batch_on_mesh(arrays: dict[str, Any], mesh: Any) -> dict[str, Any]:
 
 
 def jax_train_row(variant: str, batch_size: int, steps: int) -> Row:
-    """One optimizer step (AdamW, token cross-entropy) of `variant`, timed."""
+    """One step of the product's train step (`train_step.jit_train_step`) on the state the trainer builds:
+    AdamW with global-norm clipping and the warmup schedule (`configs/base.py`'s optimizer settings), every
+    weight trained, the optimizer state sharded like the weights, a masked token loss; timed."""
     import jax
     import numpy as np
-    import optax
     from flax import nnx
 
-    from audiocap_jax import mfu
+    from audiocap_jax import mfu, train_step
     from audiocap_jax.model.backend import resolve_runtime
     from audiocap_jax.model.config import WhisperConfig
     from audiocap_jax.model.whisper import create_model
@@ -208,50 +211,43 @@ def jax_train_row(variant: str, batch_size: int, steps: int) -> Row:
             f"--batch-size {batch_size} is not divisible by the {mesh.size} local devices; use a multiple."
         )
     rng = np.random.default_rng(0)
+    loss_mask = np.ones((batch_size, TRAIN_TOKENS), np.float32)
+    loss_mask[:, TRAIN_TOKENS // 2 :] = 0.0  # captions end early; padding is masked out, as in real batches
 
     def build(config: WhisperConfig) -> tuple[Any, tuple[Any, ...]]:
-        graphdef, params, rest = nnx.split(create_model(config, mesh=mesh), nnx.Param, ...)
-        tx = optax.adamw(1e-5)
+        graphdef, weights = nnx.split(create_model(config, mesh=mesh))
+        schedule = train_step.make_schedule(lr=2e-5, warmup_steps=500, total_steps=100_000)
+        tx, selects = train_step.make_optimizer(schedule, max_grad_norm=1.0), train_step.trainable()
+        state = train_step.init_train_state(weights, tx, selects, mesh)
         batch = _batch_on_mesh(
             {
-                "mel": rng.standard_normal((batch_size, config.num_mel_bins, config.num_frames), np.float32),
-                "ids": rng.integers(0, config.vocab_size, (batch_size, TRAIN_TOKENS), np.int32),
+                "mel": rng.standard_normal((batch_size, config.num_mel_bins, config.num_frames)).astype(
+                    np.float16
+                ),
+                "decoder_input_ids": rng.integers(0, config.vocab_size, (batch_size, TRAIN_TOKENS), np.int32),
                 "targets": rng.integers(0, config.vocab_size, (batch_size, TRAIN_TOKENS), np.int32),
+                "loss_mask": loss_mask,
             },
             mesh,
         )
-
-        def step(params: Any, opt_state: Any, rest: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
-            def loss_fn(params: Any) -> jax.Array:
-                logits = nnx.merge(graphdef, params, rest)(batch["mel"], batch["ids"])
-                return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
-
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
+        step = train_step.jit_train_step(graphdef, tx, schedule, selects, state, mesh)
         with jax.set_mesh(mesh):
-            opt_state = jax.jit(tx.init)(params)
-            shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))
-            compiled = (
-                jax.jit(step, out_shardings=(*shardings, None), donate_argnums=(0, 1))
-                .lower(params, opt_state, rest, batch)
-                .compile()
-            )
-        return compiled, (params, opt_state, rest, batch)
+            compiled = step.lower(state, batch).compile()
+        return compiled, (state, batch)
 
     config = resolve_runtime(
         WhisperConfig.from_variant(variant, dtype="auto", scan_layers=True), list(mesh.devices.flat)
     )
-    compiled, (params, opt_state, rest, batch), compile_s, note = _compile_with_fallback(config, build)
+    compiled, (state, batch), compile_s, note = _compile_with_fallback(config, build)
     attention = config.attention_impl if not note else "xla"
 
-    def train_step() -> Any:
-        nonlocal params, opt_state
-        params, opt_state, loss = compiled(params, opt_state, rest, batch)
-        return loss
+    def one_step() -> Any:
+        nonlocal state
+        with jax.set_mesh(mesh):
+            state, metrics = compiled(state, batch)
+        return metrics["loss"]
 
-    seconds = _mean_seconds(train_step, jax.block_until_ready, steps)
+    seconds = _mean_seconds(one_step, jax.block_until_ready, steps)
     flops = mfu.model_flops_per_step(config, batch_size=batch_size, target_length=TRAIN_TOKENS)
     peak = mfu.peak_flops_per_device(jax.local_devices()[0].device_kind)
     return Row(
