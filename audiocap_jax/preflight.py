@@ -258,11 +258,6 @@ def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int
     c = config
     check_search(c, key)
     _require(c.batch_size >= 1, f"{key}.batch_size={c.batch_size} must be >= 1.", f"set {key}.batch_size=8")
-    _require(
-        c.loader_workers >= 0,
-        f"{key}.loader_workers={c.loader_workers} must be >= 0.",
-        f"set {key}.loader_workers=4",
-    )
     prompt = style_prompt_length(c.style, f"{key}.style")
     _require(
         c.max_length > prompt,
