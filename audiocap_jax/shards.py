@@ -70,6 +70,10 @@ class ShardStore:
     def done(self, n: int) -> bool:
         return self.csv(n).is_file()
 
+    def finished(self) -> list[int]:
+        """The numbers of the finished shards, ascending."""
+        return sorted(int(p.stem) for p in self.root.glob("*.csv") if p.stem.isdigit())
+
     def probe(self, key: str) -> None:
         """Create the folder (and its missing parents) and a file in it, then remove what was created: an
         output path that passes the permission checks but cannot be written (/proc, a read-only mount) fails
@@ -98,7 +102,7 @@ class ShardStore:
         saved = json.loads(path.read_text(encoding="utf-8")).get("fingerprint", {})
         changed = [k for k in dict.fromkeys([*saved, *fingerprint]) if saved.get(k) != fingerprint.get(k)]
         if changed:
-            finished = len(list(self.root.glob("[0-9]*.csv")))
+            finished = len(self.finished())
             differences = "; ".join(
                 f"{k}: {saved.get(k)!r} then, {fingerprint.get(k)!r} now" for k in changed
             )

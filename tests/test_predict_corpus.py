@@ -14,6 +14,7 @@ import time
 import pytest
 
 from audiocap_jax import cli, corpus, metrics, predict
+from audiocap_jax.shards import ShardStore
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing import tfds_data
 from audiocap_jax.testing.models import save_tiny_hf_whisper
@@ -63,7 +64,7 @@ def _command(checkpoint, data, output, *extra):
     ]  # fmt: skip
 
 
-def _start(command, tmp, name, processes=1):
+def _start(command, tmp, name, processes=1, devices=4):
     """`processes` local processes of 4 devices each (one coordinator); their stderr in tmp/<name><i>.log."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,7 +81,7 @@ def _start(command, tmp, name, processes=1):
         subprocess.Popen(
             [*command, *flags_],
             cwd=REPO,
-            env=_env(tmp),
+            env=_env(tmp, devices),
             stdout=subprocess.DEVNULL,
             stderr=(tmp / f"{name}{i}.log").open("w"),
         )
@@ -115,14 +116,14 @@ def test_two_processes_write_one_process_csv_and_resume_after_a_kill(checkpoint,
     )
     shards = pathlib.Path(f"{resumed}.shards")
     deadline = time.time() + 600
-    while len(list(shards.glob("[0-9]*.csv"))) < 2:
+    while len(ShardStore(shards).finished()) < 2:
         assert all(r.poll() is None for r in runs), (tmp_path / "killed0.log").read_text()[-3000:]
         assert time.time() < deadline
         time.sleep(0.05)
     for run in reversed(runs):
         run.send_signal(signal.SIGKILL)
         run.wait()
-    finished = len(list(shards.glob("[0-9]*.csv")))
+    finished = len(ShardStore(shards).finished())
     assert 2 <= finished < 8 and not resumed.exists()
     assert not list(shards.glob(".*partial"))  # nothing half-written
     _wait(
@@ -139,16 +140,16 @@ def test_two_processes_write_one_process_csv_and_resume_after_a_kill(checkpoint,
 def test_sigterm_exits_75_keeps_finished_shards_and_the_rerun_completes(checkpoint, corpus_dir, tmp_path):
     out = tmp_path / "out.csv"
     command = _command(checkpoint, corpus_dir, out, "--shard_size=4", "--config-file.batch_size=1")
-    [run] = _start(command, tmp_path, "term")
+    [run] = _start(command, tmp_path, "term", devices=1)
     shards = pathlib.Path(f"{out}.shards")
-    while not list(shards.glob("[0-9]*.csv")):
+    while not ShardStore(shards).finished():
         assert run.poll() is None, (tmp_path / "term0.log").read_text()[-3000:]
         time.sleep(0.05)
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=300) == cli.EXIT_PREEMPTED, (tmp_path / "term0.log").read_text()[-3000:]
-    finished = len(list(shards.glob("[0-9]*.csv")))
+    finished = len(ShardStore(shards).finished())
     assert finished < 15 and not out.exists() and not list(shards.glob(".*partial"))
-    _wait(_start(command, tmp_path, "again"), tmp_path, "again")
+    _wait(_start(command, tmp_path, "again", devices=1), tmp_path, "again")
     assert list(metrics.read_predictions_csv(out)) == [f"clip{i:02d}.wav" for i in range(NUM_CLIPS)]
     assert json.loads((tmp_path / "out_log.json").read_text())["shards"]["finished_before"] == finished
 
