@@ -257,7 +257,9 @@ def _ordered_map(args: Callable[[int], tuple], items: Sequence[int], workers: in
     if workers == 0:
         yield from (audio.window_mels(*args(i), fft_workers=-1) for i in items)
         return
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=features.worker_context([audio.__name__]))
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=features.worker_context([audio.__name__])
+    )
     pending: collections.deque[concurrent.futures.Future] = collections.deque()
     try:
         for i in items:

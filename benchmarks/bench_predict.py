@@ -50,7 +50,9 @@ DEMO_ARCH = dict(
 def write_clips(folder: pathlib.Path, count: int) -> None:
     folder.mkdir(parents=True)
     for i in range(count):
-        clip = test_audio.speech_like(CLIP_SECONDS, seed=i) + test_audio.noise(CLIP_SECONDS, amplitude=0.02, seed=i)
+        clip = test_audio.speech_like(CLIP_SECONDS, seed=i) + test_audio.noise(
+            CLIP_SECONDS, amplitude=0.02, seed=i
+        )
         test_audio.write_audio(folder / f"clip{i:05d}.wav", clip)
 
 
@@ -83,7 +85,9 @@ def decode_only_row(checkpoint: pathlib.Path, clips: pathlib.Path) -> dict:
     prompt = tuple(built.tokenizer.prompt_ids(text.parse_style(config.style)))
     work = corpus.read_work_list(str(clips))
     batching = corpus.Batching(config.batch_size, built.config.num_mel_bins, built.config.num_frames, prompt)
-    batches = [p.batch for p in corpus.audio_parts(work, [range(len(work))], batching, 2) if p.batch is not None]
+    batches = [
+        p.batch for p in corpus.audio_parts(work, [range(len(work))], batching, 2) if p.batch is not None
+    ]
     decoder = inference.Decoder.from_config(config, built.model, built.tokenizer, checkpoint, mesh)
     state = nnx.state(built.model)
     started = time.perf_counter()
