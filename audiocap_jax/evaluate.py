@@ -329,11 +329,11 @@ def main(argv: list[str]) -> None:
         preflight.check_decoding(config, "--config-file", jax.device_count())
         sweep = sweep_configs(config, f["sweep"].value, jax.device_count()) if f["sweep"].value else None
         preflight.check_checkpoint(f["checkpoint"].value, config.step)
-        for checked in [config, *(sweep or {}).values()]:
-            preflight.check_decoder_positions(f["checkpoint"].value, checked.max_length, "--config-file")
         preflight.check_evaluate(
             dataset, f["split"].value, f["data_dir"].value, f["mel_config"].value, f["style"].value
         )
+        for checked in [config, *(sweep or {}).values()]:
+            preflight.check_decoder_positions(f["checkpoint"].value, checked.max_length, "--config-file")
         loaded = load_split(
             f["checkpoint"].value,
             dataset,

@@ -157,7 +157,9 @@ def check(
         ("--input_workers", options.input_workers, 0, "a number of processes, or 0 to decode in this one"),
     ):
         if value < minimum:
-            raise cli.UserError(f"{flag}={value} must be >= {minimum}.", f"pass {fix}")
+            raise cli.UserError(
+                f"{flag}={value} is {'negative' if minimum == 0 else 'below 1'}.", f"pass {fix}"
+            )
     output = preflight.check_output_file(output_file, "--output-file")
     outputs = Outputs(
         output,
@@ -169,7 +171,6 @@ def check(
     )
     preflight.check_decoding(config, "--config-file", jax.local_device_count())
     preflight.check_checkpoint(checkpoint, config.step)
-    preflight.check_decoder_positions(checkpoint, config.max_length, "--config-file")
     architecture = preflight.checkpoint_architecture(checkpoint) or {}
     work = corpus.read_work_list(
         str(data),
@@ -178,6 +179,7 @@ def check(
         n_mels=int(architecture.get("num_mel_bins", 80)),
         outputs=(outputs.csv, outputs.nbest, outputs.log, outputs.store.root),
     ).take(options.take_first_n)
+    preflight.check_decoder_positions(checkpoint, config.max_length, "--config-file")
     outputs.store.probe("--output-file")
     return outputs, work
 

@@ -11,6 +11,7 @@ processes of a group wait for each other, with a timeout that names the process 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -25,17 +26,23 @@ COLLECTIVE_TIMEOUT_SECONDS = 600
 
 
 def define_flags() -> None:
-    """The process-group and cache flags of every command that runs models (absl, defined once per program)."""
+    """The process-group and cache flags of every command that runs models (absl, defined once per program),
+    listed by `--help` as the program's own flags."""
+    own = dict(module_name=sys.argv[0])  # absl's --help lists the main module's flags only
     flags.DEFINE_bool(
-        "distributed", False, "Call jax.distributed.initialize() (multi-host pods; auto-detects TPU/SLURM)."
+        "distributed",
+        False,
+        "Call jax.distributed.initialize() (multi-host pods; auto-detects TPU/SLURM).",
+        **own,
     )
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (manual multi-process).")
-    flags.DEFINE_integer("num_processes", None, "Number of processes (manual multi-process).")
-    flags.DEFINE_integer("process_id", None, "This process's index (manual multi-process).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (manual multi-process).", **own)
+    flags.DEFINE_integer("num_processes", None, "Number of processes (manual multi-process).", **own)
+    flags.DEFINE_integer("process_id", None, "This process's index (manual multi-process).", **own)
     flags.DEFINE_bool(
         "no_compile_cache",
         False,
         f"Do not use JAX's persistent compilation cache (${CACHE_ENV}, default {DEFAULT_CACHE_DIR}).",
+        **own,
     )
 
 

@@ -14,6 +14,8 @@ Prints a markdown table.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pathlib
 import tempfile
 import time
@@ -64,7 +66,8 @@ def decoding_config() -> ml_collections.ConfigDict:
 
 def predict_row(checkpoint: pathlib.Path, clips: pathlib.Path, root: pathlib.Path, workers: int) -> dict:
     options = predict.Options(shard_size=_CLIPS.value, input_workers=workers)
-    log = predict.predict(str(checkpoint), clips, root / f"out{workers}.csv", decoding_config(), options)
+    with contextlib.redirect_stdout(io.StringIO()):  # predict prints every raw caption; keep the table alone
+        log = predict.predict(str(checkpoint), clips, root / f"out{workers}.csv", decoding_config(), options)
     seconds = log["seconds"]
     steady = log["num_clips"] / max(seconds["decode"] + seconds["input"], 1e-9)
     return dict(

@@ -256,7 +256,7 @@ def test_traceback_on_request(paths):
         (
             "audiocap_jax.evaluate",
             [],
-            ["allow_extra: Ignore predictions", "long_audio", "threads decoding audio files"],
+            ["allow_extra: Ignore predictions", "long_audio", "caption every window"],
         ),
         (
             "audiocap_jax.train",
