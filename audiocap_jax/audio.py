@@ -256,3 +256,36 @@ def log_mel(audio: np.ndarray, n_mels: int = 80, *, workers: int = -1) -> np.nda
     log_spec = np.log10(np.maximum(mel, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)
     return np.ascontiguousarray(((log_spec + 4.0) / 4.0).transpose(0, 2, 1))  # --> [B, M, S]
+
+
+def windows(clip: np.ndarray, long_audio: str, window: int) -> list[tuple[float, np.ndarray]]:
+    """(start seconds, samples) pieces of one clip that each fit the model's window of `window` samples:
+    the first window only (`long_audio="truncate"`), or every consecutive one (`"windows"`)."""
+    if long_audio == "truncate" or len(clip) <= window:
+        return [(0.0, clip[:window])]
+    return [(start / SAMPLE_RATE, clip[start : start + window]) for start in range(0, len(clip), window)]
+
+
+def window_mels(
+    path: epath.PathLike, n_mels: int, num_frames: int, long_audio: str, fft_workers: int = 1
+) -> list[tuple[float, float, np.ndarray]] | AudioDecodeError:
+    """Decode one file and compute the log-mel of each of its windows (`windows`): what predict's input
+    workers run, one file per call.
+
+    A window's log-mel is that of its samples padded to 30 s, cropped to the model's `num_frames`, as the
+    TFDS builds store clips and the training pipeline crops them.
+
+    Returns:
+      `[(start seconds, seconds of audio, [M, num_frames] float32)]`, or the AudioDecodeError (returned, not
+      raised, so a worker process hands it back with the file's name and reason).
+    """
+    try:
+        clip = load_audio(path)
+    except AudioDecodeError as error:
+        return error
+    pieces = windows(clip, long_audio, num_frames * HOP_LENGTH)
+    mels = log_mel(np.stack([pad_or_trim(samples) for _, samples in pieces]), n_mels, workers=fft_workers)
+    return [
+        (start, len(samples) / SAMPLE_RATE, mel[:, :num_frames])
+        for (start, samples), mel in zip(pieces, mels, strict=True)
+    ]

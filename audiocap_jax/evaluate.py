@@ -22,7 +22,9 @@ JSON file (corpus scores, intervals, unavailable metrics with the fix, warnings,
 `audioset > keywords` outputs also get keyword precision/recall/F1 (`--keywords`, on by default for a keywords
 prefix). Inputs, dataset/split names and the output folder are checked before any model loads; output files are
 written complete or not at all; problems with the inputs exit 2 with one `error:` and one `fix:` line (README,
-"Exit codes and errors").
+"Exit codes and errors"). With several processes (train's flags: `--coordinator_address/--num_processes/
+--process_id`, or `--distributed` on a pod) every process reads its rows of each global batch and all of them
+decode together on the global mesh; JAX's compilation cache is on unless `--no_compile_cache` (`runtime.py`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import cli, inference, load, metrics, preflight
+from audiocap_jax import cli, inference, load, metrics, preflight, runtime
 from audiocap_jax.data import pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
@@ -261,6 +263,7 @@ def _define_flags() -> None:
         "With --checkpoint: a sweep file (configs/sweeps/decoding.py) of named decoding settings; decodes "
         "the split once per setting and writes sweep.csv.",
     )
+    runtime.define_flags()
     config_flags.DEFINE_config_file("config-file", cli.PREDICT_CONFIG, "Decoding settings.", lock_config=True)
 
 
@@ -309,6 +312,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     f = flags.FLAGS
+    runtime.start()
     preflight.check_spice(f["spice"].value)
     n_best = None  # N-best lists: SPIDEr-max over them
     if f["sweep"].value is not None and f["checkpoint"].value is None:
@@ -328,6 +332,8 @@ def main(argv: list[str]) -> None:
         preflight.check_evaluate(
             dataset, f["split"].value, f["data_dir"].value, f["mel_config"].value, f["style"].value
         )
+        for checked in [config, *(sweep or {}).values()]:
+            preflight.check_decoder_positions(f["checkpoint"].value, checked.max_length, "--config-file")
         loaded = load_split(
             f["checkpoint"].value,
             dataset,

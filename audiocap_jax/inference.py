@@ -1,9 +1,11 @@
 """Caption batches with the shared jitted search: what training validation, `predict` and `evaluate` run.
 
-The host side of decoding: batches go onto the mesh, `search.make_decode_fn`'s function runs (batch i with the
-key `fold_in(key(seed), i)`, so sampling gives the same captions on any mesh), each process turns its own rows
-back into text, the rows of all processes are gathered so every process sees every prediction in dataset
-order, and each clip's candidates are ranked by the reranker (`rerank.py`; "none" keeps the search's order).
+The host side of decoding: batches go onto the mesh, `search.make_decode_fn`'s function runs (each clip
+sampled with its own key, `clip_key`: the seed folded with a hash of the clip's name, window included, so a
+clip's sampled caption is the same whatever the batch size, mesh, process count and other clips), each process
+turns its own rows back into text, the rows of all processes that share the mesh are gathered so every one of
+them sees every prediction in dataset order, and each clip's candidates are ranked by the reranker
+(`rerank.py`; "none" keeps the search's order). A mesh of one process's devices (`predict`'s) gathers nothing.
 
 Legend: B clips per batch, R candidates per clip returned by the search, L `max_length`, M mel bins, S frames.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +27,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from audiocap_jax import metrics, rerank, search
-from audiocap_jax.model.sharding import global_to_host, host_to_global
+from audiocap_jax.model.sharding import global_to_host, host_to_global, mesh_processes
 from audiocap_jax.text import Tokenizer
 
 # The config keys `decode_settings` and the reranking read: configs/predict.py and the training config's `eval`
@@ -117,6 +120,18 @@ def allgather_strings(texts: list[str]) -> list[str]:
     ]
 
 
+def clip_ids(file_names: Sequence[str]) -> np.ndarray:
+    """uint32 [B]: a stable hash of each clip's name (file name and window), what its sampling key folds in.
+    Python's `hash` changes between processes; BLAKE2b does not."""
+    return np.asarray(
+        [
+            int.from_bytes(hashlib.blake2b(str(n).encode("utf-8"), digest_size=4).digest(), "little")
+            for n in file_names
+        ],
+        np.uint32,
+    )
+
+
 def caption_batches(
     decode_fn: Any,
     model_state: Any,
@@ -126,28 +141,34 @@ def caption_batches(
     *,
     desc: str = "captioning",
     total: int | None = None,
+    show_progress: bool = True,
     settings: search.DecodeSettings | None = None,
     reranker: rerank.Reranker = rerank.KEEP_ORDER,
     num_candidates: int | None = None,
 ) -> list[Prediction]:
-    """Decode every valid row of per-process batches; returns all processes' predictions in order.
+    """Decode every valid row of per-process batches; returns the predictions of all processes sharing `mesh`,
+    in order.
 
     A batch has mel `[B, M, S]`, decoder_prompt `[B, P]` int32, optionally prompt_lengths `[B]` (default P),
     mask `[B]` bool (padding rows are False), file_name `[B]` and references `[B, R]` (str objects).
     `settings` (those `decode_fn` was made with) give the sampling seed and the length penalty the
     "likelihood" reranker undoes; `num_candidates`: how many of each clip's ranked candidates the prediction
-    keeps (None = all the search returned).
+    keeps (None = all the search returned). `show_progress`: a bar on process 0 (callers with their own bar
+    turn it off).
     """
     settings = settings or search.DecodeSettings(eos_id=tokenizer.specials.eot)
     base_key = jax.random.key(settings.seed)
+    sampling = settings.strategy == "sample"
     local: list[dict[str, Any]] = []
-    show = jax.process_index() == 0
-    for index, batch in enumerate(tqdm(batches, desc=desc, total=total, disable=not show, unit="batch")):
+    show = show_progress and jax.process_index() == 0
+    for batch in tqdm(batches, desc=desc, total=total, disable=not show, unit="batch"):
         prompt = np.asarray(batch["decoder_prompt"], np.int32)
         lengths = np.asarray(batch.get("prompt_lengths", np.full(len(prompt), prompt.shape[1])), np.int32)
-        inputs = host_to_global({"mel": batch["mel"], "prompt": prompt, "lengths": lengths}, mesh)
-        rng = jax.random.fold_in(base_key, index)  # the same key on every process and mesh
-        sequences, scores = decode_fn(model_state, inputs["mel"], inputs["prompt"], inputs["lengths"], rng)
+        host = {"mel": batch["mel"], "prompt": prompt, "lengths": lengths}
+        inputs = host_to_global(host | ({"ids": clip_ids(batch["file_name"])} if sampling else {}), mesh)
+        # One key per clip, from the seed and the clip's name: the same on every process, mesh and batch size.
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base_key, inputs["ids"]) if sampling else None
+        sequences, scores = decode_fn(model_state, inputs["mel"], inputs["prompt"], inputs["lengths"], keys)
         sequences, scores = global_to_host(sequences, mesh), global_to_host(scores, mesh)  # [B, R, L], [B, R]
         valid = np.flatnonzero(np.asarray(batch.get("mask", np.ones(len(prompt), bool))))
         generated = rerank.generated_lengths(sequences[valid], lengths[valid], tokenizer.specials.eot)
@@ -172,7 +193,7 @@ def caption_batches(
             )
     rows = (
         local
-        if jax.process_count() == 1
+        if mesh_processes(mesh) == 1
         else [json.loads(r) for r in allgather_strings(list(map(json.dumps, local)))]
     )
     if not rows:

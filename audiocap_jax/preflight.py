@@ -156,6 +156,36 @@ def check_checkpoint(checkpoint: str, step: str | int = "best", key: str = "--ch
     )
 
 
+def check_output_file(path: str | os.PathLike, key: str) -> Path:
+    """`check_writable_file`, and not empty: `--output-file=""` would name the working directory."""
+    _require(bool(os.fspath(path).strip()), f"{key} is empty.", f"pass a file name, e.g. {key}=captions.csv")
+    return check_writable_file(path, key)
+
+
+def checkpoint_architecture(checkpoint: str) -> dict[str, Any] | None:
+    """The model's shape as its files say, before anything loads: a workdir's model_config.json or a HF
+    directory's config.json (both carry HF's field names); None for a hub id (known once downloaded)."""
+    path = Path(checkpoint).expanduser()
+    for name in (MODEL_CONFIG_FILE, HF_CONFIG_FILE):
+        if (path / name).is_file():
+            return json.loads((path / name).read_text(encoding="utf-8"))
+    return None
+
+
+def check_decoder_positions(checkpoint: str, max_length: int, key: str) -> None:
+    """`max_length` fits the decoder's learned positions (`max_target_positions`): longer sequences would
+    index past the position table."""
+    architecture = checkpoint_architecture(checkpoint) or {}
+    positions = architecture.get("max_target_positions")
+    if positions is not None:
+        _require(
+            max_length <= int(positions),
+            f"{key}.max_length={max_length} is longer than the {positions} decoder positions of --checkpoint="
+            f"{checkpoint} (its max_target_positions).",
+            f"set {key}.max_length to {positions} or less",
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Config values.
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,11 +274,6 @@ def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int
     c = config
     check_search(c, key)
     _require(c.batch_size >= 1, f"{key}.batch_size={c.batch_size} must be >= 1.", f"set {key}.batch_size=8")
-    _require(
-        c.loader_workers >= 0,
-        f"{key}.loader_workers={c.loader_workers} must be >= 0.",
-        f"set {key}.loader_workers=4",
-    )
     prompt = style_prompt_length(c.style, f"{key}.style")
     _require(
         c.max_length > prompt,

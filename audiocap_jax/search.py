@@ -13,8 +13,9 @@ Strategies (`DecodeSettings.strategy`), all inside one `lax.while_loop` that exi
   `diversity_penalty` x (times each token was chosen at this step by groups < g of the example); each group
   keeps its own live and finished sets and done flag, and the answer merges the groups' finished hypotheses.
 - "sample": S independent samples per example (HF's `_sample` with `do_sample=True`): processors on the raw
-  logits, then HF's warpers (temperature, top-k, top-p) and a Gumbel-max draw keyed by `fold_in(rng, step)`,
-  over each row's 64 best tokens when every row's cut lies among them (else over the sorted vocabulary). A sample scores like a finished beam (processed log-probs before the warpers, summed,
+  logits, then HF's warpers (temperature, top-k, top-p) and a Gumbel-max draw keyed per row: example b's key
+  (one per example, so a clip's samples depend on its key only, not on the rest of the batch), folded with
+  the sample s and the step t, over each row's 64 best tokens when every row's cut lies among them (else over the sorted vocabulary). A sample scores like a finished beam (processed log-probs before the warpers, summed,
   divided by `penalty(g)`); the best R are returned.
 
 The core, `decode_tokens` (`beam_search` or `sample`), is model-agnostic like t5x's: it sees a
@@ -552,31 +553,30 @@ def warp(scores: jax.Array, settings: DecodeSettings) -> jax.Array:
     return _over_candidates(scores, settings, scatter)
 
 
-def _rank_noise(key: jax.Array, rows: int, width: int) -> jax.Array:
-    """Gumbel noise float32 [N, W] for the W best-ranked tokens of each row, drawn in blocks of
+def _rank_noise(key: jax.Array, width: int) -> jax.Array:
+    """Gumbel noise float32 [W] for the W best-ranked tokens of one row, drawn in blocks of
     `_SAMPLE_CANDIDATES` ranks (block b from `fold_in(key, b)`), so the first ranks get the same noise
     whether the step looks at the candidates or at the whole vocabulary."""
     block = _SAMPLE_CANDIDATES
     blocks = -(-width // block)
-    noise = jax.vmap(lambda b: jax.random.gumbel(jax.random.fold_in(key, b), (rows, block)))(
-        jnp.arange(blocks)
-    )
-    return noise.transpose(1, 0, 2).reshape(rows, blocks * block)[:, :width]
+    noise = jax.vmap(lambda b: jax.random.gumbel(jax.random.fold_in(key, b), (block,)))(jnp.arange(blocks))
+    return noise.reshape(blocks * block)[:width]
 
 
-def draw_tokens(scores: jax.Array, key: jax.Array, settings: DecodeSettings) -> jax.Array:
-    """One token per row from `warp(scores)`'s distribution (Gumbel-max). float [N, V] --> int32 [N]
+def draw_tokens(scores: jax.Array, keys: jax.Array, settings: DecodeSettings) -> jax.Array:
+    """One token per row from `warp(scores)`'s distribution (Gumbel-max). float [N, V], keys [N] --> int32 [N]
 
-    The noise is indexed by rank (then by token id with no filter to rank by), drawn for the global [N, ...]
-    array: with jax's partitionable threefry the same key gives the same tokens however rows are sharded.
+    Row n draws with its own key `keys[n]`, so a row's token depends on its scores and key only: not on the
+    other rows, the batch size or how the rows are sharded. The noise is indexed by rank (then by token id
+    with no filter to rank by).
     """
     scores = temperature_warp(scores, settings.temperature)
     if not _filters(settings):
-        return jax.random.categorical(key, scores, axis=-1).astype(jnp.int32)
-    rows = scores.shape[0]
+        return jax.vmap(jax.random.categorical)(keys, scores).astype(jnp.int32)
 
     def draw(values: jax.Array, ids: jax.Array) -> jax.Array:
-        pick = jnp.argmax(values + _rank_noise(key, rows, values.shape[1]), axis=-1)
+        noise = jax.vmap(_rank_noise, in_axes=(0, None))(keys, values.shape[1])  # --> [N, W]
+        pick = jnp.argmax(values + noise, axis=-1)
         return jnp.take_along_axis(ids, pick[:, None], axis=1)[:, 0]
 
     return _over_candidates(scores, settings, draw)
@@ -846,9 +846,10 @@ def sample(
 ) -> tuple[jax.Array, jax.Array]:
     """`num_samples` independent samples per example (traceable; call it inside `jax.jit`).
 
-    Arguments as `beam_search`'s (the cache needs `repeat_rows(S)` only), plus `rng`, a `jax.random.key`:
-    step t draws with `fold_in(rng, t)` over the whole [N, V] array, so with jax's partitionable threefry
-    the captions do not depend on how the batch is sharded. Returns the best R of each example's samples,
+    Arguments as `beam_search`'s (the cache needs `repeat_rows(S)` only), plus `rng`: keys [B], one per
+    example (`example_keys`). Sample s of example b draws step t with `fold_in(fold_in(rng[b], s), t)`, so an
+    example's samples depend on its own key only: not on the batch size, its neighbours or the sharding.
+    Returns the best R of each example's samples,
     int32 [B, R, L] and float32 [B, R], scored like finished beams (processed log-probs before the
     warpers, summed and divided by `length_penalty(g)`), best first.
     """
@@ -856,6 +857,8 @@ def sample(
     start = _start(tokens_to_logits, cache, prompt_ids, prompt_lengths, settings, num_samples)
     batch = start.seqs.shape[0]
     rows = batch * num_samples
+    sample_ids = jnp.tile(jnp.arange(num_samples), batch)  # [N]
+    row_keys = jax.vmap(jax.random.fold_in)(jnp.repeat(rng, num_samples), sample_ids)  # --> [N]
     row_prompt_lengths = jnp.repeat(start.prompt_lengths, num_samples)  # [N]
     state = SampleState(
         step=jnp.zeros((), jnp.int32),
@@ -877,7 +880,8 @@ def sample(
         columns = row_prompt_lengths + state.step  # [N] tokens so far = where this step's token goes
         processors = _step_processors(state.seqs, columns, state.step, settings, logits.shape[-1])
         log_probs = _greedy_log_probs(logits, processors, settings)  # [N, V]
-        drawn = draw_tokens(log_probs, jax.random.fold_in(rng, state.step), settings)
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, state.step)  # [N]
+        drawn = draw_tokens(log_probs, step_keys, settings)
         tokens = jnp.where(state.done, eos, drawn)  # [N]
         token_log_probs = jnp.take_along_axis(log_probs, tokens[:, None], axis=1)[:, 0]
         ends = (tokens == eos) | (columns + 1 >= max_length)
@@ -899,6 +903,15 @@ def sample(
     return gather_beams(unflatten_beam_dim(state.seqs, num_samples), pick), best_scores
 
 
+def example_keys(rng: jax.Array | None, batch: int, settings: DecodeSettings) -> jax.Array:
+    """Sampling keys [B], one per example: `rng` itself when it is already [B]; a single key (None:
+    `jax.random.key(settings.seed)`) gives example b `fold_in(rng, b)`."""
+    rng = jax.random.key(settings.seed) if rng is None else rng
+    if rng.ndim == 1:
+        return rng
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(batch))
+
+
 def decode_tokens(
     tokens_to_logits: TokensToLogits,
     cache: RowCache,
@@ -907,10 +920,10 @@ def decode_tokens(
     settings: DecodeSettings,
     rng: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """`beam_search` or `sample`, as `settings.strategy` says (rng None: `jax.random.key(settings.seed)`)."""
+    """`beam_search` or `sample`, as `settings.strategy` says (`rng`: see `example_keys`)."""
     if settings.strategy == "sample":
-        rng = jax.random.key(settings.seed) if rng is None else rng
-        return sample(tokens_to_logits, cache, prompt_ids, prompt_lengths, settings, rng)
+        keys = example_keys(rng, prompt_ids.shape[0], settings)
+        return sample(tokens_to_logits, cache, prompt_ids, prompt_lengths, settings, keys)
     return beam_search(tokens_to_logits, cache, prompt_ids, prompt_lengths, settings)
 
 
@@ -945,8 +958,10 @@ def make_decode_fn(
 
     `model` is a `Whisper` or its `nnx.graphdef` (only the structure is kept); `state` is `nnx.state(model)`
     (or any state of that structure, e.g. the training loop's), sharded however the caller placed it.
-    mel: float [B, M, F]; prompt_ids: int32 [B, P]; prompt_lengths: int32 [B]; rng: a `jax.random.key` for
-    sampling (beam search ignores it; None = `jax.random.key(settings.seed)`). Returns int32 [B, R, L] and
+    mel: float [B, M, F]; prompt_ids: int32 [B, P]; prompt_lengths: int32 [B]; rng: sampling's keys, one
+    per clip [B] (what `inference.caption_batches` passes: a clip's samples then depend on its key only), or
+    one `jax.random.key` folded with each row's index (beam search ignores it; None =
+    `jax.random.key(settings.seed)`). Returns int32 [B, R, L] and
     float32 [B, R] (see `beam_search`). One `jax.jit`: encoder, cache init, prefill and the decoding loop.
     With `mesh`, the batch is constrained to the mesh's batch axes and the model's sharding annotations
     apply; compiled once per input shape.

@@ -49,6 +49,7 @@ from audiocap_jax import (
     mfu,
     preflight,
     report,
+    runtime,
     text,
     train_step,
     workdir_lock,
@@ -62,44 +63,17 @@ PREDICTIONS_DIR = "predictions"  # final validation predictions and their scores
 HF_EXPORT_DIR = "hf_export"
 SHARDING_TABLE_FILE = "sharding.txt"  # shape and mesh spec of every parameter
 CONFIG_FILE = "config.json"  # the run's full config (logged only at --verbosity=1)
-# How long a process waits for the others at a step boundary, the export or the end before it fails, naming
-# itself and the step: longer than any legitimate skew (a slow checkpoint write, a compile), shorter than a
-# job scheduler's patience.
-COLLECTIVE_TIMEOUT_SECONDS = 600
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (multi-host pods; auto-detects TPU/SLURM)."
-)
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 (manual multi-process)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (manual multi-process).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (manual multi-process).")
+runtime.define_flags()
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Waiting for the other processes.
 # ---------------------------------------------------------------------------------------------------------------
-def barrier(name: str, step: int, timeout_seconds: float = COLLECTIVE_TIMEOUT_SECONDS) -> None:
-    """Wait until every process reaches `name` at `step`; fail after the timeout instead of hanging."""
-    if jax.process_count() == 1:
-        return
-    try:
-        distributed.global_state.client.wait_at_barrier(
-            f"audiocap/{name}/{step}", int(timeout_seconds * 1000)
-        )
-    except Exception as error:  # the coordination service reports timeouts and dead peers alike
-        raise TimeoutError(
-            f"process {jax.process_index()} of {jax.process_count()} waited {timeout_seconds:.0f} s at "
-            f"'{name}' (step {step}) for the other processes: {str(error).splitlines()[0][:300]}. Check the "
-            "other processes' logs; a process that died or hangs there is the cause."
-        ) from error
-
-
 class Preemption:
     """SIGTERM on any process stops every process after the same step.
 
@@ -124,7 +98,7 @@ class Preemption:
         client = distributed.global_state.client
         if self._signalled:
             client.key_value_set(f"audiocap/preempt/{step}/{jax.process_index()}", "SIGTERM")
-        barrier("step", step)
+        runtime.barrier("step", step)
         return bool(client.key_value_dir_get(f"audiocap/preempt/{step}/"))
 
     def restore(self) -> None:
@@ -257,7 +231,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> str:
             config=config.data.mel_config,
             workers=synthetic.workers,
         )
-    barrier("synthetic data built", 0, timeout_seconds=max(COLLECTIVE_TIMEOUT_SECONDS, 3600))
+    runtime.barrier("synthetic data built", 0, timeout_seconds=max(runtime.COLLECTIVE_TIMEOUT_SECONDS, 3600))
     return data_dir
 
 
@@ -509,7 +483,7 @@ def _compile(
     s.writer.write(step, {"compile_seconds": seconds})
     # Compile times differ between hosts; the first step's collectives open the cross-process connections,
     # whose own connect timeout (gloo's, on CPU) is short, so every process starts that step together.
-    barrier("train step compiled", step)
+    runtime.barrier("train step compiled", step)
     throughput.restart()
     return compiled
 
@@ -536,7 +510,7 @@ def export_hf(s: Setup, t: Trainee, end: LoopEnd) -> None:
         init = load.ModelInit.from_path(s.workdir, step=best, **{"param_dtype": t.model_config.param_dtype})
         # LoRA adapters come back merged, so the model's structure can differ from the trained one.
         graphdef, weights = nnx.split(load.build_model(init, mesh=s.mesh).model)
-    barrier("export", end.step)
+    runtime.barrier("export", end.step)
     host_weights = jax.tree.map(_to_host, weights)
     if jax.process_index() == 0:
         export(nnx.merge(graphdef, host_weights), t.tokenizer, s.workdir / HF_EXPORT_DIR)
@@ -560,7 +534,7 @@ def finish(s: Setup, t: Trainee, end: LoopEnd) -> None:
         (s.workdir / report.FINAL_METRICS_FILE).write_text(json.dumps({"step": end.step, **final}, indent=1))
         report.plot_metrics(s.workdir)
         logging.info("Done at step %d. Workdir: %s", end.step, s.workdir)
-    barrier("finish", end.step)
+    runtime.barrier("finish", end.step)
 
 
 @contextlib.contextmanager
@@ -608,21 +582,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> LoopEnd:
     return end
 
 
-def _maybe_initialize_distributed() -> None:
-    if _COORDINATOR.value is not None:
-        # Cross-process collectives for CPU devices (local multi-process runs); GPUs/TPUs use their own.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    elif _DISTRIBUTED.value:
-        jax.distributed.initialize()
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; settings go through --config.<key>=<value>.")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("Both --config=configs/<name>.py and --workdir=DIR are required.")
-    _maybe_initialize_distributed()
+    runtime.start()
     np.set_printoptions(precision=4)
     end = run(_CONFIG.value, _WORKDIR.value)
     if end.preempted:

@@ -20,6 +20,7 @@ BENCHMARKS = {
     "decode": "beam search captions/s vs GenerationMixin.generate",
     "train": "training step: examples/s, peak memory, FLOPs",
     "pipeline": "TFDS build and Grain input pipeline",
+    "predict": "predict clips/s with 1 and 2 input worker processes vs the decode-only rate",
 }
 
 

@@ -43,8 +43,9 @@ def get_config(arg=None):
     c.use_checkpoint_suppress_tokens = True
     c.batch_size = 8
     c.dtype = "auto"  # compute dtype: "auto" = bfloat16 on GPU/TPU, float32 on CPU (model/backend.py)
-    c.loader_workers = 4  # threads decoding audio files
-    c.long_audio = "truncate"  # clips over 30 s: "truncate" (first 30 s) or "windows" (caption every 30 s)
+    # clips longer than the model's window (num_frames / 100 s: 30 s for released Whisper, 10 s for the demo's):
+    # "truncate" (the first window) or "windows" (caption every window)
+    c.long_audio = "truncate"
     c.step = "best"  # for a training workdir: "best", "latest" or a step number
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     return c

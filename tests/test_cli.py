@@ -276,7 +276,7 @@ def test_traceback_on_request(paths):
         (
             "audiocap_jax.evaluate",
             [],
-            ["allow_extra: Ignore predictions", "long_audio", "threads decoding audio files"],
+            ["allow_extra: Ignore predictions", "long_audio", "caption every window"],
         ),
         ("audiocap_jax.report", [], ["python -m audiocap_jax.report WORKDIR"]),
         ("audiocap_jax.dcase_metrics", [], ["--model_dir", "python -m audiocap_jax.dcase_metrics download"]),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from audiocap_jax import audio, cli, evaluate, inference, load, metrics, predict, preflight, text
+from audiocap_jax import audio, cli, corpus, evaluate, inference, load, metrics, predict, preflight, text
 from audiocap_jax.model import sharding
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing import tfds_data
@@ -27,7 +27,7 @@ def _config(**overrides):
     namespace: dict = {}
     exec(compile(spec.read_text(), str(spec), "exec"), namespace)
     config = namespace["get_config"]()
-    config.update(dict(num_beams=2, max_length=20, batch_size=8, loader_workers=2), **overrides)
+    config.update(dict(num_beams=2, max_length=20, batch_size=8), **overrides)
     return config
 
 
@@ -53,7 +53,9 @@ def clips(tmp_path_factory):
 
 def test_predict_writes_csv_and_log_and_skips_broken_files(checkpoint, clips, tmp_path, capsys):
     out = tmp_path / "out.csv"
-    log = predict.predict(str(checkpoint), clips, out, _config(num_return_sequences=2), recursive=True)
+    log = predict.predict(
+        str(checkpoint), clips, out, _config(num_return_sequences=2), predict.Options(recursive=True)
+    )
     with out.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["file_name"] for r in rows] == [
@@ -86,7 +88,7 @@ def test_batch_padding_does_not_change_captions(checkpoint, clips, tmp_path):
     """The last, padded batch and a full batch caption a clip identically (padding rows are masked)."""
     predict.predict(str(checkpoint), clips, tmp_path / "a.csv", _config(batch_size=8))
     predict.predict(
-        str(checkpoint), clips, tmp_path / "b.csv", _config(batch_size=16), take_first_n=3
+        str(checkpoint), clips, tmp_path / "b.csv", _config(batch_size=16), predict.Options(take_first_n=3)
     )  # broken.wav, café, rain
     a = metrics.read_predictions_csv(tmp_path / "a.csv")
     b = metrics.read_predictions_csv(tmp_path / "b.csv")
@@ -129,9 +131,16 @@ def test_exit_codes_of_skipped_files_and_no_partial_output(checkpoint, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "clips",
         "some.csv",
+        "some.csv.shards",
         "some_log.json",
         "some_nbest.csv",
     ]  # no temp files
+    assert sorted(p.name for p in (tmp_path / "some.csv.shards").iterdir()) == [
+        "0.csv",
+        "0.json",
+        "0_nbest.csv",
+        "manifest.json",
+    ]
 
 
 def test_evaluate_predictions_against_clotho_csv(tmp_path):
@@ -349,8 +358,8 @@ def test_plugin_reranker_is_called_per_batch_and_its_choice_wins(released_whispe
 
 
 def test_sampling_seed_fixes_the_captions_and_another_seed_changes_them(released_whisper):
-    """caption_batches draws batch i with fold_in(key(seed), i): the same seed twice gives the same N-best
-    lists, another seed others (one compiled search: the key is an argument)."""
+    """caption_batches draws clip c with fold_in(key(seed), hash(c)): the same seed twice gives the same N-best
+    lists, another seed others (one compiled search: the keys are an argument)."""
     hf_dir, folder = released_whisper
     config = _config(
         strategy="sample", num_samples=4, num_return_sequences=4, temperature=1.5, rerank="likelihood"
@@ -360,19 +369,11 @@ def test_sampling_seed_fixes_the_captions_and_another_seed_changes_them(released
         load.ModelInit.from_path(str(hf_dir), config.step, dtype=config.dtype), mesh=mesh
     )
     tokenizer = built.tokenizer
-    batches = list(
-        predict.audio_batches(
-            predict.list_audio(folder),
-            folder,
-            batch_size=8,
-            n_mels=80,
-            prompt=tokenizer.prompt_ids(text.CLOTHO_CAPTION),
-            long_audio="truncate",
-            workers=1,
-            failures=[],
-            num_frames=built.config.num_frames,
-        )
+    work = corpus.read_work_list(str(folder))
+    batching = corpus.Batching(
+        8, 80, built.config.num_frames, tuple(tokenizer.prompt_ids(text.CLOTHO_CAPTION))
     )
+    batches = [part.batch for part in corpus.audio_parts(work, [range(len(work))], batching, 0) if part.batch]
     decoder = inference.Decoder.from_config(config, built.model, tokenizer, hf_dir, mesh)
     assert (decoder.settings.num_samples, decoder.settings.num_return_sequences) == (4, 4)
 

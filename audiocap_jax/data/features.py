@@ -97,18 +97,21 @@ def extract_many(
     if num_workers == 0:
         yield from tqdm.tqdm((_extract_or_reason(path, n_mels) for path in paths), **progress)
         return
-    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=_worker_context()) as pool:
+    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=worker_context()) as pool:
         chunksize = max(1, min(16, len(paths) // (4 * num_workers)))
         results = pool.map(_extract_or_reason, paths, [n_mels] * len(paths), chunksize=chunksize)
         yield from tqdm.tqdm(results, **progress)
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
+def worker_context(preload: Sequence[str] = (__name__,)) -> multiprocessing.context.BaseContext:
+    """Start method of worker pools (the build's, predict's input workers): a forkserver that imported
+    `preload` and librosa's decoding stack once, so workers start fast and without the parent's threads
+    (JAX's, Grain's). predict preloads only `audiocap_jax.audio`: this module also imports TFDS (seconds)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     # librosa imports its resampler stack (numba, soxr; ~3 s) lazily on first use: pay that once, in the server.
-    context.set_forkserver_preload([__name__, "librosa.core.audio"])
+    context.set_forkserver_preload([*preload, "librosa.core.audio"])
     return context
 
 

@@ -164,32 +164,42 @@ def data_parallel_size(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(batch_sharding(mesh).spec)))
 
 
+def mesh_processes(mesh: Mesh) -> int:
+    """How many processes own devices of `mesh`: every process for training and `evaluate`'s global mesh, one
+    for `predict`, where each process decodes its own shards on its own devices."""
+    return len({device.process_index for device in mesh.devices.flat})
+
+
 def host_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array | np.ndarray]:
-    """Each process's rows `[B, ...]` -> global jax.Arrays `[G, ...]` placed by `batch_sharding(mesh)`.
+    """Each process's rows `[B, ...]` -> global jax.Arrays `[G, ...]` placed by `batch_sharding(mesh)`
+    (G = B x the processes of the mesh).
 
     String leaves (file names, references) stay host-side numpy: they are for metrics, not for devices. Other
     leaves keep their dtype (the float16 log-mels travel as float16; the model casts on device).
     """
     sharding = batch_sharding(mesh)
     devices = data_parallel_size(mesh)
+    processes = mesh_processes(mesh)
     out: dict[str, jax.Array | np.ndarray] = {}
     for key, value in batch.items():
         if value.dtype == object:
             out[key] = value
             continue
-        global_rows = value.shape[0] * jax.process_count()
+        global_rows = value.shape[0] * processes
         if global_rows % devices:
             raise ValueError(
                 f"batch leaf {key!r} has {global_rows} global rows, not a multiple of the {devices} "
                 f"data-parallel devices of mesh {dict(mesh.shape)}; set the global batch size to a multiple "
                 f"of {devices}."
             )
-        out[key] = jax.make_array_from_process_local_data(sharding, np.ascontiguousarray(value))
+        out[key] = jax.make_array_from_process_local_data(
+            sharding, np.ascontiguousarray(value), (global_rows, *value.shape[1:])
+        )
     return out
 
 
 def global_to_host(x: jax.Array, mesh: Mesh) -> np.ndarray:
     """This process's rows of a global `[G, ...]` array placed by `batch_sharding`, in the order it gave them."""
-    if jax.process_count() == 1:
+    if mesh_processes(mesh) == 1:
         return np.asarray(x)
     return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, batch_sharding(mesh).spec))
