@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from audiocap_jax import inference, load, preflight, text, train_step
 from audiocap_jax.model import lora as lora_lib
@@ -134,8 +134,10 @@ def lower_decode(
         },
         mesh,
     )
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+    rng = None  # beam search takes no keys; sampling one per clip, as `inference.caption_batches` passes
+    if config.eval.strategy == "sample":
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        rng = jax.ShapeDtypeStruct((g,), key.dtype, sharding=sharding.batch_sharding(mesh))
     lowered = decoder.decode_fn.lower(weights, batch["mel"], batch["prompt"], batch["lengths"], rng)
     return LoweredProgram(
         lowered, g, sharding.data_parallel_size(mesh), bytes_per_device(weights), 0, bytes_per_device(batch)
