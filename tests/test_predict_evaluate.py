@@ -218,6 +218,11 @@ def test_decode_settings_return_every_candidate_to_a_reranker():
             "change that --config-file value",
         ),
         (dict(temperature=0.5), '--config-file.temperature=0.5 only apply to strategy="sample"', "--help"),
+        (
+            dict(no_repeat_ngram_size=100000),
+            "--config-file.no_repeat_ngram_size 100000 can never ban a token with max_length 20",
+            "change that --config-file value",
+        ),
         (dict(num_beams=4, num_beam_groups=3), "--config-file.num_beam_groups 3 must be >= 1 and divide", ""),
         (
             dict(num_return_sequences=3),
