@@ -22,13 +22,16 @@ JSON file (corpus scores, intervals, unavailable metrics with the fix, warnings,
 `audioset > keywords` outputs also get keyword precision/recall/F1 (`--keywords`, on by default for a keywords
 prefix). Inputs, dataset/split names and the output folder are checked before any model loads; output files are
 written complete or not at all; problems with the inputs exit 2 with one `error:` and one `fix:` line (README,
-"Exit codes and errors").
+"Exit codes and errors"). A JVM metric tool (PTB tokenizer, METEOR, SPICE) that fails on some clips' captions
+(METEOR's aligner runs out of memory on a 100,000-character one) names them with the tool's own message; the other
+scores are still written, and the exit code is 3 (`cli.EXIT_PARTIAL`).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -305,7 +308,7 @@ def _score(
         raise cli.UserError(str(error), _alignment_fix(error, predictions, references)) from error
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     f = flags.FLAGS
@@ -349,7 +352,7 @@ def main(argv: list[str]) -> None:
             )
             print(format_sweep_table(rows))
             print(f"Sweep: {out_dir / SWEEP_CSV}")
-            return
+            return cli.EXIT_OK
         found = caption_split(loaded, config)
         write_predictions(out_dir, dataset, found)
         (predictions, references), n_best = _captions_and_references(found), _candidates(config, found)
@@ -387,6 +390,14 @@ def main(argv: list[str]) -> None:
     with cli.atomic_path(json_path) as partial:
         metrics.write_json(partial, scores, **source)
     print(f"Scores: {json_path}")
+    if scores.failed_clips:
+        print(
+            f"A metric tool failed on {len(scores.failed_clips)} clips (named above and under failed_clips in "
+            f"{json_path.name}); every other score was written.",
+            file=sys.stderr,
+        )
+        return cli.EXIT_PARTIAL
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -210,6 +210,27 @@ def test_spice_shim_compiles_and_reaches_the_scorer():
     assert "SpiceParser" in str(error.value)
 
 
+def test_isolate_failures_names_the_items_at_fault_and_keeps_the_rest():
+    runs = []
+
+    def tool(items):
+        runs.append(list(items))
+        if {5, 11} & set(items):
+            raise metrics.JavaError("PTB tokenizer failed (exit 1): boom", "java.lang.StackOverflowError")
+        return [f"t{i}" for i in items]
+
+    results, failures = metrics.isolate_failures(tool, 16, "PTB tokenizer")
+    assert failures == {5: "java.lang.StackOverflowError", 11: "java.lang.StackOverflowError"}
+    assert results == {i: f"t{i}" for i in range(16) if i not in (5, 11)}
+    assert len(runs) <= 2 * 4 * 2 + 1  # two halvings per level, four levels, for each of two bad items
+
+    def broken(items):
+        raise metrics.JavaError("PTB tokenizer failed (exit 1): no class", "ClassNotFoundException")
+
+    with pytest.raises(metrics.JavaError):  # nothing ran at all: the tool's failure, not the clips'
+        metrics.isolate_failures(broken, 3, "PTB tokenizer")
+
+
 def _run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, check=False)
 

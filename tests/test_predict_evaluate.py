@@ -160,6 +160,32 @@ def test_evaluate_predictions_against_clotho_csv(tmp_path):
     assert extra.corpus == scores.corpus
 
 
+def test_evaluate_names_the_clip_a_metric_tool_fails_on_and_writes_the_rest(tmp_path):
+    """A 100,000-character caption kills METEOR's JVM (OutOfMemoryError): before, exit 1 with a traceback and no
+    scores; now the clip and Java's message are named, METEOR is n/a and every other score is written."""
+    predictions = tmp_path / "preds.csv"
+    captions = {"a.wav": "a dog barks", "b.wav": ("rain falls " * 10000)[:100000], "c.wav": "birds chirp"}
+    metrics.write_predictions_csv(predictions, captions)
+    references = tmp_path / "refs.csv"
+    with references.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(
+            [["file_name", "caption"], ["a.wav", "a dog barks"], ["b.wav", "rain falls"], ["c.wav", "birds"]]
+        )
+    found = subprocess.run(
+        [sys.executable, "-m", "audiocap_jax.evaluate", f"--predictions={predictions}",
+         f"--references={references}", "--spice=off"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+    )  # fmt: skip
+    assert found.returncode == cli.EXIT_PARTIAL, found.stderr[-3000:]
+    assert "Traceback" not in found.stderr
+    assert "| METEOR | n/a |" in found.stdout
+    assert "METEOR failed on 1 clip: 'b.wav' (java.lang.OutOfMemoryError: Java heap space)" in found.stdout
+    written = json.loads((tmp_path / "preds_scores.json").read_text())
+    assert written["failed_clips"] == {"b.wav": ["METEOR: java.lang.OutOfMemoryError: Java heap space"]}
+    assert written["corpus"]["meteor"] is None
+    assert all(written["corpus"][k] is not None for k in ("bleu_4", "rouge_l", "cider_d"))
+
+
 @pytest.fixture(scope="module")
 def tfds_build(tmp_path_factory):
     return tfds_data.build_all(tmp_path_factory.mktemp("tfds"))
