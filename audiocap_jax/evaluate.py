@@ -29,7 +29,6 @@ scores are still written, and the exit code is 3 (`cli.EXIT_PARTIAL`).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import sys
 import time
@@ -43,7 +42,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import cli, inference, load, metrics, preflight
+from audiocap_jax import cli, csv_cells, inference, load, metrics, preflight
 from audiocap_jax.data import pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
@@ -227,9 +226,9 @@ def run_sweep(
         cli.atomic_path(out_dir / SWEEP_CSV) as partial,
         partial.open("w", newline="", encoding="utf-8") as f,
     ):
-        table = csv.DictWriter(f, columns, lineterminator="\n", restval="")
-        table.writeheader()
-        table.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+        table = csv_cells.Writer(f)
+        table.writerow(columns)
+        table.writerows(["" if row.get(c) is None else row[c] for c in columns] for row in rows)
     return [{c: row.get(c) for c in columns} for row in rows]
 
 

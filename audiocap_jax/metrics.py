@@ -46,7 +46,7 @@ from pycocoevalcap.meteor import meteor as pycoco_meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer
 
-from audiocap_jax import dcase_metrics
+from audiocap_jax import csv_cells, dcase_metrics
 
 # Metric key -> printed name: the one table of metric names for tables and logs.
 METRIC_NAMES = {
@@ -351,6 +351,7 @@ def _deduplicate(rows: list[tuple[str, object]], path: Path, what: str) -> dict:
 
 
 def _read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a UTF-8 CSV (BOM allowed), cells as `csv_cells.guard` found them."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -367,7 +368,7 @@ def _read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list
                     f"{path} line {reader.line_num}: {found} fields than the {len(header)} header "
                     "columns; captions that contain commas must be quoted"
                 )
-            rows.append(row)
+            rows.append({column: csv_cells.unguard(value) for column, value in row.items()})
     return header, rows
 
 
@@ -392,9 +393,11 @@ def read_candidates_csv(path: str | Path) -> dict[str, list[str]]:
 
 
 def write_predictions_csv(path: str | Path, predictions: Mapping[str, str]) -> None:
-    """Writes `file_name,caption_predicted`, quoting captions with commas, quotes or newlines."""
+    """Writes `file_name,caption_predicted`, quoting captions with commas, quotes or newlines; a cell a
+    spreadsheet would run as a formula (`=`, `+`, `-`, `@` first) gets a leading `'` (`csv_cells`), which
+    `read_predictions_csv` removes."""
     with Path(path).open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
+        writer = csv_cells.Writer(f)
         writer.writerow(PREDICTION_COLUMNS)
         writer.writerows(predictions.items())
 

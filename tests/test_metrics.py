@@ -18,7 +18,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from audiocap_jax import metrics
+from audiocap_jax import csv_cells, metrics
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "get_stanford_models.sh"
 
@@ -387,6 +387,33 @@ def test_predictions_csv_round_trip_with_quoted_commas(tmp_path):
     assert text.startswith("file_name,caption_predicted\n")  # like pandas' to_csv, which the original used
     assert '"rain, heavy.wav","rain ""pours"", hard"' in text
     assert metrics.read_predictions_csv(path) == predictions
+
+
+def test_csv_writers_guard_formula_cells_and_our_reader_gives_them_back(tmp_path):
+    """Cells a spreadsheet would run as formulas get a leading quote; our reader gives back every string."""
+    predictions = {
+        "=HYPERLINK(1).wav": "+a dog barks",
+        "-0RWZT-miFs_30000.wav": "@SUM(A1)",
+        "\tcmd.wav": "\r=1+1",
+        "quoted.wav": "'=already quoted",
+        "twice.wav": "''",
+        "plain.wav": "'tis a dog - barking",
+    }
+    path = tmp_path / "out.csv"
+    metrics.write_predictions_csv(path, predictions)
+    with path.open(newline="", encoding="utf-8") as f:
+        cells = dict(list(csv.reader(f))[1:])
+    assert cells == {
+        "'=HYPERLINK(1).wav": "'+a dog barks",
+        "'-0RWZT-miFs_30000.wav": "'@SUM(A1)",
+        "'\tcmd.wav": "'\r=1+1",
+        "quoted.wav": "''=already quoted",
+        "twice.wav": "'''",
+        "plain.wav": "'tis a dog - barking",
+    }
+    assert metrics.read_predictions_csv(path) == predictions
+    assert metrics.read_candidates_csv(path) == {k: [v] for k, v in predictions.items()}
+    assert csv_cells.guarded(["-a", -0.5, 3]) == ["'-a", -0.5, 3]  # numbers stay numbers
 
 
 def test_predictions_csv_duplicates_and_bad_rows(tmp_path):

@@ -82,6 +82,18 @@ def test_predict_writes_csv_and_log_and_skips_broken_files(checkpoint, clips, tm
     assert all(best >= second for best, second in zip(scores[::2], scores[1::2], strict=True))
 
 
+def test_nbest_csv_guards_formula_cells(tmp_path):
+    """A caption or file name starting with = + - @ is written with a leading quote; scores stay numbers."""
+    candidates = (inference.Candidate("=1+1", -0.5), inference.Candidate("a dog", -0.75))
+    found = inference.Prediction("-0RWZT-miFs.wav", "=1+1", "", -0.5, candidates=candidates)
+    inference.write_nbest_csv(tmp_path / "out_nbest.csv", [found])
+    assert (tmp_path / "out_nbest.csv").read_text(encoding="utf-8").splitlines() == [
+        "file_name,rank,caption,score",
+        "'-0RWZT-miFs.wav,1,'=1+1,-0.5",
+        "'-0RWZT-miFs.wav,2,a dog,-0.75",
+    ]
+
+
 def test_batch_padding_does_not_change_captions(checkpoint, clips, tmp_path):
     """The last, padded batch and a full batch caption a clip identically (padding rows are masked)."""
     predict.predict(str(checkpoint), clips, tmp_path / "a.csv", _config(batch_size=8))

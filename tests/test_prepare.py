@@ -103,6 +103,12 @@ def test_clotho_reports_rows_without_audio_and_audio_without_rows(tmp_path):
     )
 
 
+def test_problem_reports_guard_formula_file_names(tmp_path):
+    report = tmp_path / "report.csv"
+    prepare.write_problems(report, [prepare.Problem("-0RWZT-miFs.wav", "missing audio")])
+    assert report.read_text() == "file_name,problem\n'-0RWZT-miFs.wav,missing audio\n"
+
+
 def test_clotho_names_missing_files_of_the_layout(clotho_root, capsys):
     (clotho_root / "clotho_metadata_test.csv").unlink()
     with pytest.raises(FileNotFoundError, match="clotho_metadata_test.csv"):

@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
+from audiocap_jax import csv_cells  # noqa: E402
 from audiocap_jax.data import prepare  # noqa: E402
 from audiocap_jax.ontology import Ontology  # noqa: E402
 
@@ -496,7 +497,7 @@ def _write_report(
 ) -> None:
     assert tuple(columns) == REPORT_COLUMNS[2:], columns.keys()
     with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
+        writer = csv_cells.Writer(f)
         writer.writerow(REPORT_COLUMNS)
         for label, mid in enumerate(label_ids):
             if columns["listed"][label]:
