@@ -312,6 +312,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     f = flags.FLAGS
     preflight.check_spice(f["spice"].value)
+    preflight.check_scoring(f["bootstrap"].value, f["bootstrap_seed"].value, f["metrics_model_dir"].value)
     n_best = None  # N-best lists: SPIDEr-max over them
     if f["sweep"].value is not None and f["checkpoint"].value is None:
         raise app.UsageError(
