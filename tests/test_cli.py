@@ -193,6 +193,8 @@ CASES = [
     ("tfds-unknown-config", "tfds_builders", [*TFDS, "--config=mel64"], ["--config=mel64", "mel80, mel128"]),
     ("tfds-manual-dir-without-splits", "tfds_builders", [*TFDS[:2], "--manual_dir={empty}", *TFDS[3:]],
      ["No split folder with metadata.jsonl", "python -m audiocap_jax.data.prepare"]),
+    ("tfds-malformed-beam-options", "tfds_builders", [*TFDS, "--beam_pipeline_options=direct_num_workers=two"],
+     ["--beam_pipeline_options='direct_num_workers=two'", "invalid int value", "runner=DirectRunner"]),
     ("tfds-data-dir-under-a-file", "tfds_builders", [*TFDS[:3], "--data_dir={file}/t"],
      ["a_file is a file", "choose another --data_dir"]),
 ]  # fmt: skip
