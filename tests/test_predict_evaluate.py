@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from audiocap_jax import audio, cli, evaluate, inference, load, metrics, predict, preflight, text
+from audiocap_jax import audio, cli, csv_cells, evaluate, inference, load, metrics, predict, preflight, text
 from audiocap_jax.model import sharding
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing import tfds_data
@@ -222,8 +222,9 @@ def test_evaluate_checkpoint_on_tfds_split(checkpoint, tfds_build, tmp_path):
 
 
 def _read(path):
+    """Rows of one of our CSVs, cells as written (`csv_cells.unguard` undoes the spreadsheet guard)."""
     with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [{k: csv_cells.unguard(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 # ---------------------------------------------------------------------------------------------------------

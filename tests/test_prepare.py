@@ -380,8 +380,8 @@ def test_audioset_small_rows_carry_labels_and_keyword_captions(tmp_path):
     )
     assert names_in(output / "train") == ["-21GRnZ5a5I.mp3"]
     assert (output / "report_train.csv").read_text() == (
-        "file_name,problem\n-7QlZmjk9Oc.mp3,empty audio file (0 bytes)\n"
-    )
+        "file_name,problem\n'-7QlZmjk9Oc.mp3,empty audio file (0 bytes)\n"
+    )  # a leading '-' is guarded against spreadsheets (csv_cells)
     assert (output / "ontology.json").read_bytes() == (annotations / "ontology.json").read_bytes()
 
 
