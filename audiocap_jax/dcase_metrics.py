@@ -82,11 +82,17 @@ def unavailable_reason(model_dir: str | Path | None = None) -> str | None:
     if missing_packages:
         return f"needs the python packages {', '.join(missing_packages)}; fix: {INSTALL_COMMAND}"
     model_dir = resolve_model_dir(model_dir)
-    needed = [model_dir / SBERT_MODEL / "modules.json", model_dir / ECHECKER_FILE]
-    absent = [str(p) for p in needed if not p.is_file()]
+    absent = missing_models(model_dir)
     if absent:
-        return f"missing {', '.join(absent)}; fix: {DOWNLOAD_COMMAND} --model_dir={model_dir}"
+        return f"missing {', '.join(map(str, absent))}; fix: {DOWNLOAD_COMMAND} --model_dir={model_dir}"
     return None
+
+
+def missing_models(model_dir: Path) -> list[Path]:
+    """The files of the two models that are not in `model_dir` (existence only, no hashing)."""
+    return [
+        p for p in (model_dir / SBERT_MODEL / "modules.json", model_dir / ECHECKER_FILE) if not p.is_file()
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,16 +21,19 @@ and SPIDEr-max is added (likewise with --checkpoint and num_return_sequences > 1
 JSON file (corpus scores, intervals, unavailable metrics with the fix, warnings, per-clip scores incl. CIDEr-D).
 `audioset > keywords` outputs also get keyword precision/recall/F1 (`--keywords`, on by default for a keywords
 prefix). Inputs, dataset/split names and the output folder are checked before any model loads; output files are
-written complete or not at all; problems with the inputs exit 2 with one `error:` and one `fix:` line (README,
+written complete or not at all; problems with the inputs exit 2 with one `Error:` and one `fix:` line (README,
 "Exit codes and errors"). With several processes (train's flags: `--coordinator_address/--num_processes/
 --process_id`, or `--distributed` on a pod) every process reads its rows of each global batch and all of them
 decode together on the global mesh; JAX's compilation cache is on unless `--no_compile_cache` (`runtime.py`).
+A JVM metric tool (PTB tokenizer, METEOR, SPICE) that fails on some clips' captions
+(METEOR's aligner runs out of memory on a 100,000-character one) names them with the tool's own message; the other
+scores are still written, and the exit code is 3 (`cli.EXIT_PARTIAL`).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,7 +45,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import cli, inference, load, metrics, preflight, runtime
+from audiocap_jax import cli, csv_cells, inference, load, metrics, preflight, runtime
 from audiocap_jax.data import pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
@@ -226,9 +229,9 @@ def run_sweep(
         cli.atomic_path(out_dir / SWEEP_CSV) as partial,
         partial.open("w", newline="", encoding="utf-8") as f,
     ):
-        table = csv.DictWriter(f, columns, lineterminator="\n", restval="")
-        table.writeheader()
-        table.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+        table = csv_cells.Writer(f)
+        table.writerow(columns)
+        table.writerows(["" if row.get(c) is None else row[c] for c in columns] for row in rows)
     return [{c: row.get(c) for c in columns} for row in rows]
 
 
@@ -308,12 +311,13 @@ def _score(
         raise cli.UserError(str(error), _alignment_fix(error, predictions, references)) from error
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     f = flags.FLAGS
     runtime.start()
     preflight.check_spice(f["spice"].value)
+    preflight.check_scoring(f["bootstrap"].value, f["bootstrap_seed"].value, f["metrics_model_dir"].value)
     n_best = None  # N-best lists: SPIDEr-max over them
     if f["sweep"].value is not None and f["checkpoint"].value is None:
         raise app.UsageError(
@@ -355,7 +359,7 @@ def main(argv: list[str]) -> None:
             )
             print(format_sweep_table(rows))
             print(f"Sweep: {out_dir / SWEEP_CSV}")
-            return
+            return cli.EXIT_OK
         found = caption_split(loaded, config)
         write_predictions(out_dir, dataset, found)
         (predictions, references), n_best = _captions_and_references(found), _candidates(config, found)
@@ -393,6 +397,14 @@ def main(argv: list[str]) -> None:
     with cli.atomic_path(json_path) as partial:
         metrics.write_json(partial, scores, **source)
     print(f"Scores: {json_path}")
+    if scores.failed_clips:
+        print(
+            f"A metric tool failed on {len(scores.failed_clips)} clips (named above and under failed_clips in "
+            f"{json_path.name}); every other score was written.",
+            file=sys.stderr,
+        )
+        return cli.EXIT_PARTIAL
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Legend: B clips per batch, R candidates per clip returned by the search, L `max_
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -26,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from audiocap_jax import metrics, rerank, search
+from audiocap_jax import csv_cells, metrics, rerank, search
 from audiocap_jax.model.sharding import global_to_host, host_to_global, mesh_processes
 from audiocap_jax.text import Tokenizer
 
@@ -275,9 +274,10 @@ def nbest_path(path: str | Path) -> Path:
 
 def write_nbest_csv(path: str | Path, predictions: Sequence[Prediction]) -> None:
     """Writes `file_name,rank,caption,score` (rank 1 = the chosen caption; score = what ranked it), quoted
-    and encoded as `metrics.write_predictions_csv` writes the one-caption CSV."""
+    and encoded as `metrics.write_predictions_csv` writes the one-caption CSV, formula-like text guarded
+    (`csv_cells`)."""
     with Path(path).open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
+        writer = csv_cells.Writer(f)
         writer.writerow(NBEST_COLUMNS)
         for p in predictions:
             writer.writerows(

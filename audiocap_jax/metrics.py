@@ -33,20 +33,20 @@ import shutil
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 from absl import logging
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.bleu.bleu_scorer import BleuScorer
 from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.meteor import meteor as pycoco_meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer
 
-from audiocap_jax import dcase_metrics
+from audiocap_jax import csv_cells, dcase_metrics
 
 # Metric key -> printed name: the one table of metric names for tables and logs.
 METRIC_NAMES = {
@@ -122,6 +122,12 @@ MIN_JAVA = 8
 # pycocoevalcap's Meteor always starts `java` from PATH, so every JVM tool here uses that same Java.
 JAVA = "java"
 _PTB_JAR = Path(ptbtokenizer.__file__).parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
+# pycocoevalcap's Meteor() command and working directory, unchanged (its jar finds its data from there).
+_METEOR_COMMAND = (JAVA, "-jar", "-Xmx2G", pycoco_meteor.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm")
+_METEOR_DIR = Path(pycoco_meteor.__file__).parent
+# When a batch JVM tool (PTB tokenizer, SPICE) fails, its batch is halved until the texts at fault are found
+# (one bad text among 4096 takes 2 x 12 runs); past this many runs the failure is reported as the whole batch's.
+_MAX_ISOLATION_RUNS = 24
 _MAX_NAMES_SHOWN = 10
 
 # SPICE's `-out` pretty-prints through the Nashorn JavaScript engine, which Java 15 removed: on Java >= 15
@@ -169,7 +175,24 @@ class SpiceUnavailableError(FileNotFoundError):
 
 
 class JavaError(RuntimeError):
-    """A JVM tool (PTB tokenizer, SPICE) failed; the message holds the command and the end of its stderr."""
+    """A JVM tool (PTB tokenizer, METEOR, SPICE) failed; the message holds the command and the end of its
+    stderr, `cause` the tool's own one-line reason (e.g. "java.lang.OutOfMemoryError: Java heap space")."""
+
+    def __init__(self, message: str, cause: str | None = None):
+        super().__init__(message)
+        self.cause = cause or message.splitlines()[0]
+
+    @classmethod
+    def from_stderr(cls, what: str, returncode: int | None, stderr: str, command: Sequence[str]) -> JavaError:
+        """The error of a JVM that exited with `returncode`: the first exception line of its stderr is the cause."""
+        stderr = stderr.strip()
+        lines = stderr.splitlines() or ["(no stderr)"]
+        cause = next((line for line in lines if "Exception" in line or "Error" in line), lines[-1]).strip()
+        cause = re.sub(r'^Exception in thread "[^"]*" ', "", cause)
+        return cls(
+            f"{what} failed (exit {returncode}): {cause}\ncommand: {' '.join(command)}\n{stderr[-3000:]}",
+            cause,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +210,9 @@ class CaptionScores:
     warnings: list[str] = dataclasses.field(default_factory=list)
     # metric -> (low, high): bootstrap 95% percentile interval over resampled clips (empty unless asked).
     intervals: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    # file name -> "TOOL: its message" for each JVM tool that failed on this clip's text: a partial result
+    # (`evaluate` exits 3). A PTB failure leaves the clip out of every metric; METEOR or SPICE, that metric.
+    failed_clips: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_clips(self) -> int:
@@ -199,6 +225,7 @@ class CaptionScores:
             "intervals_95": {k: list(v) for k, v in self.intervals.items()},
             "unavailable": self.unavailable,
             "warnings": self.warnings,
+            "failed_clips": self.failed_clips,
             "per_clip": self.per_clip,
         }
 
@@ -324,6 +351,7 @@ def _deduplicate(rows: list[tuple[str, object]], path: Path, what: str) -> dict:
 
 
 def _read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a UTF-8 CSV (BOM allowed), cells as `csv_cells.guard` found them."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -340,7 +368,7 @@ def _read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list
                     f"{path} line {reader.line_num}: {found} fields than the {len(header)} header "
                     "columns; captions that contain commas must be quoted"
                 )
-            rows.append(row)
+            rows.append({column: csv_cells.unguard(value) for column, value in row.items()})
     return header, rows
 
 
@@ -365,9 +393,11 @@ def read_candidates_csv(path: str | Path) -> dict[str, list[str]]:
 
 
 def write_predictions_csv(path: str | Path, predictions: Mapping[str, str]) -> None:
-    """Writes `file_name,caption_predicted`, quoting captions with commas, quotes or newlines."""
+    """Writes `file_name,caption_predicted`, quoting captions with commas, quotes or newlines; a cell a
+    spreadsheet would run as a formula (`=`, `+`, `-`, `@` first) gets a leading `'` (`csv_cells`), which
+    `read_predictions_csv` removes."""
     with Path(path).open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
+        writer = csv_cells.Writer(f)
         writer.writerow(PREDICTION_COLUMNS)
         writer.writerows(predictions.items())
 
@@ -455,14 +485,48 @@ def _run_java(args: Sequence[str], *, what: str) -> str:
     command = [JAVA, *args]
     result = subprocess.run(command, capture_output=True, check=False)
     if result.returncode != 0:
-        stderr = result.stderr.decode("utf-8", errors="replace").strip()
-        lines = stderr.splitlines() or ["(no stderr)"]
-        cause = next((line for line in lines if "Exception" in line or "Error" in line), lines[-1])
-        raise JavaError(
-            f"{what} failed (exit {result.returncode}): {cause.strip()}\n"
-            f"command: {' '.join(command)}\n{stderr[-3000:]}"
-        )
+        stderr = result.stderr.decode("utf-8", errors="replace")
+        raise JavaError.from_stderr(what, result.returncode, stderr, command)
     return result.stdout.decode("utf-8")
+
+
+T = TypeVar("T")
+
+
+def isolate_failures(
+    run: Callable[[list[int]], Sequence[T]], count: int, what: str
+) -> tuple[dict[int, T], dict[int, str]]:
+    """`run` (a batch JVM tool over items 0..count-1, one result per item) on everything, and when it fails,
+    on halves, down to the single items at fault: (results of the items that ran, item -> the tool's cause).
+
+    A failure is one item's fault only if some other part of the batch ran; when nothing runs, or the batch
+    is not narrowed down within `_MAX_ISOLATION_RUNS` runs, the tool's JavaError is raised as it is.
+    """
+    results: dict[int, T] = {}
+    failures: dict[int, str] = {}
+    runs = 0
+
+    def attempt(items: list[int]) -> None:
+        nonlocal runs
+        runs += 1
+        try:
+            results.update(zip(items, run(items), strict=True))
+        except JavaError as error:
+            if len(items) == 1:
+                failures[items[0]] = error.cause
+                return
+            if runs >= _MAX_ISOLATION_RUNS:
+                raise
+            if runs == 1:
+                logging.warning("metrics: %s failed (%s); looking for the texts at fault", what, error.cause)
+            middle = len(items) // 2
+            attempt(items[:middle])
+            attempt(items[middle:])
+
+    attempt(list(range(count)))
+    if failures and not results:
+        raise JavaError(f"{what} failed on every text: {next(iter(failures.values()))}")
+    return results, failures
 
 
 def ptb_tokenize(captions: Sequence[str]) -> list[str]:
@@ -673,30 +737,130 @@ def corpus_bleu(statistics: np.ndarray) -> np.ndarray:
     return bleus * brevity[..., None]
 
 
-def _meteor_eval(scorer: Meteor, statistics: Sequence[str]) -> tuple[float, list[float]]:
-    """pycocoevalcap Meteor.compute_score's EVAL step on already computed per-clip statistics lines."""
-    scorer.meteor_p.stdin.write(("EVAL" + "".join(f" ||| {s}" for s in statistics) + "\n").encode())
-    scorer.meteor_p.stdin.flush()
-    per_clip = [float(scorer.meteor_p.stdout.readline().strip()) for _ in statistics]
-    return float(scorer.meteor_p.stdout.readline().strip()), per_clip
+class _MeteorJvm:
+    """pycocoevalcap's METEOR process: its command, working directory and line protocol (SCORE lines through
+    its own `Meteor._stat`, then EVAL lines), with stderr in a file instead of a pipe nobody reads, so a JVM
+    that dies (its aligner runs out of the 2 GB heap on a 100,000-character caption) is reported with its own
+    message, and a chatty one cannot block on a full pipe."""
+
+    def __init__(self) -> None:
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the JVM; closed in close()
+        self.meteor_p = subprocess.Popen(
+            _METEOR_COMMAND,
+            cwd=_METEOR_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
+
+    def _died(self) -> JavaError:
+        """The error of a JVM that stopped answering, with the end of its stderr."""
+        self.meteor_p.kill()
+        self.meteor_p.wait()
+        self._stderr.seek(0)
+        stderr = self._stderr.read().decode("utf-8", errors="replace")
+        return JavaError.from_stderr("METEOR", self.meteor_p.returncode, stderr, _METEOR_COMMAND)
+
+    def stat(self, hypothesis: str, references: Sequence[str]) -> str:
+        """pycocoevalcap's SCORE line for one clip: its statistics line for EVAL."""
+        try:
+            line = pycoco_meteor.Meteor._stat(self, hypothesis, references)
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            raise self._died()
+        return line
+
+    def eval(self, statistics: Sequence[str]) -> tuple[float, list[float]]:
+        """pycocoevalcap Meteor.compute_score's EVAL step on per-clip statistics lines: (corpus, per clip)."""
+        try:
+            self.meteor_p.stdin.write(("EVAL" + "".join(f" ||| {s}" for s in statistics) + "\n").encode())
+            self.meteor_p.stdin.flush()
+            answers = [self.meteor_p.stdout.readline().strip() for _ in range(len(statistics) + 1)]
+        except BrokenPipeError:
+            answers = [b""]
+        if not all(answers):
+            raise self._died()
+        *per_clip, corpus = (float(line) for line in answers)
+        return corpus, per_clip
+
+    def close(self) -> None:
+        """Stops the JVM now rather than at interpreter exit."""
+        if self.meteor_p.poll() is None:
+            self.meteor_p.stdin.close()
+            self.meteor_p.kill()
+        self.meteor_p.wait()
+        self._stderr.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _MeteorScores:
+    corpus: float | None  # None when some clips failed
+    per_clip: list[float]
+    resampled: np.ndarray  # [N] corpus METEOR of each bootstrap resample
+    failures: dict[str, str]  # file name -> the jar's error on that clip's SCORE line
 
 
 def _meteor(
     gts: Mapping[str, list[str]], res: Mapping[str, list[str]], resamples: np.ndarray
-) -> tuple[float, list[float], np.ndarray]:
+) -> _MeteorScores:
     """METEOR as pycocoevalcap computes it (same SCORE then EVAL lines to one JVM), plus the corpus METEOR of
-    each bootstrap resample [N, B] of clip indices, re-aggregated by the jar from the per-clip statistics."""
+    each bootstrap resample [N, B] of clip indices, re-aggregated by the jar from the per-clip statistics.
+
+    A clip whose SCORE line kills the JVM is named with the jar's error and the JVM restarted for the rest
+    (5 s each), so every clip at fault is found in one pass; then there is no corpus METEOR.
+    """
     problem = java_problem("METEOR")
     if problem is not None:
         raise FileNotFoundError(problem)
-    scorer = Meteor()
+    jvm = _MeteorJvm()
+    statistics, failures = [], {}
     try:
-        statistics = [scorer._stat(res[name][0], gts[name]) for name in gts]
-        value, per_clip = _meteor_eval(scorer, statistics)
-        resampled = np.array([_meteor_eval(scorer, [statistics[i] for i in row])[0] for row in resamples])
+        for name in gts:
+            try:
+                statistics.append(jvm.stat(res[name][0], gts[name]))
+            except JavaError as error:
+                logging.error("metrics: METEOR failed on %r: %s", name, error)
+                failures[name] = error.cause
+                jvm.close()
+                jvm = _MeteorJvm()
+        if failures:
+            return _MeteorScores(None, [], np.zeros(0), failures)
+        value, per_clip = jvm.eval(statistics)
+        resampled = np.array([jvm.eval([statistics[i] for i in row])[0] for row in resamples])
     finally:
-        del scorer  # its __del__ stops the METEOR JVM now rather than at interpreter exit
-    return value, per_clip, resampled
+        jvm.close()
+    return _MeteorScores(value, per_clip, resampled, {})
+
+
+def _spice_by_item(
+    items: Sequence[tuple[str, str]], gts: Mapping[str, list[str]], spice_dir: Path
+) -> tuple[list[float], dict[str, str]]:
+    """SPICE of each (file name, tokenised caption) against the clip's references, in one run, or halved runs
+    until the captions at fault are found: (values in item order, {} ) or ([], file name -> SPICE's error)."""
+    found, failures = isolate_failures(
+        lambda chosen: run_spice(
+            [items[i][1] for i in chosen], [gts[items[i][0]] for i in chosen], spice_dir=spice_dir
+        )[1],
+        len(items),
+        "SPICE",
+    )
+    if failures:
+        return [], {items[i][0]: cause for i, cause in failures.items()}
+    return [found[i] for i in range(len(items))], {}
+
+
+def _tool_failure(what: str, failures: Mapping[str, str], fix: str) -> str:
+    """The `unavailable` reason of a metric whose tool failed on some clips: which ones, and its own words."""
+    causes = sorted(set(failures.values()))
+    return (
+        f"{what} failed on {len(failures)} clip{'s' if len(failures) > 1 else ''}: {_names(sorted(failures))} "
+        f"({'; '.join(causes[:3])}); "
+        f"fix: {fix}"
+    )
+
+
+_CLIP_FIX = "check those predictions (a degenerate or very long caption?); the other metrics are scored"
 
 
 def _percentile_interval(values: np.ndarray) -> tuple[float, float]:
@@ -738,26 +902,40 @@ def score(
         raise ValueError(f"bootstrap={bootstrap}; give a number of resamples >= 0 (1000 is usual), 0 = none")
     spice_state = _resolve_spice(spice, spice_dir)
     aligned = align(predictions, references, allow_missing=allow_missing, allow_extra=allow_extra)
-    names = aligned.file_names
     candidate_lists = _candidate_lists(candidates, aligned) if candidates is not None else None
-    flat_candidates = [c for n in names for c in candidate_lists[n]] if candidate_lists else []
-    tokens = iter(
-        ptb_tokenize(
-            [aligned.predictions[n] for n in names]
-            + [r for n in names for r in aligned.references[n]]
-            + flat_candidates
-        )
-    )
-    res = {n: [next(tokens)] for n in names}
-    gts = {n: [next(tokens) for _ in aligned.references[n]] for n in names}
-    candidate_tokens = (
-        {n: [next(tokens) for _ in candidate_lists[n]] for n in names} if candidate_lists else None
-    )
     warnings = list(aligned.warnings)
+    failed_clips: dict[str, list[str]] = {}
 
     def warn(message: str) -> None:
         logging.warning("metrics: %s", message)
         warnings.append(message)
+
+    def fail(what: str, failures: Mapping[str, str]) -> None:
+        for name, cause in failures.items():
+            failed_clips.setdefault(name, []).append(f"{what}: {cause}")
+
+    # Each clip's texts, tokenised in one JVM: prediction, references, then its N-best candidates.
+    texts = [
+        (n, t)
+        for n in aligned.file_names
+        for t in [aligned.predictions[n], *aligned.references[n], *(candidate_lists or {}).get(n, [])]
+    ]
+    tokenized, failures = isolate_failures(
+        lambda items: ptb_tokenize([texts[i][1] for i in items]), len(texts), "PTB tokenizer"
+    )
+    ptb_failures = {texts[i][0]: cause for i, cause in failures.items()}
+    if ptb_failures:
+        fail("PTB tokenizer", ptb_failures)
+        warn(_tool_failure("PTB tokenizer", ptb_failures, "left out of every metric; " + _CLIP_FIX))
+    names = [n for n in aligned.file_names if n not in ptb_failures]
+    by_clip: dict[str, list[str]] = {n: [] for n in names}
+    for i, (name, _) in enumerate(texts):
+        if name in by_clip:
+            by_clip[name].append(tokenized[i])
+    references_end = {n: 1 + len(aligned.references[n]) for n in names}
+    res = {n: by_clip[n][:1] for n in names}
+    gts = {n: by_clip[n][1 : references_end[n]] for n in names}
+    candidate_tokens = {n: by_clip[n][references_end[n] :] for n in names} if candidate_lists else None
 
     punctuation_only = [n for n in names if not res[n][0] and aligned.predictions[n].strip()]
     if punctuation_only:
@@ -777,8 +955,13 @@ def score(
     for k, (value, values) in enumerate(zip(bleu, bleu_per_clip, strict=True)):
         key = f"bleu_{k + 1}"
         corpus[key], per_clip_by_metric[key], resampled[key] = value, np.array(values), bleu_resampled[:, k]
-    corpus["meteor"], meteor_per_clip, resampled["meteor"] = _meteor(gts, res, resamples)
-    per_clip_by_metric["meteor"] = np.array(meteor_per_clip)
+    meteor = _meteor(gts, res, resamples)
+    corpus["meteor"] = meteor.corpus
+    if meteor.failures:
+        fail("METEOR", meteor.failures)
+        unavailable["meteor"] = _tool_failure("METEOR", meteor.failures, _CLIP_FIX)
+    else:
+        per_clip_by_metric["meteor"], resampled["meteor"] = np.array(meteor.per_clip), meteor.resampled
     corpus["rouge_l"], per_clip_by_metric["rouge_l"] = Rouge().compute_score(gts, res)
     corpus["cider_d"], per_clip_by_metric["cider_d"] = Cider().compute_score(gts, res)
 
@@ -786,18 +969,21 @@ def score(
         if spice_state.available:
             try:
                 # One SPICE run for the predictions and every N-best candidate: per-clip SPICE is independent.
-                extra = [(c, gts[n]) for n in names for c in candidate_tokens[n]] if candidate_tokens else []
-                spice_texts = [res[n][0] for n in names] + [c for c, _ in extra]
-                spice_refs = [gts[n] for n in names] + [r for _, r in extra]
-                _, spice_values = run_spice(spice_texts, spice_refs, spice_dir=spice_state.spice_dir)
-                per_clip_by_metric["spice"] = np.array(spice_values[: len(names)])
-                corpus["spice"] = float(np.mean(per_clip_by_metric["spice"]))
-                candidate_spice = iter(spice_values[len(names) :])
-                undefined = [
-                    n for n, v in zip(names, per_clip_by_metric["spice"], strict=True) if math.isnan(v)
-                ]
-                if undefined:
-                    warn(f"SPICE is NaN (as in pycocoevalcap, so is its mean) for {_names(undefined)}")
+                extra = [(n, c) for n in names for c in candidate_tokens[n]] if candidate_tokens else []
+                items = [(n, res[n][0]) for n in names] + extra
+                spice_values, spice_failures = _spice_by_item(items, gts, spice_state.spice_dir)
+                if spice_failures:
+                    fail("SPICE", spice_failures)
+                    unavailable["spice"] = _tool_failure("SPICE", spice_failures, _CLIP_FIX)
+                else:
+                    per_clip_by_metric["spice"] = np.array(spice_values[: len(names)])
+                    corpus["spice"] = float(np.mean(per_clip_by_metric["spice"]))
+                    candidate_spice = iter(spice_values[len(names) :])
+                    undefined = [
+                        n for n, v in zip(names, per_clip_by_metric["spice"], strict=True) if math.isnan(v)
+                    ]
+                    if undefined:
+                        warn(f"SPICE is NaN (as in pycocoevalcap, so is its mean) for {_names(undefined)}")
             except (JavaError, OSError, ValueError, KeyError) as e:
                 if spice is True:
                     raise
@@ -858,7 +1044,7 @@ def score(
             )
             intervals[metric] = _percentile_interval(values)
     per_clip = {n: {m: float(v[i]) for m, v in per_clip_by_metric.items()} for i, n in enumerate(names)}
-    return CaptionScores(corpus, per_clip, unavailable, warnings, intervals)
+    return CaptionScores(corpus, per_clip, unavailable, warnings, intervals, failed_clips)
 
 
 def _fluency_per_clip(

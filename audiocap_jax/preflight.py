@@ -24,7 +24,7 @@ from typing import Any
 
 import ml_collections
 
-from audiocap_jax import inference, load, metrics, rerank, text
+from audiocap_jax import dcase_metrics, inference, load, metrics, rerank, text
 from audiocap_jax.choices import INITS, SCHEDULES
 from audiocap_jax.cli import UserError
 from audiocap_jax.data import features, pipeline
@@ -296,6 +296,40 @@ def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int
             f"{key}.batch_size={c.batch_size} does not split over the {parallel} data-parallel devices.",
             f"set {key}.batch_size to a multiple of {parallel}",
         )
+
+
+def check_scoring(bootstrap: int, bootstrap_seed: int, metrics_model_dir: str | None) -> None:
+    """`evaluate`'s scoring flags, before any captioning or scoring: the resample count and seed numpy takes,
+    and a `--metrics_model_dir` that holds the FENSE/FER models (a wrong path would otherwise only show as
+    FENSE n/a at the end)."""
+    _require(
+        bootstrap >= 0,
+        f"--bootstrap={bootstrap} is negative; it is a number of resamples of the clips.",
+        "pass --bootstrap=1000 for 95% intervals, or --bootstrap=0 for none",
+    )
+    _require(
+        bootstrap_seed >= 0,
+        f"--bootstrap_seed={bootstrap_seed} is negative; numpy's generator takes seeds >= 0.",
+        "pass --bootstrap_seed=0 or another number >= 0",
+    )
+    if metrics_model_dir is None:
+        return
+    folder = Path(metrics_model_dir).expanduser()
+    download = (
+        f"run `{dcase_metrics.DOWNLOAD_COMMAND} --model_dir={folder}` once, or pass the folder it wrote"
+    )
+    _require(
+        folder.is_dir(),
+        f"--metrics_model_dir={metrics_model_dir} is {'a file' if folder.exists() else 'not there'}, not the "
+        "folder of the FENSE/FER models.",
+        download,
+    )
+    absent = dcase_metrics.missing_models(folder)
+    _require(
+        not absent,
+        f"--metrics_model_dir={metrics_model_dir} lacks {', '.join(str(p.relative_to(folder)) for p in absent)}.",
+        download,
+    )
 
 
 def check_spice(spice: str) -> None:

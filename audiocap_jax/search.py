@@ -173,6 +173,13 @@ class DecodeSettings:
             raise ValueError(f"top_p {self.top_p} must be in (0, 1] (1 = no nucleus filter).")
         if self.no_repeat_ngram_size < 0:
             raise ValueError(f"no_repeat_ngram_size {self.no_repeat_ngram_size} must be >= 0 (0 = off).")
+        if self.no_repeat_ngram_size >= self.max_length:
+            # An n-gram must fit before the token it bans, inside max_length: a larger n could never ban.
+            raise ValueError(
+                f"no_repeat_ngram_size {self.no_repeat_ngram_size} can never ban a token with max_length "
+                f"{self.max_length} (an n-gram must fit in the caption, prompt included); set it below "
+                "max_length, e.g. 3, or 0 to turn it off."
+            )
         if not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty {self.repetition_penalty} must be > 0 (1 = off).")
         if self.length_penalty_form not in LENGTH_PENALTY_FORMS:
@@ -408,16 +415,20 @@ def ngram_bans(seqs: jax.Array, lengths: jax.Array, ngram_size: int, vocab_size:
     int32 [N, L], int32 [N] --> bool [N, V]
 
     Window i (tokens i..i+n-1, inside the row) bans its last token when its first n-1 tokens equal the row's
-    last n-1 tokens; a row shorter than n bans nothing.
+    last n-1 tokens; a row shorter than n bans nothing. One gather and one comparison of every window with
+    that suffix, [N, L, n-1], so the graph has the same operations whatever n (a Python loop over the n-1
+    positions made n=100000 trace for minutes); `DecodeSettings` keeps n below L, which bounds the array.
     """
     n, width = ngram_size, seqs.shape[1]
-    prefix_columns = lengths[:, None] - (n - 1) + jnp.arange(n - 1)[None, :]
-    prefix = jnp.take_along_axis(seqs, jnp.maximum(prefix_columns, 0), axis=1)  # [N, n-1]
-    shifted = jnp.pad(seqs, ((0, 0), (0, n - 1)))  # shifted[:, j + i] is token j of window i
-    matches = jnp.arange(width)[None, :] + n <= lengths[:, None]  # [N, L] window inside the row
-    for j in range(n - 1):
-        matches = matches & (shifted[:, j : j + width] == prefix[:, j : j + 1])
-    return _scatter_flags(shifted[:, n - 1 : n - 1 + width], matches, vocab_size)
+    offsets = jnp.arange(n - 1)  # position j inside a window's first n-1 tokens
+    suffix_columns = lengths[:, None] - (n - 1) + offsets[None, :]  # --> [N, n-1]
+    suffix = jnp.take_along_axis(seqs, jnp.maximum(suffix_columns, 0), axis=1)
+    window_columns = jnp.arange(width)[:, None] + offsets[None, :]  # [L, n-1]
+    windows = jnp.take(seqs, jnp.minimum(window_columns, width - 1), axis=1)  # --> [N, L, n-1]
+    inside = jnp.arange(width)[None, :] + n <= lengths[:, None]  # [N, L] window inside the row
+    matches = inside & jnp.all(windows == suffix[:, None, :], axis=-1)  # --> [N, L]
+    last_tokens = jnp.take(seqs, jnp.minimum(jnp.arange(width) + n - 1, width - 1), axis=1)  # --> [N, L]
+    return _scatter_flags(last_tokens, matches, vocab_size)
 
 
 class _Processors(NamedTuple):

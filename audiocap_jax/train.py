@@ -552,7 +552,9 @@ def hold_workdir(workdir: str | Path) -> Iterator[None]:
         if jax.process_index() == 0:
             client.key_value_set(key, json.dumps(refusal))
         else:
-            refusal = json.loads(client.blocking_key_value_get(key, COLLECTIVE_TIMEOUT_SECONDS * 1000))
+            refusal = json.loads(
+                client.blocking_key_value_get(key, runtime.COLLECTIVE_TIMEOUT_SECONDS * 1000)
+            )
     if refusal is not None:
         raise cli.UserError(*refusal)
     try:

@@ -3,6 +3,7 @@
 import csv
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -242,8 +243,85 @@ def test_two_runs_with_one_seed_write_identical_files(real_run, tmp_path):
     assert (other / "train.jsonl").read_bytes() != (output / "train.jsonl").read_bytes()
 
 
-def test_cli_refuses_bad_settings_before_reading_anything(tmp_path, capsys):
-    args = ["select-audioset-subset", "--segments", str(tmp_path / "eval.csv"), "--ontology", "o.json"]
-    args += ["--exclude-audiocaps", str(tmp_path), "--output", str(tmp_path / "out"), "--step", "0"]
-    assert prepare.main(args) == 2
-    assert capsys.readouterr().err.startswith("Error: --step must be at least 1, got 0.\nfix: ")
+def _subset_inputs(tmp_path, rows=TOY_ROWS):
+    """A toy segment list, the packaged ontology and the AudioCaps CSVs, as select-audioset-subset reads them."""
+    ontology = tmp_path / "ontology.json"
+    ontology.write_bytes(pathlib.Path(Ontology.load().source).read_bytes())
+    return {
+        "segments": layouts.write_audioset_segments(tmp_path / "eval_segments.csv", rows),
+        "ontology": ontology,
+        "audiocaps": layouts.write_audiocaps(tmp_path / "audiocaps"),
+        "output": tmp_path / "out",
+    }
+
+
+def _run_subset(inputs, *extra):
+    return prepare.main(
+        [
+            "select-audioset-subset",
+            "--segments",
+            str(inputs["segments"]),
+            "--ontology",
+            str(inputs["ontology"]),
+        ]
+        + ["--exclude-audiocaps", str(inputs["audiocaps"]), "--output", str(inputs["output"]), *extra]
+    )
+
+
+def _bad_row(row):
+    return lambda inputs: layouts.write_audioset_segments(inputs["segments"], (*TOY_ROWS, row))
+
+
+BAD_SUBSET_INPUTS = {
+    "step": (["--step", "0"], None, "--step must be at least 1, got 0", "--step=10"),
+    "per-label": (["--per-label", "-5"], None, "--per-label must be at least 1, got -5", "--per-label=1000"),
+    "seed": (["--seed", "-1"], None, "--seed must be at least 0", "--seed=42"),
+    "ontology-not-a-list": ([], lambda i: i["ontology"].write_text("[1]"), "is not an AudioSet ontology", "ontology.json"),
+    "ontology-not-json": ([], lambda i: i["ontology"].write_bytes(b"\xff\xfe"), "--ontology", "ontology.json"),
+    "ontology-without-music": (
+        [], lambda i: i["ontology"].write_text(json.dumps([{"id": DOG, "name": "Dog", "child_ids": []}])),
+        "lacks the labels ['/m/04rlf', '/m/09x0r']", "--ontology",
+    ),
+    "three-fields": ([], _bad_row("abc, 0.0, 10.0"), "eval_segments.csv:13 has 3 fields, expected 4", "restore"),
+    "bad-times": ([], _bad_row(f'abc, x, 10.0, "{DOG}"'), "eval_segments.csv:13 has start/end 'x', '10.0'", "restore"),
+    "end-before-start": ([], _bad_row(f'abc, 9.0, 1.0, "{DOG}"'), "0 <= start < end", "restore"),
+    "unknown-label": ([], _bad_row('abc, 0.0, 10.0, "/m/nonsense"'), "label '/m/nonsense', which is not", "--ontology"),
+    "not-utf8": ([], lambda i: i["segments"].write_bytes(b"abc, 0, 1, \"\xff\"\n"), "is not a UTF-8 CSV line", "restore"),
+    "odd-file-name": (
+        [], lambda i: i.update(segments=layouts.write_audioset_segments(i["segments"].with_name("segs.csv"))),
+        "Cannot tell which AudioSet segment list", "rename it to one of eval_segments.csv",
+    ),
+    "missing-segments": ([], lambda i: i.update(segments=i["output"].with_name("eval.csv")), "does not exist", "download"),
+    "missing-audiocaps": ([], lambda i: (i["audiocaps"] / "test.csv").unlink(), "test.csv does not exist", "--exclude-audiocaps"),
+    "output-is-a-file": ([], lambda i: i["output"].write_text(""), "is a file", "pass a folder"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_SUBSET_INPUTS))
+def test_cli_refuses_bad_input_with_a_fix_before_writing_anything(tmp_path, capsys, case):
+    extra, corrupt, problem, fix = BAD_SUBSET_INPUTS[case]
+    inputs = _subset_inputs(tmp_path)
+    if corrupt is not None:
+        corrupt(inputs)
+    assert _run_subset(inputs, *extra) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"(?i)^error: ", err) and "Traceback" not in err, err
+    assert problem in err.split("\nfix: ")[0], err
+    assert fix in err.split("\nfix: ")[1], err
+    assert not inputs["output"].is_dir()
+
+
+def test_duplicate_youtube_ids_are_counted_and_named(tmp_path, capsys, caplog):
+    rows = (*TOY_ROWS, TOY_ROWS[0], TOY_ROWS[4].replace("0.000, 10.000", "20.000, 30.000"))
+    inputs = _subset_inputs(tmp_path, rows)
+    assert _run_subset(inputs, "--per-label", "2", "--step", "1", "--test-per-label", "0") == 0
+    assert (
+        "read 11 segments (eval_segments.csv 11); skipped 2 duplicate YouTube ids" in capsys.readouterr().out
+    )
+    warning = next(r.getMessage() for r in caplog.records if "repeat a YouTube id" in r.getMessage())
+    assert warning.startswith("2 segment rows repeat a YouTube id read before")
+    assert (
+        "dog00000000 (" in warning
+        and "eval_segments.csv:13, first at " in warning
+        and "music000000" in warning
+    )

@@ -103,6 +103,7 @@ for index, args in enumerate(cases):
 
 PREDICT = ["--checkpoint={ckpt}", "--data={clips}", "--output-file={root}/out/p.csv"]
 EVALUATE = ["--checkpoint={ckpt}", "--data_dir={tfds}", "--output_dir={root}/out/e"]
+SCORE = ["--predictions={root}/missing.csv", "--references={refs}", "--output_dir={root}/out/e"]
 TRAIN = ["--config=configs/smoke.py", "--workdir={root}/out/w", "--config.data.data_dir={tfds}"]
 LORA = [
     "--config.model.lora.rank=4",
@@ -160,6 +161,12 @@ CASES = [
      ["--checkpoint={ckpt}", "--dataset=clotho", "--data_dir={root}/nope", "--output_dir={root}/out/e"],
      ["--data_dir=", "nope does not exist", "python -m tfds_builders build"]),
     ("evaluate-checkpoint-without-dataset", "audiocap_jax.evaluate", EVALUATE, ["--checkpoint needs --dataset"]),
+    ("evaluate-negative-bootstrap", "audiocap_jax.evaluate", [*SCORE, "--bootstrap=-1"],
+     ["--bootstrap=-1 is negative", "--bootstrap=1000"]),
+    ("evaluate-metrics-model-dir-empty", "audiocap_jax.evaluate", [*SCORE, "--metrics=dcase2024", "--metrics_model_dir={empty}"],
+     ["--metrics_model_dir=", "lacks paraphrase-TinyBERT-L6-v2/modules.json", "dcase_metrics download"]),
+    ("evaluate-metrics-model-dir-file", "audiocap_jax.evaluate", [*SCORE, "--metrics_model_dir={file}"],
+     ["a_file is a file, not the folder", "dcase_metrics download"]),
     ("train-key-typo", "audiocap_jax.train", [*TRAIN, "--config.optim.learning_rate=1e-3"],
      ["--config.optim.learning_rate:", "did you mean --config.optim.lr?"]),
     ("train-section-typo", "audiocap_jax.train", [*TRAIN, "--config.optimizer.lr=1e-3"],
@@ -206,6 +213,8 @@ CASES = [
     ("tfds-unknown-config", "tfds_builders", [*TFDS, "--config=mel64"], ["--config=mel64", "mel80, mel128"]),
     ("tfds-manual-dir-without-splits", "tfds_builders", [*TFDS[:2], "--manual_dir={empty}", *TFDS[3:]],
      ["No split folder with metadata.jsonl", "python -m audiocap_jax.data.prepare"]),
+    ("tfds-malformed-beam-options", "tfds_builders", [*TFDS, "--beam_pipeline_options=direct_num_workers=two"],
+     ["--beam_pipeline_options='direct_num_workers=two'", "invalid int value", "runner=DirectRunner"]),
     ("tfds-data-dir-under-a-file", "tfds_builders", [*TFDS[:3], "--data_dir={file}/t"],
      ["a_file is a file", "choose another --data_dir"]),
 ]  # fmt: skip

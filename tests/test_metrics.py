@@ -18,7 +18,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from audiocap_jax import metrics
+from audiocap_jax import csv_cells, metrics
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "get_stanford_models.sh"
 
@@ -210,6 +210,27 @@ def test_spice_shim_compiles_and_reaches_the_scorer():
     assert "SpiceParser" in str(error.value)
 
 
+def test_isolate_failures_names_the_items_at_fault_and_keeps_the_rest():
+    runs = []
+
+    def tool(items):
+        runs.append(list(items))
+        if {5, 11} & set(items):
+            raise metrics.JavaError("PTB tokenizer failed (exit 1): boom", "java.lang.StackOverflowError")
+        return [f"t{i}" for i in items]
+
+    results, failures = metrics.isolate_failures(tool, 16, "PTB tokenizer")
+    assert failures == {5: "java.lang.StackOverflowError", 11: "java.lang.StackOverflowError"}
+    assert results == {i: f"t{i}" for i in range(16) if i not in (5, 11)}
+    assert len(runs) <= 2 * 4 * 2 + 1  # two halvings per level, four levels, for each of two bad items
+
+    def broken(items):
+        raise metrics.JavaError("PTB tokenizer failed (exit 1): no class", "ClassNotFoundException")
+
+    with pytest.raises(metrics.JavaError):  # nothing ran at all: the tool's failure, not the clips'
+        metrics.isolate_failures(broken, 3, "PTB tokenizer")
+
+
 def _run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, check=False)
 
@@ -366,6 +387,33 @@ def test_predictions_csv_round_trip_with_quoted_commas(tmp_path):
     assert text.startswith("file_name,caption_predicted\n")  # like pandas' to_csv, which the original used
     assert '"rain, heavy.wav","rain ""pours"", hard"' in text
     assert metrics.read_predictions_csv(path) == predictions
+
+
+def test_csv_writers_guard_formula_cells_and_our_reader_gives_them_back(tmp_path):
+    """Cells a spreadsheet would run as formulas get a leading quote; our reader gives back every string."""
+    predictions = {
+        "=HYPERLINK(1).wav": "+a dog barks",
+        "-0RWZT-miFs_30000.wav": "@SUM(A1)",
+        "\tcmd.wav": "\r=1+1",
+        "quoted.wav": "'=already quoted",
+        "twice.wav": "''",
+        "plain.wav": "'tis a dog - barking",
+    }
+    path = tmp_path / "out.csv"
+    metrics.write_predictions_csv(path, predictions)
+    with path.open(newline="", encoding="utf-8") as f:
+        cells = dict(list(csv.reader(f))[1:])
+    assert cells == {
+        "'=HYPERLINK(1).wav": "'+a dog barks",
+        "'-0RWZT-miFs_30000.wav": "'@SUM(A1)",
+        "'\tcmd.wav": "'\r=1+1",
+        "quoted.wav": "''=already quoted",
+        "twice.wav": "'''",
+        "plain.wav": "'tis a dog - barking",
+    }
+    assert metrics.read_predictions_csv(path) == predictions
+    assert metrics.read_candidates_csv(path) == {k: [v] for k, v in predictions.items()}
+    assert csv_cells.guarded(["-a", -0.5, 3]) == ["'-a", -0.5, 3]  # numbers stay numbers
 
 
 def test_predictions_csv_duplicates_and_bad_rows(tmp_path):

@@ -13,7 +13,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from audiocap_jax import audio, cli, corpus, evaluate, inference, load, metrics, predict, preflight, text
+from audiocap_jax import (
+    audio,
+    cli,
+    corpus,
+    csv_cells,
+    evaluate,
+    inference,
+    load,
+    metrics,
+    predict,
+    preflight,
+    text,
+)
 from audiocap_jax.model import sharding
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing import tfds_data
@@ -82,6 +94,18 @@ def test_predict_writes_csv_and_log_and_skips_broken_files(checkpoint, clips, tm
     assert [r["caption"] for r in nbest if r["rank"] == "1"] == [r["caption_predicted"] for r in rows]
     scores = [float(r["score"]) for r in nbest]
     assert all(best >= second for best, second in zip(scores[::2], scores[1::2], strict=True))
+
+
+def test_nbest_csv_guards_formula_cells(tmp_path):
+    """A caption or file name starting with = + - @ is written with a leading quote; scores stay numbers."""
+    candidates = (inference.Candidate("=1+1", -0.5), inference.Candidate("a dog", -0.75))
+    found = inference.Prediction("-0RWZT-miFs.wav", "=1+1", "", -0.5, candidates=candidates)
+    inference.write_nbest_csv(tmp_path / "out_nbest.csv", [found])
+    assert (tmp_path / "out_nbest.csv").read_text(encoding="utf-8").splitlines() == [
+        "file_name,rank,caption,score",
+        "'-0RWZT-miFs.wav,1,'=1+1,-0.5",
+        "'-0RWZT-miFs.wav,2,a dog,-0.75",
+    ]
 
 
 def test_batch_padding_does_not_change_captions(checkpoint, clips, tmp_path):
@@ -169,6 +193,32 @@ def test_evaluate_predictions_against_clotho_csv(tmp_path):
     assert extra.corpus == scores.corpus
 
 
+def test_evaluate_names_the_clip_a_metric_tool_fails_on_and_writes_the_rest(tmp_path):
+    """A 100,000-character caption kills METEOR's JVM (OutOfMemoryError): before, exit 1 with a traceback and no
+    scores; now the clip and Java's message are named, METEOR is n/a and every other score is written."""
+    predictions = tmp_path / "preds.csv"
+    captions = {"a.wav": "a dog barks", "b.wav": ("rain falls " * 10000)[:100000], "c.wav": "birds chirp"}
+    metrics.write_predictions_csv(predictions, captions)
+    references = tmp_path / "refs.csv"
+    with references.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(
+            [["file_name", "caption"], ["a.wav", "a dog barks"], ["b.wav", "rain falls"], ["c.wav", "birds"]]
+        )
+    found = subprocess.run(
+        [sys.executable, "-m", "audiocap_jax.evaluate", f"--predictions={predictions}",
+         f"--references={references}", "--spice=off"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+    )  # fmt: skip
+    assert found.returncode == cli.EXIT_PARTIAL, found.stderr[-3000:]
+    assert "Traceback" not in found.stderr
+    assert "| METEOR | n/a |" in found.stdout
+    assert "METEOR failed on 1 clip: 'b.wav' (java.lang.OutOfMemoryError: Java heap space)" in found.stdout
+    written = json.loads((tmp_path / "preds_scores.json").read_text())
+    assert written["failed_clips"] == {"b.wav": ["METEOR: java.lang.OutOfMemoryError: Java heap space"]}
+    assert written["corpus"]["meteor"] is None
+    assert all(written["corpus"][k] is not None for k in ("bleu_4", "rouge_l", "cider_d"))
+
+
 @pytest.fixture(scope="module")
 def tfds_build(tmp_path_factory):
     return tfds_data.build_all(tmp_path_factory.mktemp("tfds"))
@@ -193,8 +243,9 @@ def test_evaluate_checkpoint_on_tfds_split(checkpoint, tfds_build, tmp_path):
 
 
 def _read(path):
+    """Rows of one of our CSVs, cells as written (`csv_cells.unguard` undoes the spreadsheet guard)."""
     with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [{k: csv_cells.unguard(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -227,6 +278,11 @@ def test_decode_settings_return_every_candidate_to_a_reranker():
             "change that --config-file value",
         ),
         (dict(temperature=0.5), '--config-file.temperature=0.5 only apply to strategy="sample"', "--help"),
+        (
+            dict(no_repeat_ngram_size=100000),
+            "--config-file.no_repeat_ngram_size 100000 can never ban a token with max_length 20",
+            "change that --config-file value",
+        ),
         (dict(num_beams=4, num_beam_groups=3), "--config-file.num_beam_groups 3 must be >= 1 and divide", ""),
         (
             dict(num_return_sequences=3),

@@ -103,6 +103,12 @@ def test_clotho_reports_rows_without_audio_and_audio_without_rows(tmp_path):
     )
 
 
+def test_problem_reports_guard_formula_file_names(tmp_path):
+    report = tmp_path / "report.csv"
+    prepare.write_problems(report, [prepare.Problem("-0RWZT-miFs.wav", "missing audio")])
+    assert report.read_text() == "file_name,problem\n'-0RWZT-miFs.wav,missing audio\n"
+
+
 def test_clotho_names_missing_files_of_the_layout(clotho_root, capsys):
     (clotho_root / "clotho_metadata_test.csv").unlink()
     with pytest.raises(FileNotFoundError, match="clotho_metadata_test.csv"):
@@ -374,8 +380,8 @@ def test_audioset_small_rows_carry_labels_and_keyword_captions(tmp_path):
     )
     assert names_in(output / "train") == ["-21GRnZ5a5I.mp3"]
     assert (output / "report_train.csv").read_text() == (
-        "file_name,problem\n-7QlZmjk9Oc.mp3,empty audio file (0 bytes)\n"
-    )
+        "file_name,problem\n'-7QlZmjk9Oc.mp3,empty audio file (0 bytes)\n"
+    )  # a leading '-' is guarded against spreadsheets (csv_cells)
     assert (output / "ontology.json").read_bytes() == (annotations / "ontology.json").read_bytes()
 
 

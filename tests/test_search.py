@@ -315,6 +315,26 @@ def test_ngram_bans_equal_transformers_no_repeat_ngram(n):
     assert ours.any(axis=1).sum() >= 4  # not a comparison of empty sets
 
 
+def _decode_graph_lines(ngram_size: int, max_length: int) -> tuple[int, int]:
+    """(jaxpr lines, HLO lines) of a 2-beam toy decode with the n-gram ban on: what tracing builds."""
+    settings = DecodeSettings(eos_id=EOT, num_beams=2, max_length=max_length, no_repeat_ngram_size=ngram_size)
+    decode = functools.partial(search.decode_tokens, markov_scorer(CHAIN), settings=settings)
+    args = (HistoryCache(jnp.zeros((1, max_length), jnp.int32)), jnp.array([[SOT]]), jnp.array([1]))
+    jaxpr = str(jax.make_jaxpr(decode)(*args))
+    hlo = jax.jit(decode).lower(*args).as_text()
+    return len(jaxpr.splitlines()), len(hlo.splitlines())
+
+
+def test_ngram_ban_graph_does_not_grow_with_n():
+    """n=100000 used to unroll a Python loop of n-1 comparisons at trace time (memory grew until killed)."""
+    assert _decode_graph_lines(3, 1100) == _decode_graph_lines(1000, 1100)
+    with pytest.raises(
+        ValueError, match="no_repeat_ngram_size 100000 can never ban a token with max_length 80"
+    ):
+        DecodeSettings(eos_id=EOT, no_repeat_ngram_size=100000)
+    DecodeSettings(eos_id=EOT, max_length=8, no_repeat_ngram_size=7)  # the largest n that can still ban
+
+
 def _warper_inputs():
     rng = np.random.default_rng(0)
     continuous = 2.0 * rng.standard_normal((16, 50)).astype(np.float32)

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 
@@ -193,6 +194,27 @@ BEAM_COUNTS = {
     "audiocaps": {"train": (4, 0), "valid": (1, 1), "test": (2, 0)},
     "audioset_small": {"train": (2, 0), "valid": (3, 1), "test": (2, 0)},
 }
+
+
+@pytest.mark.parametrize(
+    "options, problem",
+    [
+        ("direct_num_workers=two", "argument --direct_num_workers: invalid int value: 'two'"),
+        ("runner", "argument --runner: expected one argument"),
+        ("direct_num_worker=2", "Beam has no option direct_num_worker"),
+        ("runner=NoSuchRunner", "Unexpected pipeline runner: NoSuchRunner"),
+        ("runner=DirectRunner,", "has an empty option"),
+    ],
+)
+def test_malformed_beam_options_are_refused_before_building(tmp_path, options, problem):
+    """Beam parses its options lazily: a bad one used to surface as Beam's traceback mid-build, after TFDS
+    had created the dataset's folder in --data_dir."""
+    pytest.importorskip("apache_beam", reason="the beam extra is not installed (pip install -e '.[beam]')")
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        features.build(
+            "clotho", manual_dir=tmp_path, data_dir=tmp_path / "tfds", beam_pipeline_options=options
+        )
+    assert not (tmp_path / "tfds").exists()
 
 
 @pytest.mark.slow

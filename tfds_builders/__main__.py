@@ -32,13 +32,23 @@ def _parse_flags(argv: list[str]) -> build.Args:
 def check_args(args: build.Args) -> None:
     """Beam, builder names, config, manual_dir (prepared split folders, valid rows) and data_dir, before building.
 
-    TFDS drops --beam_pipeline_options when apache-beam is missing and builds locally: that is refused too.
+    TFDS drops --beam_pipeline_options when apache-beam is missing and builds locally: that is refused too, and
+    so are options Beam would refuse only once the build had created the dataset folder.
     """
     if args.generation.beam_pipeline_options and importlib.util.find_spec("apache_beam") is None:
         raise cli.UserError(
             "--beam_pipeline_options were given but apache-beam is not installed.",
             "pip install -e '.[beam]' (README, 'Builds on Apache Beam'), or build without Beam options",
         )
+    if args.generation.beam_pipeline_options:
+        try:
+            features.beam_options(args.generation.beam_pipeline_options)
+        except ValueError as error:
+            raise cli.UserError(
+                str(error),
+                "write Beam's own options without dashes, comma-separated, e.g. "
+                "--beam_pipeline_options=runner=DirectRunner,direct_num_workers=2 (README, 'Builds on Apache Beam')",
+            ) from error
     targets = args.positional_datasets + args.datasets
     if not targets:
         raise cli.UserError("no dataset to build.", f"run {_USAGE}")

@@ -23,6 +23,7 @@ import collections
 import csv
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -35,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
+from audiocap_jax import cli, csv_cells  # noqa: E402
 from audiocap_jax.data import prepare  # noqa: E402
 from audiocap_jax.ontology import Ontology  # noqa: E402
 
@@ -56,6 +58,9 @@ PLOT_FILE = "subset_labels.png"
 # carrying it), picked (selected on its own turns; at most --per-label), then per split.
 REPORT_COLUMNS = ("label_id", "name", "listed", "available", "selected", "picked", "train", "valid", "test")
 _SEGMENT_FIELDS = 4  # YTID, start_seconds, end_seconds, positive_labels
+AUDIOSET_DOWNLOAD = "https://research.google.com/audioset/download.html"
+_RESTORE = f"restore the file from {AUDIOSET_DOWNLOAD} (or remove the line)"
+_IDS_SHOWN = 5  # YouTube ids named in a warning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,9 +156,10 @@ def segment_list_of(path: str | os.PathLike) -> str:
     """The segment list (`orig_split`) a CSV holds, from its file name, e.g. eval_segments.csv -> "eval"."""
     stem = pathlib.Path(path).stem
     if stem not in SEGMENT_LISTS:
-        raise ValueError(
-            f"Cannot tell which AudioSet segment list {path} is from its name; name it one of "
-            f"{', '.join(f'{name}.csv' for name in SEGMENT_LISTS)}."
+        raise cli.UserError(
+            f"Cannot tell which AudioSet segment list {path} is from its name (it decides the download folder "
+            "`prepare audioset-small` looks in).",
+            f"rename it to one of {', '.join(f'{name}.csv' for name in SEGMENT_LISTS)}",
         )
     return SEGMENT_LISTS[stem]
 
@@ -164,8 +170,9 @@ def read_segments(
     """Reads AudioSet segment CSVs into one `Segments`, keeping the first row of each YouTube id.
 
     Handles the real files' quirks: `#` comment lines, a space after each comma, the quoted label list.
-    A row whose field count or times do not parse, or that names a label missing from the ontology, raises
-    ValueError naming file and line.
+    A file named unlike a segment list, missing, not UTF-8 or not CSV, a row whose field count or times do not
+    parse, or that names a label missing from the ontology, raises `cli.UserError` naming file and line. Later
+    rows of a YouTube id already read (AudioSet lists each clip once) are counted and logged with a few ids.
 
     Returns:
       (segments, rows read per file name, duplicate rows skipped, rows without labels skipped).
@@ -175,55 +182,61 @@ def read_segments(
     times: list[tuple[float, float]] = []
     orig_split: list[str] = []
     offsets, indices = [0], []
-    seen: set[str] = set()
-    rows_per_file, duplicates, unlabelled = {}, 0, 0
-    for path in map(pathlib.Path, paths):
+    first_seen: dict[str, str] = {}  # YouTube id -> file:line of the row kept
+    duplicates: list[tuple[str, str]] = []  # (YouTube id, file:line) of each later row
+    rows_per_file, unlabelled = {}, 0
+    paths = [pathlib.Path(path) for path in paths]
+    segment_lists = [segment_list_of(path) for path in paths]  # every name checked before any reading
+    for path, segment_list in zip(paths, segment_lists, strict=True):
         if not path.is_file():
-            raise FileNotFoundError(
-                f"AudioSet segment list {path} does not exist. Download it from "
-                "https://research.google.com/audioset/download.html."
+            raise cli.UserError(
+                f"AudioSet segment list {path} does not exist.",
+                f"download it from {AUDIOSET_DOWNLOAD}, or correct the path given to --segments",
             )
-        segment_list = segment_list_of(path)
         count = 0
-        with path.open(encoding="utf-8", newline="") as f:
-            line_number = [0]  # Of the line the reader last took, for error messages.
-            records = csv.reader(_data_lines(f, line_number), skipinitialspace=True)
-            for record in records:
-                if not record:
-                    continue
-                count += 1
-                where = f"{path}:{line_number[0]}"
-                if len(record) != _SEGMENT_FIELDS:
-                    raise ValueError(
-                        f"{where} has {len(record)} fields, expected {_SEGMENT_FIELDS} (YTID, start_seconds, "
-                        'end_seconds, "labels"). Restore the file from the AudioSet download page.'
-                    )
-                youtube_id, start, end, labels = record
-                mids = [mid for mid in dict.fromkeys(label.strip() for label in labels.split(",")) if mid]
-                if youtube_id in seen:
-                    duplicates += 1
-                    continue
-                if not mids:
-                    unlabelled += 1
-                    continue
-                try:
-                    times.append((float(start), float(end)))
-                    row_labels = [label_index[mid] for mid in mids]
-                except ValueError as error:
-                    raise ValueError(
-                        f"{where} has start/end {start!r}, {end!r}; expected seconds."
-                    ) from error
-                except KeyError as error:
-                    raise ValueError(
-                        f"{where} has label {error.args[0]!r}, which is not in the ontology {ontology.source}. "
-                        "Pass the ontology.json released with these segment lists."
-                    ) from error
-                seen.add(youtube_id)
-                youtube_ids.append(youtube_id)
-                orig_split.append(segment_list)
-                indices.extend(row_labels)
-                offsets.append(len(indices))
+        line_number = [0]  # Of the line the reader last took, for error messages.
+        try:
+            with path.open(encoding="utf-8", newline="") as f:
+                for record in csv.reader(_data_lines(f, line_number), skipinitialspace=True):
+                    if not record:
+                        continue
+                    count += 1
+                    where = f"{path}:{line_number[0]}"
+                    youtube_id, times_of_row, mids = _parse_segment(record, where)
+                    if youtube_id in first_seen:
+                        duplicates.append((youtube_id, where))
+                        continue
+                    if not mids:
+                        unlabelled += 1
+                        continue
+                    unknown = [mid for mid in mids if mid not in label_index]
+                    if unknown:
+                        raise cli.UserError(
+                            f"{where} has label {unknown[0]!r}, which is not in the ontology {ontology.source}.",
+                            "pass the ontology.json released with these segment lists to --ontology",
+                        )
+                    first_seen[youtube_id] = where
+                    times.append(times_of_row)
+                    youtube_ids.append(youtube_id)
+                    orig_split.append(segment_list)
+                    indices.extend(label_index[mid] for mid in mids)
+                    offsets.append(len(indices))
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise cli.UserError(
+                f"{path}:{line_number[0] + 1} is not a UTF-8 CSV line ({error}).", _RESTORE
+            ) from error
         rows_per_file[path.name] = count
+    if duplicates:
+        shown = ", ".join(
+            f"{ytid} ({where}, first at {first_seen[ytid]})" for ytid, where in duplicates[:_IDS_SHOWN]
+        )
+        logging.warning(
+            "%d segment rows repeat a YouTube id read before (AudioSet lists each clip once); only the first row "
+            "of each is used: %s%s",
+            len(duplicates),
+            shown,
+            f" and {len(duplicates) - _IDS_SHOWN} more" if len(duplicates) > _IDS_SHOWN else "",
+        )
     start_end = np.asarray(times, dtype=np.float64).reshape(-1, 2)
     segments = Segments(
         youtube_ids=np.asarray(youtube_ids, dtype=str),
@@ -234,7 +247,30 @@ def read_segments(
         label_indices=np.asarray(indices, dtype=np.int32),
         label_ids=tuple(ontology.names),
     )
-    return segments, rows_per_file, duplicates, unlabelled
+    return segments, rows_per_file, len(duplicates), unlabelled
+
+
+def _parse_segment(record: list[str], where: str) -> tuple[str, tuple[float, float], list[str]]:
+    """(YouTube id, (start, end) seconds, label ids in order without repeats) of one segment CSV record."""
+    if len(record) != _SEGMENT_FIELDS:
+        raise cli.UserError(
+            f"{where} has {len(record)} fields, expected {_SEGMENT_FIELDS} (YTID, start_seconds, end_seconds, "
+            '"labels").',
+            _RESTORE,
+        )
+    youtube_id, start, end, labels = record
+    try:
+        seconds = (float(start), float(end))
+    except ValueError:
+        seconds = (math.nan, math.nan)
+    if not 0 <= seconds[0] < seconds[1] < math.inf:
+        raise cli.UserError(
+            f"{where} has start/end {start!r}, {end!r}; expected seconds with 0 <= start < end.", _RESTORE
+        )
+    if not youtube_id:
+        raise cli.UserError(f"{where} has no YouTube id.", _RESTORE)
+    mids = [mid for mid in dict.fromkeys(label.strip() for label in labels.split(",")) if mid]
+    return youtube_id, seconds, mids
 
 
 def _data_lines(lines: Iterable[str], line_number: list[int]) -> Iterable[str]:
@@ -251,18 +287,23 @@ def read_audiocaps_ids(audiocaps_path: str | os.PathLike) -> set[str]:
     ids: set[str] = set()
     for split in prepare.AUDIOCAPS_SPLITS:
         path = folder / f"{split}.csv"
+        fix = (
+            "pass --exclude-audiocaps the folder holding AudioCaps' "
+            f"{', '.join(f'{s}.csv' for s in prepare.AUDIOCAPS_SPLITS)} as released"
+        )
         if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} does not exist. --exclude-audiocaps must name the folder holding AudioCaps' "
-                f"{', '.join(f'{s}.csv' for s in prepare.AUDIOCAPS_SPLITS)}."
-            )
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            if "youtube_id" not in (reader.fieldnames or ()):
-                raise ValueError(
-                    f"{path} has columns {reader.fieldnames}, expected {list(prepare.AUDIOCAPS_COLUMNS)}."
-                )
-            ids.update(record["youtube_id"] for record in reader)
+            raise cli.UserError(f"{path} does not exist.", fix)
+        try:
+            with path.open(encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f)
+                if "youtube_id" not in (reader.fieldnames or ()):
+                    raise cli.UserError(
+                        f"{path} has columns {reader.fieldnames}, expected {list(prepare.AUDIOCAPS_COLUMNS)}.",
+                        fix,
+                    )
+                ids.update(record["youtube_id"] for record in reader)
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise cli.UserError(f"{path} is not a UTF-8 CSV ({error}).", fix) from error
     return ids
 
 
@@ -427,17 +468,32 @@ def select_audioset_subset(
     `prepare.AUDIOSET_SMALL_KEYS`), a copy of the ontology, `subset_report.csv` (`REPORT_COLUMNS` per
     label) and `subset_labels.png`.
     """
-    # Checked before the (minutes-long) read of the segment lists.
-    for flag, value, minimum in (
-        ("--per-label", per_label, 1),
-        ("--step", step, 1),
-        ("--test-per-label", test_per_label, 0),
+    # Settings, output, ontology and AudioCaps ids are checked before the (minutes-long) read of the segment
+    # lists, and nothing is written before all of it has been read.
+    for flag, value, minimum, default in (
+        ("--per-label", per_label, 1, 1000),
+        ("--step", step, 1, 10),
+        ("--test-per-label", test_per_label, 0, 10),
+        ("--seed", seed, 0, 42),
     ):
         if value < minimum:
-            raise ValueError(f"{flag} must be at least {minimum}, got {value}.")
-    ontology = Ontology.load(ontology_path)
+            raise cli.UserError(
+                f"{flag} must be at least {minimum}, got {value}.", f"pass {flag}={default} (the default)"
+            )
+    output = pathlib.Path(output)
+    if output.exists() and not output.is_dir():
+        raise cli.UserError(
+            f"--output {output} is a file.", "pass a folder for the annotations (made if absent)"
+        )
+    ontology = _load_ontology(ontology_path)
+    audiocaps_ids = read_audiocaps_ids(audiocaps_path)
     listed, rows_per_file, duplicates, unlabelled = read_segments(segment_paths, ontology)
-    in_audiocaps = np.isin(listed.youtube_ids, np.asarray(sorted(read_audiocaps_ids(audiocaps_path)), str))
+    if listed.num_rows == 0:
+        raise cli.UserError(
+            f"{', '.join(map(str, segment_paths))} hold no labelled segment rows.",
+            f"pass AudioSet's segment lists from {AUDIOSET_DOWNLOAD} to --segments",
+        )
+    in_audiocaps = np.isin(listed.youtube_ids, np.asarray(sorted(audiocaps_ids), str))
     segments = listed.take(~in_audiocaps)
     logging.info("%d segments read, %d removed as AudioCaps clips", listed.num_rows, int(in_audiocaps.sum()))
 
@@ -445,7 +501,6 @@ def select_audioset_subset(
     selected = picked_for >= 0
     splits = split_train_valid_test(segments, selected, test_per_label, seed)
 
-    output = pathlib.Path(output)
     output.mkdir(parents=True, exist_ok=True)
     for split, mask in splits.items():
         _write_annotations(output / f"{split}.jsonl", segments, np.flatnonzero(mask))
@@ -476,6 +531,19 @@ def select_audioset_subset(
     )
 
 
+def _load_ontology(path: str | os.PathLike) -> Ontology:
+    """The `--ontology`, which must be AudioSet's: the selection prefers clips without Music and Speech."""
+    fix = "pass AudioSet's ontology.json (https://github.com/audioset/ontology) to --ontology"
+    try:
+        ontology = Ontology.load(path)
+    except (ValueError, FileNotFoundError) as error:  # UnicodeDecodeError is a ValueError
+        raise cli.UserError(f"--ontology: {error}", fix) from error
+    absent = [mid for mid in (MUSIC_ID, SPEECH_ID) if mid not in ontology]
+    if absent:
+        raise cli.UserError(f"--ontology {path} lacks the labels {absent} (Music, Speech).", fix)
+    return ontology
+
+
 def _write_annotations(path: pathlib.Path, segments: Segments, rows: np.ndarray) -> None:
     rows = rows[np.argsort(segments.youtube_ids[rows], kind="stable")]
     with path.open("w", encoding="utf-8") as f:
@@ -496,7 +564,7 @@ def _write_report(
 ) -> None:
     assert tuple(columns) == REPORT_COLUMNS[2:], columns.keys()
     with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
+        writer = csv_cells.Writer(f)
         writer.writerow(REPORT_COLUMNS)
         for label, mid in enumerate(label_ids):
             if columns["listed"][label]:

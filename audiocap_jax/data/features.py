@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import inspect
+import io
 import itertools
 import json
 import math
@@ -599,12 +601,37 @@ def build(
 
 
 def beam_options(flags: str) -> Any:
-    """`PipelineOptions` from the CLI's comma-separated form, "runner=DirectRunner,direct_num_workers=2"."""
+    """`PipelineOptions` from the CLI's comma-separated form, "runner=DirectRunner,direct_num_workers=2",
+    parsed now: an empty or malformed option, a value Beam refuses, an option Beam does not know (it would
+    drop a misspelt one with a log line) or a runner it cannot create raises ValueError naming it. Beam parses
+    lazily, so otherwise its own traceback came once the build had begun, leaving a dataset folder behind."""
     try:
         import apache_beam as beam
     except ImportError as error:
         raise ImportError(BEAM_MISSING) from error
-    return beam.options.pipeline_options.PipelineOptions(flags=[f"--{flag}" for flag in flags.split(",")])
+    items = flags.split(",")
+    if not all(items):
+        raise ValueError(f"--beam_pipeline_options={flags!r} has an empty option (a comma too many).")
+    options = beam.options.pipeline_options.PipelineOptions(flags=[f"--{item}" for item in items])  # as TFDS
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(usage):  # Beam's argparse prints its usage and exits on a bad value
+            known = options.get_all_options()
+            every = options.get_all_options(retain_unknown_options=True)
+    except SystemExit:
+        reason = usage.getvalue().strip().splitlines()[-1].partition("error: ")[2]
+        raise ValueError(f"--beam_pipeline_options={flags!r}: {reason}.") from None
+    except ValueError as error:
+        raise ValueError(f"--beam_pipeline_options={flags!r}: {error}.") from error
+    unknown = sorted(set(every) - set(known))
+    if unknown:
+        raise ValueError(f"--beam_pipeline_options={flags!r}: Beam has no option {', '.join(unknown)}.")
+    if known.get("runner"):
+        try:
+            beam.runners.create_runner(known["runner"])
+        except (ValueError, ImportError) as error:
+            raise ValueError(f"--beam_pipeline_options={flags!r}: {error}") from error
+    return options
 
 
 def build_report(dataset_dir: str | os.PathLike) -> dict[str, Any]:

@@ -44,7 +44,7 @@ import tqdm
 from absl import logging
 from etils import epath
 
-from audiocap_jax import audio, cli
+from audiocap_jax import audio, cli, csv_cells
 from audiocap_jax.ontology import Ontology
 
 METADATA_FILE = "metadata.jsonl"
@@ -212,6 +212,15 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def write_problems(path: str | os.PathLike, problems: Iterable[Problem]) -> None:
+    """`file_name,problem`, one row per file left out; file names a spreadsheet would run as a formula get a
+    leading `'` (`csv_cells`)."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv_cells.Writer(f)
+        writer.writerow([field.name for field in dataclasses.fields(Problem)])
+        writer.writerows((problem.file_name, problem.problem) for problem in problems)
+
+
 def _finish_split(
     folder: pathlib.Path, split: str, rows: list[dict[str, Any]], problems: list[Problem]
 ) -> SplitSummary:
@@ -222,10 +231,7 @@ def _finish_split(
     split_dir = folder / split
     write_metadata(split_dir, rows)
     report = report_path(folder, split)
-    with report.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow([field.name for field in dataclasses.fields(Problem)])
-        writer.writerows((problem.file_name, problem.problem) for problem in problems)
+    write_problems(report, problems)
     logging.info("%s: %d clips written to %s", split, len(rows), split_dir / METADATA_FILE)
     if not rows:
         logging.warning(
@@ -795,10 +801,7 @@ def _run_select_audioset_subset(args: argparse.Namespace) -> int:
 def _run_find_corrupted(args: argparse.Namespace) -> int:
     problems = find_corrupted(args.folder, args.workers)
     if args.report:
-        with open(args.report, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(("file_name", "problem"))
-            writer.writerows((problem.file_name, problem.problem) for problem in problems)
+        write_problems(args.report, problems)
     for problem in problems:
         print(f"{problem.file_name}\t{problem.problem}")
     print(f"{len(problems)} files under {args.folder} do not decode", file=sys.stderr)
