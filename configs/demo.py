@@ -17,20 +17,17 @@ Measured on 2 CPU cores (README, "The demo"): 7 min 12 s in all, 300 steps at 13
 keyword F1 0.90 on the held-out clips.
 """
 
-from configs import base
+from configs import base, common
 
 
 def get_config(arg=None):
     c = base.get_config()
     c.model.init = "scratch"
-    c.model.arch_overrides = dict(
+    c.model.arch_overrides = common.small_whisper(
         d_model=128,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=512,
-        decoder_ffn_dim=512,
+        layers=2,
+        heads=4,
+        ffn_dim=512,
         max_source_positions=500,  # 1000 mel frames = 10 s, the longest synthetic clip
         max_target_positions=80,  # room for predict's default max_length of 80
     )

@@ -837,7 +837,22 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     limit.set_defaults(run=_run_limit)
 
-    def add_download_options(command: argparse.ArgumentParser, splits: Sequence[str]) -> None:
+    def add_download_command(
+        name: str,
+        help_: str,
+        annotations: tuple[str, str],
+        audio_flag: str,
+        splits: Sequence[str],
+        run: Callable[[argparse.Namespace], int],
+    ) -> None:
+        """A command that joins annotations (`annotations`: flag and help) with the clips of an AudioSet
+        download into an AudioFolder; the AudioCaps and AudioSet-small layouts differ only in these."""
+        command = commands.add_parser(name, help=help_)
+        for flag, text in (
+            annotations,
+            (audio_flag, "AudioSet download: audios/<segment list>/<youtube_id>.<fmt>"),
+        ):
+            command.add_argument(flag, type=pathlib.Path, required=True, help=text)
         command.add_argument("--output", type=pathlib.Path, required=True, help="AudioFolder to write")
         command.add_argument("--audio-format", default="mp3", help="extension of the downloaded clips")
         command.add_argument(
@@ -852,38 +867,24 @@ def _build_parser() -> argparse.ArgumentParser:
             default=list(splits),
             help=f"comma-separated subset of {','.join(splits)}",
         )
+        command.set_defaults(run=run)
 
-    audiocaps = commands.add_parser("audiocaps", help="AudioCaps CSVs + AudioSet download -> AudioFolder")
-    audiocaps.add_argument(
-        "--audiocaps-path",
-        type=pathlib.Path,
-        required=True,
-        help="folder with train.csv, valid.csv, test.csv",
-    )
-    audiocaps.add_argument(
+    add_download_command(
+        "audiocaps",
+        "AudioCaps CSVs + AudioSet download -> AudioFolder",
+        ("--audiocaps-path", "folder with train.csv, valid.csv, test.csv"),
         "--audioset-path",
-        type=pathlib.Path,
-        required=True,
-        help="AudioSet download: audios/<segment list>/<youtube_id>.<fmt>",
+        AUDIOCAPS_SPLITS,
+        _run_audiocaps,
     )
-    add_download_options(audiocaps, AUDIOCAPS_SPLITS)
-    audiocaps.set_defaults(run=_run_audiocaps)
-
-    audioset_small = commands.add_parser("audioset-small", help="AudioSet subset annotations -> AudioFolder")
-    audioset_small.add_argument(
-        "--audioset-small-path",
-        type=pathlib.Path,
-        required=True,
-        help="folder with train.jsonl, valid.jsonl, test.jsonl, ontology.json",
-    )
-    audioset_small.add_argument(
+    add_download_command(
+        "audioset-small",
+        "AudioSet subset annotations -> AudioFolder",
+        ("--audioset-small-path", "folder with train.jsonl, valid.jsonl, test.jsonl, ontology.json"),
         "--audioset-full-path",
-        type=pathlib.Path,
-        required=True,
-        help="AudioSet download: audios/<segment list>/<youtube_id>.<fmt>",
+        AUDIOSET_SMALL_SPLITS,
+        _run_audioset_small,
     )
-    add_download_options(audioset_small, AUDIOSET_SMALL_SPLITS)
-    audioset_small.set_defaults(run=_run_audioset_small)
 
     subset = commands.add_parser(
         "select-audioset-subset",
