@@ -28,6 +28,7 @@ import contextlib
 import csv
 import dataclasses
 import errno
+import functools
 import io
 import json
 import multiprocessing
@@ -754,24 +755,12 @@ def _run_limit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_audiocaps(args: argparse.Namespace) -> int:
+def _run_download(prepare: Callable[..., Mapping[str, SplitSummary]], args: argparse.Namespace) -> int:
+    """`prepare_audiocaps` / `prepare_audioset_small` on a download command's arguments."""
     return _print_summaries(
-        prepare_audiocaps(
-            args.audiocaps_path,
-            args.audioset_path,
-            args.output,
-            audio_format=args.audio_format,
-            link=args.link,
-            splits=args.splits,
-        )
-    )
-
-
-def _run_audioset_small(args: argparse.Namespace) -> int:
-    return _print_summaries(
-        prepare_audioset_small(
-            args.audioset_small_path,
-            args.audioset_full_path,
+        prepare(
+            args.annotations,
+            args.audioset,
             args.output,
             audio_format=args.audio_format,
             link=args.link,
@@ -843,16 +832,22 @@ def _build_parser() -> argparse.ArgumentParser:
         annotations: tuple[str, str],
         audio_flag: str,
         splits: Sequence[str],
-        run: Callable[[argparse.Namespace], int],
+        prepare: Callable[..., Mapping[str, SplitSummary]],
     ) -> None:
         """A command that joins annotations (`annotations`: flag and help) with the clips of an AudioSet
         download into an AudioFolder; the AudioCaps and AudioSet-small layouts differ only in these."""
         command = commands.add_parser(name, help=help_)
-        for flag, text in (
-            annotations,
-            (audio_flag, "AudioSet download: audios/<segment list>/<youtube_id>.<fmt>"),
+        annotations_flag, annotations_help = annotations
+        audio_help = "AudioSet download: audios/<segment list>/<youtube_id>.<fmt>"
+        for flag, dest, text in (
+            (annotations_flag, "annotations", annotations_help),
+            (audio_flag, "audioset", audio_help),
         ):
-            command.add_argument(flag, type=pathlib.Path, required=True, help=text)
+            # The metavar argparse would derive from the flag, so --help reads as with dest=<flag's name>.
+            metavar = flag.lstrip("-").replace("-", "_").upper()
+            command.add_argument(
+                flag, dest=dest, metavar=metavar, type=pathlib.Path, required=True, help=text
+            )
         command.add_argument("--output", type=pathlib.Path, required=True, help="AudioFolder to write")
         command.add_argument("--audio-format", default="mp3", help="extension of the downloaded clips")
         command.add_argument(
@@ -867,7 +862,7 @@ def _build_parser() -> argparse.ArgumentParser:
             default=list(splits),
             help=f"comma-separated subset of {','.join(splits)}",
         )
-        command.set_defaults(run=run)
+        command.set_defaults(run=functools.partial(_run_download, prepare))
 
     add_download_command(
         "audiocaps",
@@ -875,7 +870,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("--audiocaps-path", "folder with train.csv, valid.csv, test.csv"),
         "--audioset-path",
         AUDIOCAPS_SPLITS,
-        _run_audiocaps,
+        prepare_audiocaps,
     )
     add_download_command(
         "audioset-small",
@@ -883,7 +878,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("--audioset-small-path", "folder with train.jsonl, valid.jsonl, test.jsonl, ontology.json"),
         "--audioset-full-path",
         AUDIOSET_SMALL_SPLITS,
-        _run_audioset_small,
+        prepare_audioset_small,
     )
 
     subset = commands.add_parser(
