@@ -258,6 +258,10 @@ def log_mel(audio: np.ndarray, n_mels: int = 80, *, workers: int = -1) -> np.nda
     return np.ascontiguousarray(((log_spec + 4.0) / 4.0).transpose(0, 2, 1))  # --> [B, M, S]
 
 
+# What a clip longer than the model's window becomes (the `long_audio` key): its first window, or every window.
+LONG_AUDIO_MODES = ("truncate", "windows")
+
+
 def windows(clip: np.ndarray, long_audio: str, window: int) -> list[tuple[float, np.ndarray]]:
     """(start seconds, samples) pieces of one clip that each fit the model's window of `window` samples:
     the first window only (`long_audio="truncate"`), or every consecutive one (`"windows"`)."""

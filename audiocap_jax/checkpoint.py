@@ -123,8 +123,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
-
-
-def abstract_like(state: Any) -> Any:
-    """Shapes, dtypes and shardings of `state`, the restore target (nothing is allocated)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

@@ -48,7 +48,6 @@ if TYPE_CHECKING:  # imported where used: model code (hf.CheckpointError) needs 
     import ml_collections
 
 EXIT_OK = 0
-EXIT_INTERNAL = 1  # a bug or an unexpected failure: the traceback is kept
 EXIT_USER = (
     2  # a user error (bad flag, config key or value, missing or unreadable input): one message, no traceback
 )
@@ -234,9 +233,10 @@ def config_leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[s
 def config_comments(path: str | Path) -> dict[str, str]:
     """One-line meaning of each key a config file sets: its trailing comment, else the comment block above.
 
-    Covers `c.a.b = value  # comment` and keys of `dict(key=value, ...)` / `{"key": value}` literals assigned
-    to a path. Config files that the file imports from `configs` (e.g. base.py) are read first, so a file's own
-    comment on a key wins over the base's.
+    Covers `c.a.b = value  # comment`, keys of `dict(key=value, ...)` / `{"key": value}` literals assigned
+    to a path, and the decoding keys a section gets with `c.a.update(decoding_keys(...))`, whose meanings are
+    declared once in `search_settings.py`. Config files that the file imports from `configs` (e.g. base.py)
+    are read first, so a file's own comment on a key wins over the base's.
     """
     path = Path(path)
     source = path.read_text(encoding="utf-8")
@@ -267,11 +267,9 @@ def config_comments(path: str | Path) -> dict[str, str]:
         return text.split(". ")[0].rstrip(".") if text else ""
 
     def literal_keys(value: ast.AST, prefix: str) -> Iterator[tuple[str, ast.AST]]:
-        if (
-            isinstance(value, ast.Call) and value.args and not value.keywords
-        ):  # ConfigDict(dict(...)) / ({...})
-            yield from literal_keys(value.args[0], prefix)
-        elif isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "dict":
+        if isinstance(value, ast.Call):  # ConfigDict(dict(...)) / ({...}), dict(base, k=v), helper(k=v, ...)
+            for argument in value.args:
+                yield from literal_keys(argument, prefix)
             for keyword in value.keywords:
                 if keyword.arg:
                     yield f"{prefix}.{keyword.arg}", keyword
@@ -282,15 +280,25 @@ def config_comments(path: str | Path) -> dict[str, str]:
                     yield f"{prefix}.{key.value}", item
                     yield from literal_keys(item, f"{prefix}.{key.value}")
 
+    def dotted(node: ast.AST) -> list[str] | None:
+        """`c.a.b` -> ["a", "b"] (the root name dropped); None for anything else."""
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.insert(0, node.attr)
+            node = node.value
+        return parts if isinstance(node, ast.Name) else None
+
     own: dict[str, str] = {}
     for node in ast.walk(tree):
+        if _is_decoding_update(node):
+            from audiocap_jax.search_settings import MEANINGS  # plain Python, no JAX
+
+            prefix = "".join(f"{part}." for part in dotted(node.func.value) or [])
+            own |= {f"{prefix}{key}": meaning for key, meaning in MEANINGS.items()}
         if not isinstance(node, ast.Assign) or len(node.targets) != 1:
             continue
-        parts, target = [], node.targets[0]
-        while isinstance(target, ast.Attribute):
-            parts.insert(0, target.attr)
-            target = target.value
-        if not parts or not isinstance(target, ast.Name):
+        parts = dotted(node.targets[0])
+        if not parts:
             continue
         key = ".".join(parts)
         pairs = [(key, meaning(node.lineno, node.lineno))]
@@ -302,6 +310,22 @@ def config_comments(path: str | Path) -> dict[str, str]:
             if text or sub_key not in own:
                 own[sub_key] = text
     return found | {key: text for key, text in own.items() if text or key not in found}
+
+
+def _is_decoding_update(node: ast.AST) -> bool:
+    """Whether `node` is `<path>.update(decoding_keys(...))` (the decoding keys of configs/base.py's `eval`
+    section and of configs/predict.py)."""
+
+    def name(function: ast.AST) -> str:
+        return function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
+
+    return (
+        isinstance(node, ast.Call)
+        and name(node.func) == "update"
+        and len(node.args) == 1
+        and isinstance(node.args[0], ast.Call)
+        and name(node.args[0].func) == "decoding_keys"
+    )
 
 
 def _override_paths(argv: Sequence[str], flag: str) -> Iterator[tuple[str, str]]:

@@ -45,7 +45,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import cli, csv_cells, inference, load, metrics, preflight, runtime
+from audiocap_jax import cli, csv_cells, inference, load, metrics, preflight, runtime, search_settings
 from audiocap_jax.data import pipeline
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
@@ -158,7 +158,7 @@ def sweep_configs(
     """name -> the predict config with that setting's overrides, every one checked before any work.
 
     The sweep file's `get_config()` returns a ConfigDict of name -> overrides; only decoding keys
-    (`inference.DECODING_KEYS`) may differ, because the model, mesh and batches are loaded once for all.
+    (`search_settings.DECODING_KEYS`) may differ, because the model, mesh and batches are loaded once for all.
     Settings run in name order (a ConfigDict iterates its keys sorted).
     """
     sweep = cli.load_config(sweep_file, "sweep")
@@ -177,7 +177,7 @@ def sweep_configs(
             )
         config = ml_collections.ConfigDict(base.to_dict())
         for field, value in overrides.items():
-            if field not in inference.DECODING_KEYS:
+            if field not in search_settings.DECODING_KEYS:
                 known = field in config
                 raise cli.UserError(
                     f"{key}.{field}: "
@@ -186,7 +186,7 @@ def sweep_configs(
                         if known
                         else "no such key in configs/predict.py."
                     ),
-                    f"use only {', '.join(inference.DECODING_KEYS)}"
+                    f"use only {', '.join(search_settings.DECODING_KEYS)}"
                     + (f"; set {field} for all settings with --config-file.{field}" if known else ""),
                 )
             config[field] = value

@@ -27,30 +27,9 @@ from tqdm import tqdm
 
 from audiocap_jax import csv_cells, metrics, rerank, search
 from audiocap_jax.model.sharding import global_to_host, host_to_global, mesh_processes
+from audiocap_jax.search_settings import SEARCH_KEYS
 from audiocap_jax.text import Tokenizer
 
-# The config keys `decode_settings` and the reranking read: configs/predict.py and the training config's `eval`
-# section both carry every one of them, with the same meaning.
-DECODING_KEYS = (
-    "strategy",
-    "num_beams",
-    "num_beam_groups",
-    "diversity_penalty",
-    "temperature",
-    "top_k",
-    "top_p",
-    "num_samples",
-    "seed",
-    "max_length",
-    "min_length",
-    "length_penalty",
-    "length_penalty_form",
-    "no_repeat_ngram_size",
-    "repetition_penalty",
-    "num_return_sequences",
-    "rerank",
-    "use_checkpoint_suppress_tokens",
-)
 NBEST_COLUMNS = ("file_name", "rank", "caption", "score")
 
 
@@ -73,8 +52,7 @@ class Prediction:
 def settings_fields(config: Any) -> dict[str, Any]:
     """`search.DecodeSettings` fields from a decoding config (configs/predict.py or the training `eval`
     section), as the user wrote them; `decode_settings` adds the tokenizer's and checkpoint's facts."""
-    names = [k for k in DECODING_KEYS if k not in ("rerank", "use_checkpoint_suppress_tokens")]
-    return {name: config[name] for name in names}
+    return {name: config[name] for name in SEARCH_KEYS}
 
 
 def candidate_pool(config: Any) -> int:

@@ -48,6 +48,7 @@ MODEL_CONFIG_FILE = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 WEIGHTS_KEY = "weights"  # the field of a saved train state that holds every model variable
+NAMED_STEPS = ("best", "latest")  # the checkpoints of a workdir that have names; any other is a step number
 RUNTIME_KEYS = (  # config.model keys that say how the model runs, not what it is
     "dtype",
     "param_dtype",
@@ -243,9 +244,10 @@ def _saved_param_dtype(dtypes: list[np.dtype]) -> str:
 
 
 def _choose_step(manager: Checkpointer, steps: list[int], step: int | str, path: Path) -> int:
-    if step == "latest":
+    best, latest = NAMED_STEPS
+    if step == latest:
         return steps[-1]
-    if step == "best":
+    if step == best:
         best = manager.best_step()
         return best if best is not None else steps[-1]
     if int(step) not in steps:

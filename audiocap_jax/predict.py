@@ -54,13 +54,13 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from audiocap_jax import cli, corpus, inference, load, preflight, runtime, text
+from audiocap_jax import cli, corpus, inference, load, preflight, runtime, search_settings, text
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
 from audiocap_jax.shards import ShardStore, plan
 
 # Keys of configs/predict.py that change captions besides the decoding keys: a resumed run must share them.
-CAPTION_KEYS = (*inference.DECODING_KEYS, "style", "long_audio", "dtype", "step")
+CAPTION_KEYS = (*search_settings.DECODING_KEYS, "style", "long_audio", "dtype", "step")
 
 
 @dataclasses.dataclass(frozen=True)

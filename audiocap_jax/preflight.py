@@ -24,7 +24,7 @@ from typing import Any
 
 import ml_collections
 
-from audiocap_jax import dcase_metrics, inference, load, metrics, rerank, text
+from audiocap_jax import audio, dcase_metrics, inference, load, metrics, rerank, text
 from audiocap_jax.choices import INITS, SCHEDULES
 from audiocap_jax.cli import UserError
 from audiocap_jax.data import features, pipeline
@@ -39,10 +39,8 @@ from audiocap_jax.model.config import (
     WhisperConfig,
 )
 from audiocap_jax.model.sharding import MESH_AXES
-from audiocap_jax.search import DecodeSettings
+from audiocap_jax.search_settings import DecodeSettings
 
-STEP_CHOICES = ("best", "latest")  # or a step number
-LONG_AUDIO_CHOICES = ("truncate", "windows")
 # The TFDS builds' mel configs, by name (importing features adds no third-party module: pipeline has them).
 MEL_CONFIGS = tuple(config.name for config in features.MEL_CONFIGS)
 WANDB_MODES = ("online", "offline", "disabled")
@@ -133,7 +131,7 @@ def check_checkpoint(checkpoint: str, step: str | int = "best", key: str = "--ch
             f"{key}={path} is a training workdir without any finished checkpoint in {path / CHECKPOINT_DIR}.",
             "train longer (checkpoint.every_steps) or pick another workdir",
         )
-        if str(step) not in STEP_CHOICES:
+        if str(step) not in load.NAMED_STEPS:
             _require(
                 int(step) in steps,
                 f"{key}={path} has no checkpoint at step {step}; it has steps {', '.join(map(str, steps))}.",
@@ -191,7 +189,7 @@ def check_decoder_positions(checkpoint: str, max_length: int, key: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def check_step(step: Any, key: str) -> None:
     _require(
-        str(step) in STEP_CHOICES or re.fullmatch(r"\d+", str(step)) is not None,
+        str(step) in load.NAMED_STEPS or re.fullmatch(r"\d+", str(step)) is not None,
         f"{key}={step!r} is neither 'best', 'latest' nor a step number.",
         f"set {key}=best, {key}=latest or {key}=<step>, e.g. {key}=1000",
     )
@@ -243,7 +241,7 @@ def style_prompt_length(style: str, key: str) -> int:
 
 def check_search(config: ml_collections.ConfigDict, key: str) -> None:
     """The decoding keys configs/predict.py and the training config's `eval` section share
-    (`inference.DECODING_KEYS`; `key` is their flag prefix, e.g. '--config-file' or '--config.eval'): the
+    (`search_settings.DECODING_KEYS`; `key` is their flag prefix, e.g. '--config-file' or '--config.eval'): the
     search settings as `search.DecodeSettings` validates them, and the reranker (a plug-in must import)."""
     c = config
     _require(
@@ -286,7 +284,7 @@ def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int
         f"{key}.min_length={c.min_length} must be in [0, max_length).",
         f"set {key}.min_length=0",
     )
-    _choice(c.long_audio, f"{key}.long_audio", LONG_AUDIO_CHOICES)
+    _choice(c.long_audio, f"{key}.long_audio", audio.LONG_AUDIO_MODES)
     _choice(c.dtype, f"{key}.dtype", COMPUTE_DTYPES)
     check_step(c.step, f"{key}.step")
     parallel = check_mesh(dict(c.mesh), f"{key}.mesh", num_devices)

@@ -72,11 +72,6 @@ class Reranker:
             raise ValueError(f"rerank {name!r}: module {module_name!r} has no function {function_name!r}.")
         return cls(name, function)
 
-    @property
-    def active(self) -> bool:
-        """Whether the search must return every candidate for this reranker to choose from."""
-        return self.name != NONE
-
     def score_batch(self, mel: np.ndarray, candidates: list[list[str]], scores: np.ndarray) -> np.ndarray:
         """The plug-in's scores of one batch: mel [B, M, S], B lists of R captions, scores [B, R] --> [B, R]"""
         assert self.plugin is not None, "only plug-ins score per batch"

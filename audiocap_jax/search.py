@@ -56,10 +56,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import flax.struct
 import jax
@@ -70,19 +68,11 @@ from jax.sharding import Mesh
 
 from audiocap_jax.model.backend import tracing_platform
 from audiocap_jax.model.sharding import constrain, logical_to_spec
+from audiocap_jax.search_settings import DecodeSettings
 
 # HF's "very large negative" score for dead beams and empty finished slots, kept identical so masking and
 # the early-stop comparisons behave exactly as in the oracle.
 _NEG = -1.0e9
-
-LENGTH_PENALTY_FORMS = ("hf", "gnmt")
-STRATEGIES = ("beam", "sample")
-# The fields that only sampling reads, with their (inactive) defaults. `seed` is not among them: beam search
-# ignores it, so one config (or a sweep mixing strategies) can carry a seed whatever its strategy.
-_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "num_samples": 1}
-# The fields that only (diverse) beam search reads.
-_GROUP_DEFAULTS = {"num_beam_groups": 1, "diversity_penalty": 0.0}
-EarlyStopping = bool | Literal["never"]
 
 
 class RowCache(Protocol):
@@ -97,183 +87,6 @@ class RowCache(Protocol):
 CacheT = TypeVar("CacheT", bound=RowCache)
 # ids int32 [N, T], cache, positions int32 [N] (where row n's first token goes) -> (float [N, T, V], cache)
 TokensToLogits = Callable[[jax.Array, CacheT, jax.Array], tuple[jax.Array, CacheT]]
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeSettings:
-    """Decoding options; defaults are the original system's (5 beams, 80 tokens counting the prompt)."""
-
-    eos_id: int  # <|endoftext|>: ends a caption and pads the output
-    num_beams: int = 5
-    max_length: int = 80  # counts the forced prompt tokens, as HF's max_length does
-    length_penalty: float = 1.0
-    length_penalty_form: str = "hf"  # "hf": g ** lp; "gnmt": ((5 + g) / 6) ** lp; g = generated tokens
-    early_stopping: EarlyStopping = False
-    min_length: int = 0  # counts the prompt, as HF's min_length does
-    suppress_tokens: tuple[int, ...] = ()
-    begin_suppress_tokens: tuple[int, ...] = ()
-    num_return_sequences: int = 1
-    strategy: str = "beam"  # one of STRATEGIES
-    num_beam_groups: int = 1  # diverse (group) beam search: K / G beams per group
-    diversity_penalty: float = 0.0  # HF's Hamming diversity between groups; > 0 needs num_beam_groups > 1
-    temperature: float = 1.0  # sample only
-    top_k: int = 0  # sample only; 0 = off, 1 = greedy
-    top_p: float = 1.0  # sample only; 1 = off
-    num_samples: int = 1  # sample only: candidates per example
-    seed: int = 0  # sampling's key when the caller passes none; beam search ignores it
-    no_repeat_ngram_size: int = 0  # every strategy; 0 = off
-    repetition_penalty: float = 1.0  # every strategy; 1 = off
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy {self.strategy!r} unknown; choose one of {STRATEGIES}.")
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams is {self.num_beams}; it must be >= 1 (1 = greedy).")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples is {self.num_samples}; it must be >= 1.")
-        # The knobs the other strategy reads must stay at their defaults, so a setting never silently does nothing.
-        other_strategy, other_defaults = (
-            ("sample", _SAMPLING_DEFAULTS) if self.strategy == "beam" else ("beam", _GROUP_DEFAULTS)
-        )
-        inactive = {
-            k: getattr(self, k) for k, default in other_defaults.items() if getattr(self, k) != default
-        }
-        if inactive:
-            raise ValueError(
-                f"{', '.join(f'{k}={v!r}' for k, v in inactive.items())} only apply to "
-                f'strategy="{other_strategy}"; set strategy="{other_strategy}" or leave them at their defaults.'
-            )
-        width_name = "num_beams" if self.strategy == "beam" else "num_samples"
-        width = getattr(self, width_name)
-        if not 1 <= self.num_return_sequences <= width:
-            raise ValueError(
-                f"num_return_sequences {self.num_return_sequences} must be between 1 and {width_name} "
-                f"{width}; raise {width_name} to return more sequences."
-            )
-        if self.num_beam_groups < 1 or self.num_beams % self.num_beam_groups:
-            raise ValueError(
-                f"num_beam_groups {self.num_beam_groups} must be >= 1 and divide num_beams {self.num_beams}; "
-                "choose a divisor of num_beams."
-            )
-        if self.diversity_penalty < 0:
-            raise ValueError(f"diversity_penalty {self.diversity_penalty} must be >= 0.")
-        if self.diversity_penalty > 0 and self.num_beam_groups == 1:
-            raise ValueError(
-                f"diversity_penalty {self.diversity_penalty} needs num_beam_groups > 1 (it penalises tokens "
-                "that earlier groups chose); set num_beam_groups or diversity_penalty=0."
-            )
-        if not self.temperature > 0:
-            raise ValueError(
-                f"temperature {self.temperature} must be > 0; for greedy decoding use top_k=1 "
-                '(or strategy="beam", num_beams=1).'
-            )
-        if self.top_k < 0:
-            raise ValueError(f"top_k {self.top_k} must be >= 0 (0 = no top-k filter).")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p {self.top_p} must be in (0, 1] (1 = no nucleus filter).")
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError(f"no_repeat_ngram_size {self.no_repeat_ngram_size} must be >= 0 (0 = off).")
-        if self.no_repeat_ngram_size >= self.max_length:
-            # An n-gram must fit before the token it bans, inside max_length: a larger n could never ban.
-            raise ValueError(
-                f"no_repeat_ngram_size {self.no_repeat_ngram_size} can never ban a token with max_length "
-                f"{self.max_length} (an n-gram must fit in the caption, prompt included); set it below "
-                "max_length, e.g. 3, or 0 to turn it off."
-            )
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty {self.repetition_penalty} must be > 0 (1 = off).")
-        if self.length_penalty_form not in LENGTH_PENALTY_FORMS:
-            raise ValueError(
-                f"length_penalty_form {self.length_penalty_form!r} unknown; choose one of {LENGTH_PENALTY_FORMS}."
-            )
-        if self.early_stopping not in (True, False, "never"):
-            raise ValueError(f"early_stopping {self.early_stopping!r} must be True, False or 'never'.")
-        if self.max_length < 2:
-            raise ValueError(
-                f"max_length {self.max_length} leaves no room for a prompt and a generated token."
-            )
-        object.__setattr__(self, "suppress_tokens", tuple(int(t) for t in self.suppress_tokens))
-        object.__setattr__(self, "begin_suppress_tokens", tuple(int(t) for t in self.begin_suppress_tokens))
-
-    @classmethod
-    def from_generation_config(
-        cls, generation_config: Mapping[str, Any] | str | Path, **overrides: Any
-    ) -> DecodeSettings:
-        """eot id and suppress lists from a checkpoint's `generation_config.json` (path or dict).
-
-        Only these token facts are taken from the file: a Whisper generation config also carries
-        `max_length` 448 and Whisper-generate fields that the original system did not use; beams, lengths and
-        penalties come from our own config through `overrides`.
-        """
-        if not isinstance(generation_config, Mapping):
-            path = Path(generation_config)
-            if path.is_dir():
-                path = path / "generation_config.json"
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"No generation config at {path}; pass a HF checkpoint directory or its generation_config.json."
-                )
-            try:
-                generation_config = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON ({e}).") from None
-        eos = generation_config.get("eos_token_id")
-        if isinstance(eos, list | tuple):
-            if len(eos) != 1:
-                raise ValueError(
-                    f"generation config has eos_token_id {eos}; exactly one end token is supported."
-                )
-            eos = eos[0]
-        fields: dict[str, Any] = {}
-        if eos is not None:
-            fields["eos_id"] = int(eos)
-        for name in ("suppress_tokens", "begin_suppress_tokens"):
-            fields[name] = tuple(generation_config.get(name) or ())
-        fields.update(overrides)
-        if "eos_id" not in fields:
-            raise ValueError("generation config has no eos_token_id and no eos_id override was given.")
-        return cls(**fields)
-
-    def to_hf_generation_config(self) -> dict[str, Any]:
-        """The `transformers.GenerationConfig` fields that make HF's `generate` run this same search
-        (add `decoder_start_token_id`); what tests and benchmarks compare against."""
-        if self.length_penalty_form != "hf":
-            raise ValueError(
-                f"length_penalty_form {self.length_penalty_form!r} has no transformers equivalent."
-            )
-        if self.num_beam_groups > 1:
-            raise ValueError(
-                f"num_beam_groups {self.num_beam_groups}: transformers 5 has no diverse (group) beam search."
-            )
-        common = dict(
-            eos_token_id=self.eos_id,
-            pad_token_id=self.eos_id,
-            max_length=self.max_length,
-            min_length=self.min_length,
-            suppress_tokens=list(self.suppress_tokens) or None,
-            begin_suppress_tokens=list(self.begin_suppress_tokens) or None,
-            no_repeat_ngram_size=self.no_repeat_ngram_size or None,
-            repetition_penalty=self.repetition_penalty,
-        )
-        if self.strategy == "sample":
-            # HF has no per-sample length penalty; its sequences match ours, its scores do not.
-            return dict(
-                common,
-                do_sample=True,
-                num_beams=1,
-                num_return_sequences=self.num_samples,
-                temperature=self.temperature,
-                top_k=self.top_k or None,
-                top_p=self.top_p,
-            )
-        return dict(
-            common,
-            do_sample=False,
-            num_beams=self.num_beams,
-            num_return_sequences=self.num_return_sequences,
-            length_penalty=self.length_penalty,
-            early_stopping=self.early_stopping,
-        )
 
 
 @flax.struct.dataclass
@@ -551,19 +364,6 @@ def _filters(settings: DecodeSettings) -> bool:
     return settings.top_k > 0 or settings.top_p < 1.0
 
 
-def warp(scores: jax.Array, settings: DecodeSettings) -> jax.Array:
-    """HF's sampling warpers in HF's order: temperature, top-k, top-p; dropped tokens -inf. [N, V] --> [N, V]"""
-    scores = temperature_warp(scores, settings.temperature)
-    if not _filters(settings):
-        return scores
-    rows = jnp.arange(scores.shape[0])[:, None]
-
-    def scatter(values: jax.Array, ids: jax.Array) -> jax.Array:
-        return jnp.full_like(scores, -jnp.inf).at[rows, ids].set(values)
-
-    return _over_candidates(scores, settings, scatter)
-
-
 def _rank_noise(key: jax.Array, width: int) -> jax.Array:
     """Gumbel noise float32 [W] for the W best-ranked tokens of one row, drawn in blocks of
     `_SAMPLE_CANDIDATES` ranks (block b from `fold_in(key, b)`), so the first ranks get the same noise
@@ -575,7 +375,8 @@ def _rank_noise(key: jax.Array, width: int) -> jax.Array:
 
 
 def draw_tokens(scores: jax.Array, keys: jax.Array, settings: DecodeSettings) -> jax.Array:
-    """One token per row from `warp(scores)`'s distribution (Gumbel-max). float [N, V], keys [N] --> int32 [N]
+    """One token per row from the distribution HF's warpers leave (temperature, then the top-k and top-p
+    filters; Gumbel-max). float [N, V], keys [N] --> int32 [N]
 
     Row n draws with its own key `keys[n]`, so a row's token depends on its scores and key only: not on the
     other rows, the batch size or how the rows are sharded. The noise is indexed by rank (then by token id

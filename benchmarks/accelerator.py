@@ -24,11 +24,11 @@ the table), rows are printed as they finish. It imports only `audiocap_jax.model
 `text` (tiktoken), so it runs in an accelerator image without ml_collections, grain, TFDS, librosa,
 pycocoevalcap or wandb (tests/test_accelerator_benchmark.py runs it with those blocked).
 
-Time on one H100/H200 with the defaults (an estimate, not yet measured on either): about 5 of
-the 8 minutes a device slot allows: process starts ~10 s each (7 processes), compiles of the scanned train
-steps ~30 s (small) and ~60 s (large-v2), of the beam searches ~20-60 s each, and 5 timed steps or batches
-per row after one warm-up (large-v2: ~130 TFLOP a step at batch 16, 0.3-0.5 s). benchmarks/device_check.sh
-runs it under a timeout with that margin.
+Time on one H100/H200 with the defaults (an estimate, not yet measured on either): about 5 minutes:
+process starts ~10 s each (7 processes), compiles of the scanned train steps ~30 s (small) and ~60 s
+(large-v2), of the beam searches ~20-60 s each, and 5 timed steps or batches per row after one warm-up
+(large-v2: ~130 TFLOP a step at batch 16, 0.3-0.5 s). benchmarks/device_check.sh runs it under a 9-minute
+timeout.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ import transformers
 from absl import app, flags, logging
 from flax import nnx
 
-from audiocap_jax import search, text
+from audiocap_jax import search, search_settings, text
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint
 from audiocap_jax.testing.models import save_tiny_hf_whisper
@@ -43,7 +43,9 @@ _BEAMS = flags.DEFINE_list("beams", ["1", "5"], "Beam counts to time.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Clips per batch.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 30, "Tokens generated after the prompt, exactly.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per measurement (the best is reported).")
-_STRATEGIES = flags.DEFINE_list("strategies", ["beam"], f"Decoding strategies to time: {search.STRATEGIES}.")
+_STRATEGIES = flags.DEFINE_list(
+    "strategies", ["beam"], f"Decoding strategies to time: {search_settings.STRATEGIES}."
+)
 _SAMPLES = flags.DEFINE_list("samples", ["16"], "Samples per clip to time (strategy sample).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.5, "Sampling temperature.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sampling top-k (0: off).")
@@ -220,9 +222,11 @@ def bench_variant(
 
 def main(argv: list[str]) -> None:
     del argv
-    unknown = set(_STRATEGIES.value) - set(search.STRATEGIES)
+    unknown = set(_STRATEGIES.value) - set(search_settings.STRATEGIES)
     if unknown:
-        raise app.UsageError(f"--strategies {sorted(unknown)} unknown; choose from {search.STRATEGIES}.")
+        raise app.UsageError(
+            f"--strategies {sorted(unknown)} unknown; choose from {search_settings.STRATEGIES}."
+        )
     tokenizer = text.Tokenizer.from_assets()
     prompt = np.asarray(tokenizer.prompt_ids(text.CLOTHO_CAPTION), np.int32)
     rows = []

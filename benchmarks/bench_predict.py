@@ -29,24 +29,14 @@ from audiocap_jax import cli, corpus, inference, load, predict, text
 from audiocap_jax.model import sharding
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing.models import save_tiny_hf_whisper
+from configs import demo
 
 _CLIPS = flags.DEFINE_integer("clips", 1000, "Synthetic 10 s clips to caption.")
 _WORKERS = flags.DEFINE_list("workers", ["1", "2"], "Input worker processes to time, one predict run each.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Clips per batch.")
 
 CLIP_SECONDS = 10.0
-# configs/demo.py's model.
-DEMO_ARCH = dict(
-    d_model=128,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_attention_heads=4,
-    decoder_attention_heads=4,
-    encoder_ffn_dim=512,
-    decoder_ffn_dim=512,
-    max_source_positions=500,
-    max_target_positions=80,
-)
+DEMO_ARCH = demo.get_config().model.arch_overrides.to_dict()  # configs/demo.py's model
 
 
 def write_clips(folder: pathlib.Path, count: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ml_collections
 
 from audiocap_jax.data import synthetic
+from audiocap_jax.search_settings import decoding_keys
 from configs.common import parse_arg
 
 
@@ -104,29 +105,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.datasets = ml_collections.ConfigDict({"clotho": "validation"})
     c.eval.max_clips = 0  # per dataset; 0 = all (the original limited to 200/100 during pretraining)
     c.eval.batch_size = 32
-    # Decoding: the keys of configs/predict.py, with the same meaning (inference.DECODING_KEYS).
-    c.eval.strategy = "beam"  # "beam" (num_beams; greedy = 1) or "sample" (num_samples draws per clip)
-    c.eval.num_beams = 1  # the original validated greedily (generation_num_beams 1)
-    c.eval.num_beam_groups = 1  # beam: diverse (group) beam search when > 1; must divide num_beams
-    c.eval.diversity_penalty = 0.0  # beam with groups: HF's Hamming penalty on tokens earlier groups chose
-    c.eval.temperature = 1.0  # sample: divides the logits (< 1 sharpens)
-    c.eval.top_k = 0  # sample: keep the k most likely tokens; 0 = off, 1 = greedy
-    c.eval.top_p = 1.0  # sample: nucleus, keep the smallest set with this much probability; 1 = off
-    c.eval.num_samples = 1  # sample: candidates drawn per clip
-    c.eval.seed = 0  # sample: same seed, same captions (on any mesh)
-    c.eval.max_length = 80
-    c.eval.min_length = 0  # counts the prompt: no eot before this many tokens
-    c.eval.length_penalty = 1.0  # finished score = sum log p / penalty(generated tokens)
-    c.eval.length_penalty_form = "hf"  # "hf": score / len**lp; "gnmt": ((5 + len) / 6)**lp
-    c.eval.no_repeat_ngram_size = 0  # every strategy: no n-gram of this size twice in a caption; 0 = off
-    c.eval.repetition_penalty = 1.0  # every strategy: HF's penalty on tokens already in the sequence; 1 = off
-    c.eval.num_return_sequences = 1  # candidates kept per clip, best first
-    c.eval.rerank = (
-        "none"  # "none" | "likelihood" | "mbr" | "package.module:function" (audiocap_jax/rerank.py)
-    )
-    # A HF checkpoint's generation_config suppress lists, where the caller passes its directory (predict and
-    # evaluate do; training validation passes none, so there it changes nothing).
-    c.eval.use_checkpoint_suppress_tokens = True
+    # Decoding: the keys of configs/predict.py, with the same defaults and meanings (search_settings.py),
+    # except greedy search: the original validated greedily (generation_num_beams 1).
+    c.eval.update(decoding_keys(num_beams=1))
     c.eval.metrics = "coco"  # metric preset: coco | dcase2023 | dcase2024 (metrics.PRESETS)
     # Any computed key, e.g. "clotho/fense" with dcase2024; falls back to clotho/cider_d when not computed.
     c.eval.best_metric = "clotho/spider"

@@ -8,22 +8,13 @@ Runs in about a minute on a 2-core CPU. Learns nothing useful in 10 steps; see c
 that does.
 """
 
-from configs import base
+from configs import base, common
 
 
 def get_config(arg=None):
     c = base.get_config("runlocal")
     c.model.init = "scratch"
-    c.model.arch_overrides = dict(
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_target_positions=64,
-    )
+    c.model.arch_overrides = dict(common.TINY_ARCH, max_target_positions=64)
     c.data.max_length = 32
     c.data.num_threads = 2
     c.batch_size = 8  # a multiple of the data-parallel devices (8 fake CPU devices in the tests)

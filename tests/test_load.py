@@ -15,6 +15,7 @@ from audiocap_jax import load, text
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import export
 from audiocap_jax.model.whisper import create_model
+from configs.common import TINY_ARCH
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -78,16 +79,7 @@ def test_workdir_restore_keeps_saved_dtype_unless_asked(tmp_path):
     from audiocap_jax import checkpoint
 
     config = WhisperConfig(
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_source_positions=50,
-        max_target_positions=16,
-        param_dtype="bfloat16",
+        **TINY_ARCH, max_source_positions=50, max_target_positions=16, param_dtype="bfloat16"
     )
     weights = nnx.state(create_model(config, seed=3))
     load.save_run_files(tmp_path, config, text.Tokenizer.from_assets())

@@ -24,6 +24,7 @@ from audiocap_jax import (
     metrics,
     predict,
     preflight,
+    search_settings,
     text,
 )
 from audiocap_jax.model import sharding
@@ -256,9 +257,9 @@ def test_eval_section_and_predict_config_carry_every_decoding_key():
     exec(compile((REPO / "configs" / "base.py").read_text(), "base.py", "exec"), namespace)
     eval_section = namespace["get_config"]().eval
     predict_config = _config()
-    assert set(inference.DECODING_KEYS) <= set(eval_section) & set(predict_config)
+    assert set(search_settings.DECODING_KEYS) <= set(eval_section) & set(predict_config)
     comments = cli.config_comments(REPO / "configs" / "predict.py")
-    assert all(comments.get(k) for k in inference.DECODING_KEYS), "every decoding key has a --help line"
+    assert all(comments.get(k) for k in search_settings.DECODING_KEYS), "every decoding key has a --help line"
 
 
 def test_decode_settings_return_every_candidate_to_a_reranker():

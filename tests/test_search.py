@@ -346,6 +346,20 @@ def _warper_inputs():
     return np.concatenate([continuous, tied, masked, equal])
 
 
+def _warp(scores: jax.Array, settings: DecodeSettings) -> jax.Array:
+    """The scores `draw_tokens` samples from, for comparing with HF's warpers: temperature, then the top-k and
+    top-p filters over `search._over_candidates` as the draw uses them; dropped tokens -inf. [N, V] --> [N, V]"""
+    scores = search.temperature_warp(scores, settings.temperature)
+    if not search._filters(settings):
+        return scores
+    rows = jnp.arange(scores.shape[0])[:, None]
+
+    def scatter(values: jax.Array, ids: jax.Array) -> jax.Array:
+        return jnp.full_like(scores, -jnp.inf).at[rows, ids].set(values)
+
+    return search._over_candidates(scores, settings, scatter)
+
+
 @pytest.mark.parametrize(
     "temperature, top_k, top_p",
     [
@@ -362,7 +376,7 @@ def _warper_inputs():
 def test_sampling_warpers_keep_transformers_token_sets(temperature, top_k, top_p):
     scores = _warper_inputs()
     settings = DecodeSettings(eos_id=0, strategy="sample", temperature=temperature, top_k=top_k, top_p=top_p)
-    ours = np.asarray(jax.jit(search.warp, static_argnums=1)(jnp.asarray(scores), settings))
+    ours = np.asarray(jax.jit(_warp, static_argnums=1)(jnp.asarray(scores), settings))
     warpers = transformers.LogitsProcessorList()  # HF's order (_get_logits_processor)
     if temperature != 1.0:
         warpers.append(transformers.TemperatureLogitsWarper(temperature))
@@ -400,7 +414,7 @@ def test_sampling_over_candidates_equals_sampling_over_the_vocabulary(top_k, top
     fast, whole = jnp.asarray(peaked), jnp.asarray(np.concatenate([peaked, flat]))
     assert search._filtered_candidates(fast, settings, search._SAMPLE_CANDIDATES).complete.all()
     assert not search._filtered_candidates(whole, settings, search._SAMPLE_CANDIDATES).complete[-1]
-    warp = jax.jit(search.warp, static_argnums=1)
+    warp = jax.jit(_warp, static_argnums=1)
     np.testing.assert_array_equal(warp(fast, settings), warp(whole, settings)[:8])
     hf = transformers.LogitsProcessorList(
         ([transformers.TopKLogitsWarper(top_k)] if top_k else [])

@@ -28,6 +28,7 @@ import contextlib
 import csv
 import dataclasses
 import errno
+import functools
 import io
 import json
 import multiprocessing
@@ -754,24 +755,12 @@ def _run_limit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_audiocaps(args: argparse.Namespace) -> int:
+def _run_download(prepare: Callable[..., Mapping[str, SplitSummary]], args: argparse.Namespace) -> int:
+    """`prepare_audiocaps` / `prepare_audioset_small` on a download command's arguments."""
     return _print_summaries(
-        prepare_audiocaps(
-            args.audiocaps_path,
-            args.audioset_path,
-            args.output,
-            audio_format=args.audio_format,
-            link=args.link,
-            splits=args.splits,
-        )
-    )
-
-
-def _run_audioset_small(args: argparse.Namespace) -> int:
-    return _print_summaries(
-        prepare_audioset_small(
-            args.audioset_small_path,
-            args.audioset_full_path,
+        prepare(
+            args.annotations,
+            args.audioset,
             args.output,
             audio_format=args.audio_format,
             link=args.link,
@@ -837,7 +826,28 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     limit.set_defaults(run=_run_limit)
 
-    def add_download_options(command: argparse.ArgumentParser, splits: Sequence[str]) -> None:
+    def add_download_command(
+        name: str,
+        help_: str,
+        annotations: tuple[str, str],
+        audio_flag: str,
+        splits: Sequence[str],
+        prepare: Callable[..., Mapping[str, SplitSummary]],
+    ) -> None:
+        """A command that joins annotations (`annotations`: flag and help) with the clips of an AudioSet
+        download into an AudioFolder; the AudioCaps and AudioSet-small layouts differ only in these."""
+        command = commands.add_parser(name, help=help_)
+        annotations_flag, annotations_help = annotations
+        audio_help = "AudioSet download: audios/<segment list>/<youtube_id>.<fmt>"
+        for flag, dest, text in (
+            (annotations_flag, "annotations", annotations_help),
+            (audio_flag, "audioset", audio_help),
+        ):
+            # The metavar argparse would derive from the flag, so --help reads as with dest=<flag's name>.
+            metavar = flag.lstrip("-").replace("-", "_").upper()
+            command.add_argument(
+                flag, dest=dest, metavar=metavar, type=pathlib.Path, required=True, help=text
+            )
         command.add_argument("--output", type=pathlib.Path, required=True, help="AudioFolder to write")
         command.add_argument("--audio-format", default="mp3", help="extension of the downloaded clips")
         command.add_argument(
@@ -852,38 +862,24 @@ def _build_parser() -> argparse.ArgumentParser:
             default=list(splits),
             help=f"comma-separated subset of {','.join(splits)}",
         )
+        command.set_defaults(run=functools.partial(_run_download, prepare))
 
-    audiocaps = commands.add_parser("audiocaps", help="AudioCaps CSVs + AudioSet download -> AudioFolder")
-    audiocaps.add_argument(
-        "--audiocaps-path",
-        type=pathlib.Path,
-        required=True,
-        help="folder with train.csv, valid.csv, test.csv",
-    )
-    audiocaps.add_argument(
+    add_download_command(
+        "audiocaps",
+        "AudioCaps CSVs + AudioSet download -> AudioFolder",
+        ("--audiocaps-path", "folder with train.csv, valid.csv, test.csv"),
         "--audioset-path",
-        type=pathlib.Path,
-        required=True,
-        help="AudioSet download: audios/<segment list>/<youtube_id>.<fmt>",
+        AUDIOCAPS_SPLITS,
+        prepare_audiocaps,
     )
-    add_download_options(audiocaps, AUDIOCAPS_SPLITS)
-    audiocaps.set_defaults(run=_run_audiocaps)
-
-    audioset_small = commands.add_parser("audioset-small", help="AudioSet subset annotations -> AudioFolder")
-    audioset_small.add_argument(
-        "--audioset-small-path",
-        type=pathlib.Path,
-        required=True,
-        help="folder with train.jsonl, valid.jsonl, test.jsonl, ontology.json",
-    )
-    audioset_small.add_argument(
+    add_download_command(
+        "audioset-small",
+        "AudioSet subset annotations -> AudioFolder",
+        ("--audioset-small-path", "folder with train.jsonl, valid.jsonl, test.jsonl, ontology.json"),
         "--audioset-full-path",
-        type=pathlib.Path,
-        required=True,
-        help="AudioSet download: audios/<segment list>/<youtube_id>.<fmt>",
+        AUDIOSET_SMALL_SPLITS,
+        prepare_audioset_small,
     )
-    add_download_options(audioset_small, AUDIOSET_SMALL_SPLITS)
-    audioset_small.set_defaults(run=_run_audioset_small)
 
     subset = commands.add_parser(
         "select-audioset-subset",

@@ -4,7 +4,7 @@
         --sweep=configs/sweeps/decoding.py [--config-file.batch_size=32]
 
 `get_config()` returns setting name -> overrides of configs/predict.py (rows come in name order). Only
-decoding keys may differ (`inference.DECODING_KEYS`): the model and the split are loaded once and each setting
+decoding keys may differ (`search_settings.DECODING_KEYS`): the model and the split are loaded once and each setting
 is compiled once.
 Writes `sweep.csv` (every metric of `--metrics` per setting, plus seconds to caption, compilation included)
 and each setting's `<dataset>_<name>_predictions.csv` / `_nbest.csv` under --output_dir, and prints the table.
