@@ -6,11 +6,13 @@ nothing is measured on a device. Per-device memory is XLA's: arguments + outputs
 buffers + temporaries + generated code. The input breakdown (weights, optimizer state, batch) is the largest
 shard of each leaf as the program's input shardings place it.
 
-The roofline: XLA counts a loop body once (scanned layers, gradient accumulation, the decoding loop), so
-the train step's FLOPs and bytes come from unscanned, unaccumulated twins of the model with 1 and 2 layers
-per stack, extrapolated linearly to the real depth (`layer_extrapolation`). The bound is
-max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) per device: a compiler bound, never a measurement. The
-decoding program's loop runs a data-dependent number of steps, so it gets no roofline.
+The roofline is max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) per device: a bound, never a measurement.
+FLOPs are the analytic count (`audiocap_jax.mfu`, within 1.5% of XLA's TPU count of an unscanned whisper-base
+step) times the remat policy's recomputation: XLA's own counts miss work in loops (it counts a loop body
+once) and in fused kernels (cuDNN's attention counts zero FLOPs), and the compile-only NVIDIA executable
+reports none. Bytes are XLA's HLO cost analysis of the lowered step, from unscanned, unaccumulated twins of
+the model with 1 and 2 layers per stack extrapolated linearly to the real depth (`layer_extrapolation`),
+over the devices. The decoding program's loop runs a data-dependent number of steps: no roofline.
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ HEADROOM = 0.05  # a program "fits" when it needs at most 95% of a device's memo
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 _COLLECTIVE = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 _CUSTOM_CALL = re.compile(r'custom_call_target="([^"]+)"')
-MOSAIC_CALL = "tpu_custom_call"  # every Pallas TPU (Mosaic) kernel, splash attention's among them
+MOSAIC_CALL = "tpu_custom_call"
+# Work a step does per model FLOP: `full` remat runs each layer's forward twice (forward + 2 backward
+# matmuls per forward matmul = 3, plus 1); `dots` keeps the matmul outputs and recomputes only cheap ops.
+REMAT_RECOMPUTE = {
+    "none": 1.0,
+    "dots": 1.0,
+    "full": 4.0 / 3.0,
+}  # every Pallas TPU (Mosaic) kernel, splash attention's among them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,18 +100,6 @@ def collectives(hlo_text: str) -> dict[str, int]:
     return dict(sorted(collections.Counter(_COLLECTIVE.findall(hlo_text)).items()))
 
 
-def flops_and_bytes(program: LoweredProgram, target: Target, model_flops: float) -> tuple[float, float]:
-    """(FLOPs, bytes accessed) per device. TPU: XLA's cost analysis of the compiled program (per device,
-    Mosaic kernels included). NVIDIA: the compile-only executable reports no cost, and the lowered module
-    counts cuDNN's fused attention as zero FLOPs, so `model_flops` (the analytic count, per device) and the
-    lowered (global, unpartitioned) module's bytes over the devices."""
-    if target.platform == "tpu":
-        cost = program.lowered.compile().cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        return float(cost["flops"]), float(cost.get("bytes accessed", 0.0))
-    return model_flops, _lowered_bytes(program.lowered) / target.num_devices
-
-
 def _lowered_bytes(lowered: jax.stages.Lowered) -> float:
     """Bytes accessed by a lowered module by XLA's HLO cost analysis, run with the CPU client: the
     compile-only CUDA client has none (`Lowered.cost_analysis` returns None there), and the analysis of an
@@ -115,16 +112,16 @@ def _lowered_bytes(lowered: jax.stages.Lowered) -> float:
 
 
 def layer_extrapolation(
-    cost_at: Callable[[int, int], tuple[float, float]], encoder_layers: int, decoder_layers: int
-) -> tuple[float, float]:
+    cost_at: Callable[[int, int], tuple[float, ...]], encoder_layers: int, decoder_layers: int
+) -> tuple[float, ...]:
     """Cost of the full depth from twins with 1 or 2 layers per stack: cost(1, 1) plus each stack's
     per-layer increment times its extra layers. `cost_at(encoder_layers, decoder_layers)`."""
     base = cost_at(1, 1)
-    per_encoder = [b - a for a, b in zip(base, cost_at(2, 1), strict=True)]
-    per_decoder = [b - a for a, b in zip(base, cost_at(1, 2), strict=True)]
     if encoder_layers == decoder_layers:  # one twin fewer: both stacks grow together
         both = [b - a for a, b in zip(base, cost_at(2, 2), strict=True)]
         return tuple(c + (encoder_layers - 1) * d for c, d in zip(base, both, strict=True))  # type: ignore[return-value]
+    per_encoder = [b - a for a, b in zip(base, cost_at(2, 1), strict=True)]
+    per_decoder = [b - a for a, b in zip(base, cost_at(1, 2), strict=True)]
     return tuple(  # type: ignore[return-value]
         c + (encoder_layers - 1) * e + (decoder_layers - 1) * d
         for c, e, d in zip(base, per_encoder, per_decoder, strict=True)
@@ -242,27 +239,24 @@ def out_of_memory_summary(error: Exception, program: LoweredProgram, target: Tar
 def train_roofline(
     config: Any, model: WhisperConfig, mesh: Mesh, per_device_batch: int, target: Target
 ) -> dict[str, float | None]:
-    """`roofline_s` and `roofline_mfu` of the train step, from its 1- and 2-layer twins (module docstring).
-    XLA's TPU cost model has an `optimal_seconds` of its own, but it came out negative for every Whisper
-    program tried, so it is not used."""
+    """`roofline_s` and `roofline_mfu` of the train step (module docstring): FLOPs per device from the
+    analytic count with the remat policy's recomputation, bytes per device from the lowered step's twins
+    with 1 and 2 layers per stack (lowered only: compiling twins for a 256-chip slice took minutes each).
+    XLA's TPU `optimal_seconds` is not used: it came out negative for every Whisper program tried."""
     from audiocap_jax.aot import programs
 
-    def twin(encoder_layers: int, decoder_layers: int) -> tuple[float, float]:
-        config_twin = model.replace(
-            encoder_layers=encoder_layers, decoder_layers=decoder_layers, scan_layers=False
-        )
-        program = programs.lower_train(config, config_twin, mesh, per_device_batch, accum_steps=1)
-        flops = mfu.model_flops_per_step(
-            config_twin, batch_size=program.global_batch, target_length=config.data.max_length - 1
-        )
-        return flops_and_bytes(program, target, flops / target.num_devices)
+    tokens = config.data.max_length - 1
 
-    flops, bytes_accessed = layer_extrapolation(twin, model.encoder_layers, model.decoder_layers)
-    seconds = roofline_seconds(flops, bytes_accessed, target)
+    def twin_bytes(encoder_layers: int, decoder_layers: int) -> tuple[float]:
+        twin = model.replace(encoder_layers=encoder_layers, decoder_layers=decoder_layers, scan_layers=False)
+        program = programs.lower_train(config, twin, mesh, per_device_batch, accum_steps=1)
+        return (_lowered_bytes(program.lowered) / target.num_devices,)
+
+    (bytes_accessed,) = layer_extrapolation(twin_bytes, model.encoder_layers, model.decoder_layers)
     global_batch = per_device_batch * sharding.data_parallel_size(mesh)
-    model_flops = mfu.model_flops_per_step(
-        model, batch_size=global_batch, target_length=config.data.max_length - 1
-    )
+    model_flops = mfu.model_flops_per_step(model, batch_size=global_batch, target_length=tokens)
+    flops = model_flops * REMAT_RECOMPUTE[model.remat] / target.num_devices
+    seconds = roofline_seconds(flops, bytes_accessed, target)
     return {
         "roofline_s": round(seconds, 4),
         "roofline_mfu": round(
