@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 from absl import flags, logging
@@ -79,14 +80,18 @@ def enable_compile_cache(directory: Path | None = None) -> Path:
     return directory
 
 
+def coordination_client() -> Any:
+    """The process group's key-value store and barriers (`jax.distributed`'s coordination service client).
+    JAX exposes it only privately; this is the one place that reaches for it."""
+    return distributed.global_state.client
+
+
 def barrier(name: str, step: int, timeout_seconds: float = COLLECTIVE_TIMEOUT_SECONDS) -> None:
     """Wait until every process reaches `name` at `step`; fail after the timeout instead of hanging."""
     if jax.process_count() == 1:
         return
     try:
-        distributed.global_state.client.wait_at_barrier(
-            f"audiocap/{name}/{step}", int(timeout_seconds * 1000)
-        )
+        coordination_client().wait_at_barrier(f"audiocap/{name}/{step}", int(timeout_seconds * 1000))
     except Exception as error:  # the coordination service reports timeouts and dead peers alike
         raise TimeoutError(
             f"process {jax.process_index()} of {jax.process_count()} waited {timeout_seconds:.0f} s at "

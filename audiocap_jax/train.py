@@ -35,7 +35,6 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 from flax import nnx
-from jax._src import distributed
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -95,7 +94,7 @@ class Preemption:
         """Whether the run stops after `step` (the same answer on every process)."""
         if jax.process_count() == 1:
             return self._signalled
-        client = distributed.global_state.client
+        client = runtime.coordination_client()
         if self._signalled:
             client.key_value_set(f"audiocap/preempt/{step}/{jax.process_index()}", "SIGTERM")
         runtime.barrier("step", step)
@@ -548,7 +547,7 @@ def hold_workdir(workdir: str | Path) -> Iterator[None]:
         except cli.UserError as error:
             refusal = [error.problem, error.fix]
     if jax.process_count() > 1:
-        client, key = distributed.global_state.client, "audiocap/workdir_lock"
+        client, key = runtime.coordination_client(), "audiocap/workdir_lock"
         if jax.process_index() == 0:
             client.key_value_set(key, json.dumps(refusal))
         else:
