@@ -10,9 +10,9 @@ The roofline is max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) per device: a bo
 FLOPs are the analytic count (`audiocap_jax.mfu`, within 1.5% of XLA's TPU count of an unscanned whisper-base
 step) times the remat policy's recomputation: XLA's own counts miss work in loops (it counts a loop body
 once) and in fused kernels (cuDNN's attention counts zero FLOPs), and the compile-only NVIDIA executable
-reports none. Bytes are XLA's HLO cost analysis of the lowered step, from unscanned, unaccumulated twins of
-the model with 1 and 2 layers per stack extrapolated linearly to the real depth (`layer_extrapolation`),
-over the devices. The decoding program's loop runs a data-dependent number of steps: no roofline.
+reports none. Bytes per device are XLA's cost analysis of the compiled (fused, partitioned) step, from
+unscanned, unaccumulated twins of the model with 1 and 2 layers per stack extrapolated linearly to the real
+depth (`layer_extrapolation`). The decoding program's loop runs a data-dependent number of steps: no roofline.
 """
 
 from __future__ import annotations
@@ -100,15 +100,17 @@ def collectives(hlo_text: str) -> dict[str, int]:
     return dict(sorted(collections.Counter(_COLLECTIVE.findall(hlo_text)).items()))
 
 
-def _lowered_bytes(lowered: jax.stages.Lowered) -> float:
-    """Bytes accessed by a lowered module by XLA's HLO cost analysis, run with the CPU client: the
-    compile-only CUDA client has none (`Lowered.cost_analysis` returns None there), and the analysis of an
-    unoptimized module does not depend on the backend. jaxlib exposes it only privately."""
+def compiled_bytes(executable: Any, target: Target) -> float:
+    """Bytes one device accesses in a compiled (optimized, partitioned) program by XLA's cost analysis: the
+    TPU executable's own; for the compile-only NVIDIA executable, which reports none, XLA's HLO cost analysis
+    of its optimized module, run with the CPU client (jaxlib exposes it only privately)."""
+    if target.platform == "tpu":
+        cost = executable.cost_analysis()
+        return float((cost[0] if isinstance(cost, list) else cost)["bytes accessed"])
     from jax._src.lib import _jax
 
-    module = lowered.compiler_ir("hlo").as_hlo_module()
-    cost = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
-    return float(cost.get("bytes accessed", 0.0))
+    module = executable.runtime_executable().hlo_modules()[0]
+    return float(_jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)["bytes accessed"])
 
 
 def layer_extrapolation(
@@ -240,9 +242,9 @@ def train_roofline(
     config: Any, model: WhisperConfig, mesh: Mesh, per_device_batch: int, target: Target
 ) -> dict[str, float | None]:
     """`roofline_s` and `roofline_mfu` of the train step (module docstring): FLOPs per device from the
-    analytic count with the remat policy's recomputation, bytes per device from the lowered step's twins
-    with 1 and 2 layers per stack (lowered only: compiling twins for a 256-chip slice took minutes each).
-    XLA's TPU `optimal_seconds` is not used: it came out negative for every Whisper program tried."""
+    analytic count with the remat policy's recomputation, bytes per device from the compiled step's twins
+    with 1 and 2 layers per stack. XLA's TPU `optimal_seconds` is not used: it came out negative for every
+    Whisper program tried."""
     from audiocap_jax.aot import programs
 
     tokens = config.data.max_length - 1
@@ -250,7 +252,7 @@ def train_roofline(
     def twin_bytes(encoder_layers: int, decoder_layers: int) -> tuple[float]:
         twin = model.replace(encoder_layers=encoder_layers, decoder_layers=decoder_layers, scan_layers=False)
         program = programs.lower_train(config, twin, mesh, per_device_batch, accum_steps=1)
-        return (_lowered_bytes(program.lowered) / target.num_devices,)
+        return (compiled_bytes(program.lowered.compile(), target),)
 
     (bytes_accessed,) = layer_extrapolation(twin_bytes, model.encoder_layers, model.decoder_layers)
     global_batch = per_device_batch * sharding.data_parallel_size(mesh)
