@@ -37,16 +37,7 @@ WIDE = WhisperConfig(
     max_target_positions=32,
 )
 # The attentions at their real encoder length (1500 positions) in a model that compiles in seconds.
-NARROW = WhisperConfig(
-    d_model=64,
-    encoder_layers=1,
-    decoder_layers=1,
-    encoder_attention_heads=4,
-    decoder_attention_heads=4,
-    encoder_ffn_dim=128,
-    decoder_ffn_dim=128,
-    max_target_positions=32,
-)
+NARROW = WIDE.replace(d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=1500)
 TOKENS = 15
 
 
@@ -111,7 +102,7 @@ def test_fsdp_shards_the_whole_train_state(tmp_path):
 def test_every_program_of_a_run_compiles_in_one_process(impl):
     """What train.py runs one after another: the train step, validation's decoding (encoder and search),
     the encoder alone, and a second, different train step; splash in interpret mode on CPU."""
-    config = WIDE.replace(attention_impl=impl, d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128)
+    config = NARROW.replace(attention_impl=impl, max_source_positions=64)
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     graphdef, weights = nnx.split(create_model(config, mesh=mesh))
     tx, schedule, selects = _updater(weights)
