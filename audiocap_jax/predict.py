@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -73,21 +72,6 @@ class Options:
     input_workers: int = 2  # processes decoding audio and computing log-mels; 0 = in a thread of this one
     overwrite: bool = False  # discard finished shards made with other settings
     data_dir: str = "~/tensorflow_datasets"  # TFDS data_dir of --data=tfds:...
-
-
-class Stop:
-    """SIGTERM sets a flag that the caption loop reads between batches (nothing is interrupted mid-write)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        logging.warning("SIGTERM received: stopping after this batch; finished shards are kept.")
-        self.requested = True
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 class Preempted(Exception):
@@ -219,7 +203,7 @@ def predict(
         parts = corpus.tfds_parts(work, shards, model.batching, model.built.tokenizer, config.style)
     else:
         parts = corpus.audio_parts(work, shards, model.batching, options.input_workers)
-    stop = Stop()
+    stop = runtime.SigtermFlag("stopping after this batch; finished shards are kept.")
     stream = corpus.Prefetcher(parts, depth=4)
     try:
         _caption_shards(model, stream, mine, all_shards, outputs.store, stop, clock)
@@ -303,7 +287,7 @@ def _by_shard(
 
 
 def _timed(
-    parts: Iterator[corpus.Part], clock: Clock, stop: Stop, bar: tqdm
+    parts: Iterator[corpus.Part], clock: Clock, stop: runtime.SigtermFlag, bar: tqdm
 ) -> Iterator[dict[str, np.ndarray]]:
     """The batches of `parts`, timing what the consumer does with each (the first: compile), stopping at
     SIGTERM before the next one, and moving the progress bar."""
@@ -330,7 +314,7 @@ def _caption_shards(
     mine: Sequence[int],
     all_shards: Sequence[range],
     store: ShardStore,
-    stop: Stop,
+    stop: runtime.SigtermFlag,
     clock: Clock,
 ) -> None:
     """Caption this process's unfinished shards `mine` from `stream`, writing each as it finishes."""

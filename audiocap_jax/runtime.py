@@ -11,6 +11,7 @@ processes of a group wait for each other, with a timeout that names the process 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,24 @@ def enable_compile_cache(directory: Path | None = None) -> Path:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     logging.info("Compilation cache: %s (--no_compile_cache turns it off).", directory)
     return directory
+
+
+class SigtermFlag:
+    """SIGTERM only sets `requested` (with one warning line); the command's loop reads it at a safe point
+    (train: a step boundary, predict: between batches), so nothing is interrupted mid-write. `restore`
+    puts the previous handler back."""
+
+    def __init__(self, message: str) -> None:
+        self.requested = False
+        self._message = message
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        logging.warning("SIGTERM received: %s", self._message)
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
 
 
 def coordination_client() -> Any:

@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -83,25 +82,20 @@ class Preemption:
     """
 
     def __init__(self) -> None:
-        self._signalled = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        logging.warning("SIGTERM received: every process saves a checkpoint and stops after this step.")
-        self._signalled = True
+        self._sigterm = runtime.SigtermFlag("every process saves a checkpoint and stops after this step.")
 
     def agreed(self, step: int) -> bool:
         """Whether the run stops after `step` (the same answer on every process)."""
         if jax.process_count() == 1:
-            return self._signalled
+            return self._sigterm.requested
         client = runtime.coordination_client()
-        if self._signalled:
+        if self._sigterm.requested:
             client.key_value_set(f"audiocap/preempt/{step}/{jax.process_index()}", "SIGTERM")
         runtime.barrier("step", step)
         return bool(client.key_value_dir_get(f"audiocap/preempt/{step}/"))
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        self._sigterm.restore()
 
 
 # ---------------------------------------------------------------------------------------------------------------
