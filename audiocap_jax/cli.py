@@ -291,7 +291,7 @@ def config_comments(path: str | Path) -> dict[str, str]:
     own: dict[str, str] = {}
     for node in ast.walk(tree):
         if _is_decoding_update(node):
-            from audiocap_jax.search_settings import MEANINGS  # plain Python, no JAX
+            from audiocap_jax.decoding.search_settings import MEANINGS  # plain Python, no JAX
 
             prefix = "".join(f"{part}." for part in dotted(node.func.value) or [])
             own |= {f"{prefix}{key}": meaning for key, meaning in MEANINGS.items()}

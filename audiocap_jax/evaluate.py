@@ -45,10 +45,12 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import cli, csv_cells, inference, load, metrics, preflight, runtime, search_settings
+from audiocap_jax import cli, csv_cells, metrics, preflight, runtime
 from audiocap_jax.data import pipeline
+from audiocap_jax.decoding import inference, search_settings
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
+from audiocap_jax.rundir import load
 
 SWEEP_CSV = "sweep.csv"
 

@@ -5,7 +5,7 @@
         [--config-file=configs/predict.py --config-file.num_beams=10]
 
 `--data` is an audio folder, `@list.txt` (one path or URL per line) or `tfds:<dataset>/<split>` with
-`--data_dir` (the build's stored log-mels, no audio decoding); see `corpus.py`. Writes `out.csv`
+`--data_dir` (the build's stored log-mels, no audio decoding); see `worklist.py`. Writes `out.csv`
 (`file_name,caption_predicted`, UTF-8, CSV-quoted), `out_nbest.csv` (`file_name,rank,caption,score`: each
 clip's `num_return_sequences` candidates, rank 1 = the caption in out.csv, score = what ranked it: the search's
 score, or the reranker's with `rerank`) and `out_log.json` (settings, counts, timings, files that could not be
@@ -53,10 +53,13 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from audiocap_jax import cli, corpus, inference, load, preflight, runtime, search_settings, text
+from audiocap_jax import cli, preflight, runtime, text
+from audiocap_jax.corpus import worklist
+from audiocap_jax.corpus.shards import ShardStore, plan
+from audiocap_jax.decoding import inference, search_settings
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
-from audiocap_jax.shards import ShardStore, plan
+from audiocap_jax.rundir import load
 
 # Keys of configs/predict.py that change captions besides the decoding keys: a resumed run must share them.
 CAPTION_KEYS = (*search_settings.DECODING_KEYS, "style", "long_audio", "dtype", "step")
@@ -114,7 +117,7 @@ class Outputs:
 
 
 def fingerprint(
-    checkpoint: str, config: ml_collections.ConfigDict, work: corpus.WorkList, shard_size: int
+    checkpoint: str, config: ml_collections.ConfigDict, work: worklist.WorkList, shard_size: int
 ) -> dict[str, Any]:
     """Everything that changes a shard's captions (as JSON reads it back): a resumed run must match it."""
     path = Path(checkpoint).expanduser()
@@ -132,7 +135,7 @@ def fingerprint(
 
 def check(
     checkpoint: str, data: str, output_file: str | Path, config: ml_collections.ConfigDict, options: Options
-) -> tuple[Outputs, corpus.WorkList]:
+) -> tuple[Outputs, worklist.WorkList]:
     """Every check that needs no model, in the order a user fixes them; the output folder is tried by
     creating a file there (and removing it). Raises UserError; writes nothing."""
     for flag, value, minimum, fix in (
@@ -156,7 +159,7 @@ def check(
     preflight.check_decoding(config, "--config-file", jax.local_device_count())
     preflight.check_checkpoint(checkpoint, config.step)
     architecture = preflight.checkpoint_architecture(checkpoint) or {}
-    work = corpus.read_work_list(
+    work = worklist.read_work_list(
         str(data),
         recursive=options.recursive,
         data_dir=options.data_dir,
@@ -175,7 +178,7 @@ def predict(
     config: ml_collections.ConfigDict,
     options: Options = Options(),
 ) -> dict[str, Any]:
-    """Caption every item of `data` (see `corpus.read_work_list`); returns the run log (also written beside
+    """Caption every item of `data` (see `worklist.read_work_list`); returns the run log (also written beside
     the CSV by process 0), with "preempted": True when SIGTERM stopped this process first.
 
     Raises UserError before loading the model for bad settings, inputs or paths (`check`), or resumed shards
@@ -200,11 +203,11 @@ def predict(
     ]
     shards = [all_shards[n] for n in mine]
     if work.tfds is not None:
-        parts = corpus.tfds_parts(work, shards, model.batching, model.built.tokenizer, config.style)
+        parts = worklist.tfds_parts(work, shards, model.batching, model.built.tokenizer, config.style)
     else:
-        parts = corpus.audio_parts(work, shards, model.batching, options.input_workers)
+        parts = worklist.audio_parts(work, shards, model.batching, options.input_workers)
     stop = runtime.SigtermFlag("stopping after this batch; finished shards are kept.")
-    stream = corpus.Prefetcher(parts, depth=4)
+    stream = worklist.Prefetcher(parts, depth=4)
     try:
         _caption_shards(model, stream, mine, all_shards, outputs.store, stop, clock)
         finished = outputs.store.wait(
@@ -234,7 +237,7 @@ class Model:
     built: load.BuiltModel
     decoder: inference.Decoder
     mesh: jax.sharding.Mesh
-    batching: corpus.Batching
+    batching: worklist.Batching
 
 
 def _load(checkpoint: str, config: ml_collections.ConfigDict) -> Model:
@@ -246,13 +249,13 @@ def _load(checkpoint: str, config: ml_collections.ConfigDict) -> Model:
     checkpoint_dir = None if load.is_workdir(checkpoint) else resolve_checkpoint_dir(checkpoint)
     decoder = inference.Decoder.from_config(config, built.model, built.tokenizer, checkpoint_dir, mesh)
     prompt = tuple(built.tokenizer.prompt_ids(text.parse_style(config.style)))
-    batching = corpus.Batching(
+    batching = worklist.Batching(
         config.batch_size, built.config.num_mel_bins, built.config.num_frames, prompt, config.long_audio
     )
     return Model(built, decoder, mesh, batching)
 
 
-def _log_rates(clock: Clock, stream: corpus.Prefetcher, workers: int) -> None:
+def _log_rates(clock: Clock, stream: worklist.Prefetcher, workers: int) -> None:
     """Which side of this process waited: the input workers or the device."""
     if clock.clips:
         rates = clock.rates(stream.produced_seconds)
@@ -268,16 +271,16 @@ def _log_rates(clock: Clock, stream: corpus.Prefetcher, workers: int) -> None:
 
 
 def _by_shard(
-    parts: Iterator[corpus.Part],
-) -> Iterator[tuple[int, Iterator[corpus.Part], list[dict[str, str]]]]:
+    parts: Iterator[worklist.Part],
+) -> Iterator[tuple[int, Iterator[worklist.Part], list[dict[str, str]]]]:
     """(shard number, its batch Parts, its failures: filled once the Parts are consumed) per shard."""
     parts = iter(parts)
     for first in parts:
         failures: list[dict[str, str]] = []
 
         def batches(
-            part: corpus.Part = first, failures: list[dict[str, str]] = failures
-        ) -> Iterator[corpus.Part]:
+            part: worklist.Part = first, failures: list[dict[str, str]] = failures
+        ) -> Iterator[worklist.Part]:
             while part.batch is not None:
                 yield part
                 part = next(parts)
@@ -287,7 +290,7 @@ def _by_shard(
 
 
 def _timed(
-    parts: Iterator[corpus.Part], clock: Clock, stop: runtime.SigtermFlag, bar: tqdm
+    parts: Iterator[worklist.Part], clock: Clock, stop: runtime.SigtermFlag, bar: tqdm
 ) -> Iterator[dict[str, np.ndarray]]:
     """The batches of `parts`, timing what the consumer does with each (the first: compile), stopping at
     SIGTERM before the next one, and moving the progress bar."""
@@ -310,7 +313,7 @@ def _timed(
 
 def _caption_shards(
     model: Model,
-    stream: corpus.Prefetcher,
+    stream: worklist.Prefetcher,
     mine: Sequence[int],
     all_shards: Sequence[range],
     store: ShardStore,
@@ -336,12 +339,12 @@ def _caption_shards(
 
 def _finish(
     checkpoint: str,
-    work: corpus.WorkList,
+    work: worklist.WorkList,
     outputs: Outputs,
     config: ml_collections.ConfigDict,
     prompt: Sequence[int],
     clock: Clock,
-    stream: corpus.Prefetcher,
+    stream: worklist.Prefetcher,
     num_shards: int,
     done_before: Sequence[int],
 ) -> dict[str, Any]:

@@ -24,11 +24,12 @@ from typing import Any
 
 import ml_collections
 
-from audiocap_jax import audio, dcase_metrics, inference, load, metrics, rerank, text
+from audiocap_jax import audio, dcase_metrics, metrics, text
 from audiocap_jax.choices import INITS, SCHEDULES
 from audiocap_jax.cli import UserError
 from audiocap_jax.data import features, pipeline
-from audiocap_jax.load import CHECKPOINT_DIR, MODEL_CONFIG_FILE
+from audiocap_jax.decoding import inference, rerank
+from audiocap_jax.decoding.search_settings import DecodeSettings
 from audiocap_jax.model import lora
 from audiocap_jax.model.config import (
     ARCH_FIELDS,
@@ -39,7 +40,8 @@ from audiocap_jax.model.config import (
     WhisperConfig,
 )
 from audiocap_jax.model.sharding import MESH_AXES
-from audiocap_jax.search_settings import DecodeSettings
+from audiocap_jax.rundir import load
+from audiocap_jax.rundir.load import CHECKPOINT_DIR, MODEL_CONFIG_FILE
 
 # The TFDS builds' mel configs, by name (importing features adds no third-party module: pipeline has them).
 MEL_CONFIGS = tuple(config.name for config in features.MEL_CONFIGS)

@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 
 from audiocap_jax import cli, metrics  # noqa: E402
-from audiocap_jax.writer import METRICS_FILE, SAMPLES_FILE, read_metrics  # noqa: E402
+from audiocap_jax.rundir.writer import METRICS_FILE, SAMPLES_FILE, read_metrics  # noqa: E402
 
 PLOT_FILE = "metrics.png"
 FINAL_METRICS_FILE = "final_metrics.json"

@@ -7,7 +7,7 @@ validate, checkpoint, agreed pre-emption) -> `finish` (HF export, final report).
 type-checked by ml_collections; unknown keys fail at start.
 
 The run holds the workdir's lock from after the pre-flight checks to its end (`hold_workdir`,
-`workdir_lock.py`): a second training into the same workdir stops with exit 2 before it writes anything.
+`lock.py`): a second training into the same workdir stops with exit 2 before it writes anything.
 
 Every stage works with any number of processes (one per host, each with its own data shard): validation
 decodes padded global batches and gathers the captions, the export gathers the weights, and pre-emption is
@@ -38,24 +38,13 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from audiocap_jax import (
-    checkpoint,
-    cli,
-    inference,
-    load,
-    metrics,
-    mfu,
-    preflight,
-    report,
-    runtime,
-    text,
-    train_step,
-    workdir_lock,
-)
+from audiocap_jax import cli, metrics, preflight, report, runtime, text
 from audiocap_jax.data import demo, pipeline
+from audiocap_jax.decoding import inference
 from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.config import WhisperConfig
-from audiocap_jax.writer import MetricWriter, read_metrics
+from audiocap_jax.rundir import checkpoint, load, lock, mfu, train_step
+from audiocap_jax.rundir.writer import MetricWriter, read_metrics
 
 PREDICTIONS_DIR = "predictions"  # final validation predictions and their scores, per dataset
 HF_EXPORT_DIR = "hf_export"
@@ -367,7 +356,7 @@ class _Throughput:
         self._peak = mfu.peak_flops_per_device(
             jax.devices()[0].device_kind, config.log.peak_tflops_per_device
         )
-        self.step_flops: float | None = None  # analytic model FLOPs of one optimizer step (audiocap_jax.mfu)
+        self.step_flops: float | None = None  # analytic model FLOPs of one optimizer step (audiocap_jax.rundir.mfu)
         self.restart()
 
     def restart(self) -> None:
@@ -537,7 +526,7 @@ def hold_workdir(workdir: str | Path) -> Iterator[None]:
     held, refusal = None, None
     if jax.process_index() == 0:
         try:
-            held = workdir_lock.WorkdirLock.acquire(workdir)
+            held = lock.WorkdirLock.acquire(workdir)
         except cli.UserError as error:
             refusal = [error.problem, error.fix]
     if jax.process_count() > 1:

@@ -7,7 +7,7 @@ Rows:
 - train step of whisper-small and large-v2: the product's step (`train_step.jit_train_step`: AdamW with
   clipping and the warmup schedule, masked token loss, optimizer state sharded like the weights), compute
   dtype and attention from the model's backend policy (bfloat16 on GPU/TPU), scanned layers, FSDP over all
-  local devices, 30 s log-mels and 80-token targets (the training configs' `max_length`): examples/s, MFU (`audiocap_jax.mfu`: analytic FLOPs over the
+  local devices, 30 s log-mels and 80-token targets (the training configs' `max_length`): examples/s, MFU (`audiocap_jax.rundir.mfu`: analytic FLOPs over the
   bf16 peak of the device), peak device memory (`Device.memory_stats()`; on CPU the process's peak RSS) and
   compile time;
 - beam search of base, small and large-v2 through the shared `search.make_decode_fn`, the program
@@ -200,10 +200,10 @@ def jax_train_row(variant: str, batch_size: int, steps: int) -> Row:
     import numpy as np
     from flax import nnx
 
-    from audiocap_jax import mfu, train_step
     from audiocap_jax.model.backend import resolve_runtime
     from audiocap_jax.model.config import WhisperConfig
     from audiocap_jax.model.whisper import create_model
+    from audiocap_jax.rundir import mfu, train_step
 
     mesh = _fsdp_mesh()
     if batch_size % mesh.size:
@@ -260,7 +260,8 @@ def jax_train_row(variant: str, batch_size: int, steps: int) -> Row:
 def _prompt_and_settings(vocab_size: int) -> tuple[list[int], Any]:
     """The clotho caption prompt and beam settings that force exactly NEW_TOKENS tokens after it (eot is
     barred until then), so both frameworks do the same work whatever the random weights prefer."""
-    from audiocap_jax import search, text
+    from audiocap_jax import text
+    from audiocap_jax.decoding import search
 
     tokenizer = text.Tokenizer.from_assets(text.num_languages_for_vocab_size(vocab_size))
     prompt = tokenizer.prompt_ids(text.CLOTHO_CAPTION)
@@ -277,7 +278,7 @@ def jax_decode_row(variant: str, batch_size: int, steps: int) -> Row:
     import numpy as np
     from flax import nnx
 
-    from audiocap_jax import search
+    from audiocap_jax.decoding import search
     from audiocap_jax.model.backend import resolve_runtime
     from audiocap_jax.model.config import WhisperConfig
     from audiocap_jax.model.whisper import create_model
@@ -347,8 +348,8 @@ def torch_train_row(variant: str, batch_size: int, steps: int) -> Row:
     """The same train step in PyTorch: AdamW, bf16 autocast, transformers' default (SDPA) attention."""
     import torch
 
-    from audiocap_jax import mfu
     from audiocap_jax.model.config import WhisperConfig
+    from audiocap_jax.rundir import mfu
 
     config = WhisperConfig.from_variant(variant)
     model = _torch_model(config).train()

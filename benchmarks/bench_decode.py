@@ -33,7 +33,8 @@ import transformers
 from absl import app, flags, logging
 from flax import nnx
 
-from audiocap_jax import search, search_settings, text
+from audiocap_jax import text
+from audiocap_jax.decoding import search, search_settings
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint
 from audiocap_jax.testing.models import save_tiny_hf_whisper

@@ -25,8 +25,11 @@ import ml_collections
 from absl import app, flags
 from flax import nnx
 
-from audiocap_jax import cli, corpus, inference, load, predict, text
+from audiocap_jax import cli, predict, text
+from audiocap_jax.corpus import worklist
+from audiocap_jax.decoding import inference
 from audiocap_jax.model import sharding
+from audiocap_jax.rundir import load
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing.models import save_tiny_hf_whisper
 from configs import demo
@@ -76,10 +79,10 @@ def decode_only_row(checkpoint: pathlib.Path, clips: pathlib.Path) -> dict:
     mesh = sharding.make_mesh(dict(config.mesh))
     built = load.build_model(load.ModelInit.from_path(str(checkpoint), dtype=config.dtype), mesh=mesh)
     prompt = tuple(built.tokenizer.prompt_ids(text.parse_style(config.style)))
-    work = corpus.read_work_list(str(clips))
-    batching = corpus.Batching(config.batch_size, built.config.num_mel_bins, built.config.num_frames, prompt)
+    work = worklist.read_work_list(str(clips))
+    batching = worklist.Batching(config.batch_size, built.config.num_mel_bins, built.config.num_frames, prompt)
     batches = [
-        p.batch for p in corpus.audio_parts(work, [range(len(work))], batching, 2) if p.batch is not None
+        p.batch for p in worklist.audio_parts(work, [range(len(work))], batching, 2) if p.batch is not None
     ]
     decoder = inference.Decoder.from_config(config, built.model, built.tokenizer, checkpoint, mesh)
     state = nnx.state(built.model)

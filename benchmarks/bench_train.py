@@ -54,9 +54,9 @@ def _step_and_batch(config: Any, batch: int, mesh: Any) -> tuple[Any, Any, dict[
     import numpy as np
     from flax import nnx
 
-    from audiocap_jax import train_step
     from audiocap_jax.model.sharding import batch_sharding
     from audiocap_jax.model.whisper import create_model
+    from audiocap_jax.rundir import train_step
 
     graphdef, weights = nnx.split(create_model(config, mesh=mesh))
     selects = train_step.trainable()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ml_collections
 
 from audiocap_jax.data import synthetic
-from audiocap_jax.search_settings import decoding_keys
+from audiocap_jax.decoding.search_settings import decoding_keys
 from configs.common import parse_arg
 
 

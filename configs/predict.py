@@ -13,14 +13,14 @@ counting the 11 forced tokens, `clotho > caption` style; bfloat16 on GPU/TPU, fl
 
 import ml_collections
 
-from audiocap_jax.search_settings import decoding_keys
+from audiocap_jax.decoding.search_settings import decoding_keys
 
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.style = "clotho > caption"  # the forced dataset/style prefix; "none" = only Whisper's special tokens
-    # Search (audiocap_jax/search.py), one jitted loop for every strategy, and the choice among its candidates
-    # (audiocap_jax/rerank.py): every decoding key, its default and meaning in audiocap_jax/search_settings.py.
+    # Search (audiocap_jax/decoding/search.py), one jitted loop for every strategy, and the choice among its candidates
+    # (audiocap_jax/decoding/rerank.py): every decoding key, its default and meaning in audiocap_jax/decoding/search_settings.py.
     c.update(decoding_keys())
     c.batch_size = 8
     c.dtype = "auto"  # compute dtype: "auto" = bfloat16 on GPU/TPU, float32 on CPU (model/backend.py)

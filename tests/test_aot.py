@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from audiocap_jax import checkpoint, search, text, train_step
+from audiocap_jax import text
 from audiocap_jax.aot import analysis, programs, targets
-from audiocap_jax.load import abstract_model
+from audiocap_jax.decoding import search
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.lora import NO_LORA
 from audiocap_jax.model.whisper import create_model
+from audiocap_jax.rundir import checkpoint, train_step
+from audiocap_jax.rundir.load import abstract_model
 from configs import smoke
 
 # Wide enough that FSDP over 8 devices splits nearly every byte (what the 5% bound needs), small enough for CPU.

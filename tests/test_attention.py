@@ -10,7 +10,7 @@ from audiocap_jax.model import backend
 from audiocap_jax.model.attention import attention
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.whisper import Whisper
-from audiocap_jax.train_step import token_loss
+from audiocap_jax.rundir.train_step import token_loss
 
 
 @pytest.fixture(scope="module")

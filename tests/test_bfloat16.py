@@ -6,10 +6,11 @@ import numpy as np
 from flax import nnx
 from test_train_step import TINY, _batch  # the tiny model and 8-clip batch the train-step tests use
 
-from audiocap_jax import text, train_step
+from audiocap_jax import text
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import load_hf_checkpoint
 from audiocap_jax.model.whisper import create_model
+from audiocap_jax.rundir import train_step
 from audiocap_jax.testing.models import TINY_ARCH, save_tiny_hf_whisper
 
 

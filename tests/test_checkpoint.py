@@ -5,7 +5,7 @@ import pathlib
 
 import jax.numpy as jnp
 
-from audiocap_jax import checkpoint
+from audiocap_jax.rundir import checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

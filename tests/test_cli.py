@@ -75,9 +75,9 @@ def _run(module: str, args: list[str], env: dict[str, str] | None = None) -> sub
 _FORK_RUNNER = """
 import json, os, runpy, shutil, sys, traceback
 module, cases, out, forbidden = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4]
-for name in ("jax", "flax.nnx", "orbax.checkpoint", "tensorflow_datasets", "audiocap_jax.inference",
-             "audiocap_jax.search", "audiocap_jax.load", "audiocap_jax.metrics", "audiocap_jax.preflight",
-             "audiocap_jax.train_step", "audiocap_jax.report", "audiocap_jax.data.features"):
+for name in ("jax", "flax.nnx", "orbax.checkpoint", "tensorflow_datasets", "audiocap_jax.decoding.inference",
+             "audiocap_jax.decoding.search", "audiocap_jax.rundir.load", "audiocap_jax.metrics", "audiocap_jax.preflight",
+             "audiocap_jax.rundir.train_step", "audiocap_jax.report", "audiocap_jax.data.features"):
     __import__(name)
 for index, args in enumerate(cases):
     pid = os.fork()

@@ -13,8 +13,9 @@ import sys
 import matplotlib.image
 import pytest
 
-from audiocap_jax import load, report
+from audiocap_jax import report
 from audiocap_jax.data import demo, synthetic
+from audiocap_jax.rundir import load
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VALID, NUM_TEST = 8, 4, 1

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from test_train import REPO, _command, _env, _losses, _params
 
-from audiocap_jax import checkpoint, cli
-from audiocap_jax.writer import read_metrics
+from audiocap_jax import cli
+from audiocap_jax.rundir import checkpoint
+from audiocap_jax.rundir.writer import read_metrics
 
 # Two processes of 4 devices vs one of 8, validating at steps 3 and 6 and exporting at the end. The tiny
 # validation split has 2 clips, so one process's share of the padded global batch is empty.

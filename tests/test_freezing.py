@@ -4,9 +4,9 @@ import pytest
 from flax import nnx
 from test_train_step import TINY  # the tiny model the train-step tests use
 
-from audiocap_jax import train_step
 from audiocap_jax.model import lora
 from audiocap_jax.model.whisper import Whisper
+from audiocap_jax.rundir import train_step
 from configs import base, finetune_clever_freeze, finetune_lora, finetune_slice
 
 # TINY has 3,523,072 parameters (its vocabulary padded to 51,968): slice = fc1 kernels and biases (33,280); clever freeze = every bias (2,816)

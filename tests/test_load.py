@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from audiocap_jax import load, text
+from audiocap_jax import text
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import export
 from audiocap_jax.model.whisper import create_model
+from audiocap_jax.rundir import load
 from configs.common import TINY_ARCH
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ _MEASURE = """
 import json, sys
 from pathlib import Path
 import jax
-from audiocap_jax import load
+from audiocap_jax.rundir import load
 
 def status(key):
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -76,7 +77,7 @@ def test_hf_directory_loads_within_1_3x_parameter_bytes(tmp_path):
 
 def test_workdir_restore_keeps_saved_dtype_unless_asked(tmp_path):
     """A workdir saved in bfloat16 restores as bfloat16 (no param_dtype given), float32 when asked."""
-    from audiocap_jax import checkpoint
+    from audiocap_jax.rundir import checkpoint
 
     config = WhisperConfig(
         **TINY_ARCH, max_source_positions=50, max_target_positions=16, param_dtype="bfloat16"

@@ -17,11 +17,12 @@ from flax import nnx
 from test_train import REPO, _command, _env
 from test_train_step import TINY, _batch  # the tiny model and 8-clip batch the train-step tests use
 
-from audiocap_jax import checkpoint, cli, load, text, train_step
+from audiocap_jax import cli, text
 from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.hf import export, load_hf_checkpoint
 from audiocap_jax.model.sharding import batch_sharding
 from audiocap_jax.model.whisper import create_model
+from audiocap_jax.rundir import checkpoint, load, train_step
 from audiocap_jax.testing.models import TINY_ARCH, save_tiny_hf_whisper
 from configs import finetune_lora
 

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from audiocap_jax import mfu
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.whisper import Whisper
+from audiocap_jax.rundir import mfu
 
 # whisper-small's width, heads and vocabulary at two layers per stack (the per-layer mix of matmuls and
 # elementwise work is the model's; fewer layers only shorten the compile). XLA attention, no scan, no remat:

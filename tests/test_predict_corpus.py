@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from audiocap_jax import cli, corpus, metrics, predict
-from audiocap_jax.shards import ShardStore
+from audiocap_jax import cli, metrics, predict
+from audiocap_jax.corpus import worklist
+from audiocap_jax.corpus.shards import ShardStore
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing import tfds_data
 from audiocap_jax.testing.models import save_tiny_hf_whisper
@@ -225,7 +226,7 @@ def test_a_clip_samples_the_same_caption_whatever_the_batch_and_the_other_files(
 def test_work_lists_from_a_text_file_and_predict_outputs_are_not_audio(corpus_dir, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"{corpus_dir / 'clip03.wav'}\n\nsub/b.wav\n", encoding="utf-8")
-    work = corpus.read_work_list(f"@{listing}")
+    work = worklist.read_work_list(f"@{listing}")
     assert work.names == (str(corpus_dir / "clip03.wav"), "sub/b.wav")
     assert work.paths[1] == str(tmp_path / "sub" / "b.wav")
     folder = tmp_path / "clips"
@@ -240,7 +241,7 @@ def test_work_lists_from_a_text_file_and_predict_outputs_are_not_audio(corpus_di
     (folder / "new.wav.shards" / "0.wav").write_text("")
     outputs = (folder / "new.wav", folder / "new.wav.shards")
     (folder / "new.wav").write_text("")
-    assert corpus.read_work_list(str(folder), recursive=True, outputs=outputs).names == ("a.wav",)
+    assert worklist.read_work_list(str(folder), recursive=True, outputs=outputs).names == ("a.wav",)
 
 
 def _run_cli(tmp, *args):

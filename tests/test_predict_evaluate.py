@@ -13,21 +13,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from audiocap_jax import (
-    audio,
-    cli,
-    corpus,
-    csv_cells,
-    evaluate,
-    inference,
-    load,
-    metrics,
-    predict,
-    preflight,
-    search_settings,
-    text,
-)
+from audiocap_jax import audio, cli, csv_cells, evaluate, metrics, predict, preflight, text
+from audiocap_jax.corpus import worklist
+from audiocap_jax.decoding import inference, search_settings
 from audiocap_jax.model import sharding
+from audiocap_jax.rundir import load
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing import tfds_data
 from audiocap_jax.testing.models import save_tiny_hf_whisper
@@ -426,11 +416,11 @@ def test_sampling_seed_fixes_the_captions_and_another_seed_changes_them(released
         load.ModelInit.from_path(str(hf_dir), config.step, dtype=config.dtype), mesh=mesh
     )
     tokenizer = built.tokenizer
-    work = corpus.read_work_list(str(folder))
-    batching = corpus.Batching(
+    work = worklist.read_work_list(str(folder))
+    batching = worklist.Batching(
         8, 80, built.config.num_frames, tuple(tokenizer.prompt_ids(text.CLOTHO_CAPTION))
     )
-    batches = [part.batch for part in corpus.audio_parts(work, [range(len(work))], batching, 0) if part.batch]
+    batches = [part.batch for part in worklist.audio_parts(work, [range(len(work))], batching, 0) if part.batch]
     decoder = inference.Decoder.from_config(config, built.model, tokenizer, hf_dir, mesh)
     assert (decoder.settings.num_samples, decoder.settings.num_return_sequences) == (4, 4)
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from audiocap_jax import rerank
-from audiocap_jax.search import DecodeSettings
+from audiocap_jax.decoding import rerank
+from audiocap_jax.decoding.search import DecodeSettings
 
 
 def test_mbr_picks_the_caption_a_hand_computation_picks():

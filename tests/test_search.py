@@ -19,10 +19,11 @@ import torch
 import transformers
 from flax import nnx
 
-from audiocap_jax import search, text
+from audiocap_jax import text
+from audiocap_jax.decoding import search
+from audiocap_jax.decoding.search import DecodeSettings
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import load_hf_checkpoint
-from audiocap_jax.search import DecodeSettings
 from audiocap_jax.testing.models import TINY_ARCH, tiny_hf_whisper
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import time
 import jax
 import numpy as np
 
-from audiocap_jax import checkpoint, cli, load
-from audiocap_jax.writer import read_metrics
+from audiocap_jax import cli
+from audiocap_jax.rundir import checkpoint, load
+from audiocap_jax.rundir.writer import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

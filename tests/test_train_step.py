@@ -8,11 +8,13 @@ import optax
 import pytest
 from flax import nnx
 
-from audiocap_jax import search, text, train_step
+from audiocap_jax import text
+from audiocap_jax.decoding import search
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.sharding import batch_sharding
 from audiocap_jax.model.whisper import create_model
+from audiocap_jax.rundir import train_step
 
 TINY = WhisperConfig(
     d_model=64,

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from audiocap_jax import cli, workdir_lock
-from audiocap_jax.workdir_lock import LOCK_FILE, STALE_SECONDS, Holder, WorkdirLock
+from audiocap_jax import cli
+from audiocap_jax.rundir import lock
+from audiocap_jax.rundir.lock import LOCK_FILE, STALE_SECONDS, Holder, WorkdirLock
 
 
 def _dead_pid() -> int:
@@ -65,7 +66,7 @@ def test_stale_lock_is_named_and_taken_over(tmp_path, caplog, holder_host, pid, 
     host = me.host if holder_host == "this" else holder_host
     stale = Holder(host, pid, "2026-01-01T00:00:00+00:00", "a" * 32)
     path = _write_lock(tmp_path, stale, age)
-    assert workdir_lock.stale_reason(stale, age, me.host) == reason.format(pid=pid)
+    assert lock.stale_reason(stale, age, me.host) == reason.format(pid=pid)
     with caplog.at_level("WARNING"), WorkdirLock.acquire(tmp_path) as held:
         assert json.loads(path.read_text())["token"] == held.holder.token
     warning = f"Taking over the stale lock {path} (host {host}, pid {pid}, started 2026-01-01T00:00:00+00:00)"
@@ -76,7 +77,7 @@ def test_stale_lock_is_named_and_taken_over(tmp_path, caplog, holder_host, pid, 
 def test_live_lock_of_another_host_and_an_unreadable_fresh_lock_are_respected(tmp_path):
     me = Holder.this_process()
     other = Holder("other-host", _dead_pid(), "2026-01-01T00:00:00+00:00", "b" * 32)
-    assert workdir_lock.stale_reason(other, 30.0, me.host) is None  # its pid means nothing here
+    assert lock.stale_reason(other, 30.0, me.host) is None  # its pid means nothing here
     _write_lock(tmp_path, other, age_seconds=30.0)
     with pytest.raises(cli.UserError, match=r"in use by another training run \(host other-host"):
         WorkdirLock.acquire(tmp_path)

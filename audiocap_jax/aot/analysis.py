@@ -7,7 +7,7 @@ buffers + temporaries + generated code. The input breakdown (weights, optimizer 
 shard of each leaf as the program's input shardings place it.
 
 The roofline is max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) per device: a bound, never a measurement.
-FLOPs are the analytic count (`audiocap_jax.mfu`, within 1.5% of XLA's TPU count of an unscanned whisper-base
+FLOPs are the analytic count (`audiocap_jax.rundir.mfu`, within 1.5% of XLA's TPU count of an unscanned whisper-base
 step) times the remat policy's recomputation: XLA's own counts miss work in loops (it counts a loop body
 once) and in fused kernels (cuDNN's attention counts zero FLOPs), and the compile-only NVIDIA executable
 reports none. Bytes per device are XLA's cost analysis of the compiled (fused, partitioned) step, from
@@ -27,11 +27,11 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from audiocap_jax import mfu
 from audiocap_jax.aot.programs import GIB, LoweredProgram
 from audiocap_jax.aot.targets import Target
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
+from audiocap_jax.rundir import mfu
 
 HEADROOM = 0.05  # a program "fits" when it needs at most 95% of a device's memory
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")

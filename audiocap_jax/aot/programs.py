@@ -23,11 +23,13 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from audiocap_jax import inference, load, preflight, text, train_step
+from audiocap_jax import preflight, text
+from audiocap_jax.decoding import inference
 from audiocap_jax.model import lora as lora_lib
 from audiocap_jax.model import sharding
 from audiocap_jax.model.backend import resolve_runtime
 from audiocap_jax.model.config import WhisperConfig
+from audiocap_jax.rundir import load, train_step
 
 GIB = 2**30
 

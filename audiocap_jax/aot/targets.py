@@ -20,7 +20,7 @@ from importlib import resources
 import jax
 
 from audiocap_jax import cli
-from audiocap_jax.mfu import PEAK_BF16_TFLOPS
+from audiocap_jax.rundir.mfu import PEAK_BF16_TFLOPS
 
 GPU_TARGETS_DIR = "gpu_targets"  # under audiocap_jax/assets
 

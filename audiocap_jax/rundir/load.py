@@ -34,7 +34,6 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from audiocap_jax.checkpoint import Checkpointer
 from audiocap_jax.choices import INITS
 from audiocap_jax.model import sharding
 from audiocap_jax.model.backend import resolve_runtime
@@ -42,6 +41,7 @@ from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint, resolve_checkpoint_dir
 from audiocap_jax.model.lora import NO_LORA, LoRASpec, apply_lora, merge_lora
 from audiocap_jax.model.whisper import Whisper, create_model
+from audiocap_jax.rundir.checkpoint import Checkpointer
 from audiocap_jax.text import Tokenizer, num_languages_for_vocab_size
 
 MODEL_CONFIG_FILE = "model_config.json"

@@ -33,7 +33,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from pycocoevalcap.cider.cider import Cider
 
-from audiocap_jax import metrics, search
+from audiocap_jax import metrics
+from audiocap_jax.decoding import search
 
 NONE, LIKELIHOOD, MBR = "none", "likelihood", "mbr"
 BUILTIN = (NONE, LIKELIHOOD, MBR)

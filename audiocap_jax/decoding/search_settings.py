@@ -225,7 +225,7 @@ HOST_KEYS: dict[str, tuple[Any, str]] = {
     "rerank": (
         "none",
         'how the caption is chosen among the candidates: "none" (search score) | "likelihood" | "mbr" | '
-        '"package.module:function" (audiocap_jax/rerank.py)',
+        '"package.module:function" (audiocap_jax/decoding/rerank.py)',
     ),
     "use_checkpoint_suppress_tokens": (
         True,

@@ -25,9 +25,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from audiocap_jax import csv_cells, metrics, rerank, search
+from audiocap_jax import csv_cells, metrics
+from audiocap_jax.decoding import rerank, search
+from audiocap_jax.decoding.search_settings import SEARCH_KEYS
 from audiocap_jax.model.sharding import global_to_host, host_to_global, mesh_processes
-from audiocap_jax.search_settings import SEARCH_KEYS
 from audiocap_jax.text import Tokenizer
 
 NBEST_COLUMNS = ("file_name", "rank", "caption", "score")

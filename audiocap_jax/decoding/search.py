@@ -66,9 +66,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from audiocap_jax.decoding.search_settings import DecodeSettings
 from audiocap_jax.model.backend import tracing_platform
 from audiocap_jax.model.sharding import constrain, logical_to_spec
-from audiocap_jax.search_settings import DecodeSettings
 
 # HF's "very large negative" score for dead beams and empty finished slots, kept identical so masking and
 # the early-stop comparisons behave exactly as in the oracle.

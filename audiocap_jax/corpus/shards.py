@@ -28,8 +28,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from audiocap_jax import cli, inference, metrics
-from audiocap_jax.corpus import SHARDS_SUFFIX
+from audiocap_jax import cli, metrics
+from audiocap_jax.corpus.worklist import SHARDS_SUFFIX
+from audiocap_jax.decoding import inference
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1

@@ -1,0 +1,1 @@
+"""Corpus-scale captioning: predict's work list and input stream, and its per-process output shards."""

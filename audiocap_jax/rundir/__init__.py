@@ -1,0 +1,1 @@
+"""A run directory (workdir): its files, checkpoints, the model built from them, the train step, metrics."""
