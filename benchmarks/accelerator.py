@@ -45,6 +45,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from audiocap_jax import cli
+
 DEFAULT_TRAIN_VARIANTS = ("small", "large-v2")
 DEFAULT_DECODE_VARIANTS = ("base", "small", "large-v2")
 # (train batch, beam-search batch) by backend: the sizes on accelerators (large-v2 trains at batch
@@ -484,6 +486,7 @@ def _print_rows(rows: Sequence[Row]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    cli.set_cpu_compiler_flags()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--variants",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from audiocap_jax import cli
 from audiocap_jax.aot import analysis, programs, targets
 
 MESHES = {"cuda": {"data": -1, "fsdp": 1, "tensor": 1}, "tpu": {"data": 1, "fsdp": -1, "tensor": 1}}
@@ -57,6 +58,7 @@ def capacity_row(variant: str, target: targets.Target, program: str, remat: str,
 
 
 def main() -> None:
+    cli.set_cpu_compiler_flags()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="base,small,large-v2")
     parser.add_argument("--targets", default="h100x8,v5e-256")

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from audiocap_jax import cli
 from audiocap_jax.data import prepare
 from audiocap_jax.ontology import Ontology
 from audiocap_jax.testing import layouts
@@ -58,6 +59,7 @@ def write_audiocaps(folder: pathlib.Path, youtube_ids: list[str]) -> None:
 
 
 def main() -> None:
+    cli.set_cpu_compiler_flags()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=UNBALANCED_ROWS)
     args = parser.parse_args()

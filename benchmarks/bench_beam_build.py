@@ -35,7 +35,7 @@ import numpy as np
 import soundfile
 from absl import app, flags, logging
 
-from audiocap_jax import audio
+from audiocap_jax import audio, cli
 from audiocap_jax.data import features
 from audiocap_jax.testing import audio as test_audio
 
@@ -111,6 +111,7 @@ def _cpu_seconds() -> float:
 
 
 def main(argv: list[str]) -> None:
+    cli.set_cpu_compiler_flags()
     del argv
     logging.set_verbosity(logging.WARNING)  # Beam logs every worker's start at INFO
     num_clips, workers, mode = _NUM_CLIPS.value, _WORKERS.value, _MODE.value

@@ -33,7 +33,7 @@ import transformers
 from absl import app, flags, logging
 from flax import nnx
 
-from audiocap_jax import text
+from audiocap_jax import cli, text
 from audiocap_jax.decoding import search, search_settings
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint
@@ -222,6 +222,7 @@ def bench_variant(
 
 
 def main(argv: list[str]) -> None:
+    cli.set_cpu_compiler_flags()
     del argv
     unknown = set(_STRATEGIES.value) - set(search_settings.STRATEGIES)
     if unknown:

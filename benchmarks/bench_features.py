@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import transformers
 
-from audiocap_jax import audio
+from audiocap_jax import audio, cli
 from audiocap_jax.testing import audio as test_audio
 
 NUM_CLIPS = 8
@@ -32,6 +32,7 @@ def _clips_per_second(extract: Callable[[np.ndarray], np.ndarray], batch: np.nda
 
 
 def main() -> None:
+    cli.set_cpu_compiler_flags()
     batch = np.stack([test_audio.speech_like(audio.CHUNK_SECONDS, seed=seed) for seed in range(NUM_CLIPS)])
     extractor = transformers.WhisperFeatureExtractor(feature_size=N_MELS)
 

@@ -19,6 +19,7 @@ import torch
 import transformers
 from flax import nnx
 
+from audiocap_jax import cli
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.whisper import create_model
 
@@ -64,6 +65,7 @@ def bench_variant(variant: str, batch: int, repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
+    cli.set_cpu_compiler_flags()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="tiny,base")
     parser.add_argument("--batch", type=int, default=8)

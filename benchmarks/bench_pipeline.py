@@ -20,7 +20,7 @@ import grain
 import jax
 import numpy as np
 
-from audiocap_jax import text
+from audiocap_jax import cli, text
 from audiocap_jax.data import features, pipeline
 from audiocap_jax.testing import audio as test_audio
 
@@ -65,6 +65,7 @@ def examples_per_second(batches: Iterator, consume: Callable = lambda batch: bat
 
 
 def main() -> None:
+    cli.set_cpu_compiler_flags()
     tokenizer = text.Tokenizer.from_assets()
     mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "fsdp"))
     read = pipeline.ReadConfig()

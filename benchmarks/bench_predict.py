@@ -102,6 +102,7 @@ def decode_only_row(checkpoint: pathlib.Path, clips: pathlib.Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    cli.set_cpu_compiler_flags()
     del argv
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from audiocap_jax import cli
+
 TOKENS = 32
 # Preloadable allocators that keep freed memory mapped: XLA:CPU allocates a step's working memory (2.4 GiB for
 # whisper-tiny at batch 8) afresh at every step, and glibc maps blocks that large anew each time, so the kernel
@@ -169,6 +171,7 @@ def _measure(framework: str, variant: str, args: argparse.Namespace) -> dict[str
 
 
 def main() -> None:
+    cli.set_cpu_compiler_flags()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="tiny,base")
     parser.add_argument("--batch", type=int, default=8)

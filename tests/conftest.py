@@ -15,6 +15,10 @@ os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-8")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # test workers compile for TPUs side by side
 
+from audiocap_jax import cli  # noqa: E402  (after the environment above)
+
+cli.set_cpu_compiler_flags()  # what every command sets at its start
+
 
 @pytest.fixture(scope="session")
 def clotho_data_dir(tmp_path_factory):
