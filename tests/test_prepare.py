@@ -27,6 +27,30 @@ def audio_files_in(split_dir: pathlib.Path) -> list[str]:
     return sorted(path.name for path in split_dir.iterdir() if path.name != prepare.METADATA_FILE)
 
 
+# A download command's flags for its annotations and its AudioSet download.
+DOWNLOAD_FLAGS = {
+    "audiocaps": ("--audiocaps-path", "--audioset-path"),
+    "audioset-small": ("--audioset-small-path", "--audioset-full-path"),
+}
+
+
+def download_argv(
+    command: str, annotations: pathlib.Path, audioset: pathlib.Path, output: pathlib.Path, *options: str
+) -> list[str]:
+    """Arguments of a download command: its two inputs, --output, then `options`."""
+    annotations_flag, audioset_flag = DOWNLOAD_FLAGS[command]
+    return [
+        command,
+        annotations_flag,
+        str(annotations),
+        audioset_flag,
+        str(audioset),
+        "--output",
+        str(output),
+        *options,
+    ]
+
+
 @pytest.fixture
 def clotho_root(tmp_path: pathlib.Path) -> pathlib.Path:
     layouts.write_clotho(tmp_path / "clotho")
@@ -218,19 +242,9 @@ def write_audiocaps_inputs(
 def test_audiocaps_groups_captions_per_clip_and_searches_every_download_folder(tmp_path):
     audiocaps_dir, audioset_dir = write_audiocaps_inputs(tmp_path, missing=("r1nicOVtvkQ",))
     output = tmp_path / "audiofolder"
-    argv = [
-        "audiocaps",
-        "--audiocaps-path",
-        str(audiocaps_dir),
-        "--audioset-path",
-        str(audioset_dir),
-        "--audio-format",
-        "mp3",
-        "--output",
-        str(output),
-        "--link",
-        "hardlink",
-    ]
+    argv = download_argv(
+        "audiocaps", audiocaps_dir, audioset_dir, output, "--audio-format", "mp3", "--link", "hardlink"
+    )
     assert prepare.main(argv) == 0
 
     assert prepare.read_metadata(output / "valid") == [
@@ -328,17 +342,7 @@ def test_audioset_small_rows_carry_labels_and_keyword_captions(tmp_path):
     # A second copy in another list: the row's own orig_split folder must win.
     layouts.write_audioset_download(tmp_path / "audioset", {"-0xzrMun0Rs": "train_unbalanced"})
     output = tmp_path / "audiofolder"
-    argv = [
-        "audioset-small",
-        "--audioset-small-path",
-        str(annotations),
-        "--audioset-full-path",
-        str(audioset_dir),
-        "--output",
-        str(output),
-        "--link",
-        "symlink",
-    ]
+    argv = download_argv("audioset-small", annotations, audioset_dir, output, "--link", "symlink")
     assert prepare.main(argv) == 0
 
     assert prepare.read_metadata(output / "valid") == [
@@ -390,15 +394,7 @@ def test_audioset_small_names_a_missing_annotation_file(tmp_path, capsys):
     audioset_dir = layouts.write_audioset_download(
         tmp_path / "audioset", layouts.audioset_small_download_folders()
     )
-    argv = [
-        "audioset-small",
-        "--audioset-small-path",
-        str(annotations),
-        "--audioset-full-path",
-        str(audioset_dir),
-        "--output",
-        str(tmp_path / "out"),
-    ]
+    argv = download_argv("audioset-small", annotations, audioset_dir, tmp_path / "out")
     assert prepare.main(argv) == 2
     assert f"missing: {annotations / 'train.jsonl'}" in capsys.readouterr().err
     assert prepare.main([*argv, "--splits", "valid,test"]) == 0

@@ -177,77 +177,106 @@ def read_segments(
     Returns:
       (segments, rows read per file name, duplicate rows skipped, rows without labels skipped).
     """
-    label_index = {mid: i for i, mid in enumerate(ontology.names)}
-    youtube_ids: list[str] = []
-    times: list[tuple[float, float]] = []
-    orig_split: list[str] = []
-    offsets, indices = [0], []
-    first_seen: dict[str, str] = {}  # YouTube id -> file:line of the row kept
-    duplicates: list[tuple[str, str]] = []  # (YouTube id, file:line) of each later row
-    rows_per_file, unlabelled = {}, 0
+    rows = _SegmentRows(ontology)
+    rows_per_file = {}
     paths = [pathlib.Path(path) for path in paths]
     segment_lists = [segment_list_of(path) for path in paths]  # every name checked before any reading
     for path, segment_list in zip(paths, segment_lists, strict=True):
-        if not path.is_file():
+        rows_per_file[path.name] = _read_segment_file(path, segment_list, rows)
+    rows.warn_duplicates()
+    return rows.segments(), rows_per_file, len(rows.duplicates), rows.unlabelled
+
+
+@dataclasses.dataclass
+class _SegmentRows:
+    """The rows kept so far over all segment CSVs (the first of each YouTube id), and what was skipped."""
+
+    ontology: Ontology
+    youtube_ids: list[str] = dataclasses.field(default_factory=list)
+    times: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    orig_split: list[str] = dataclasses.field(default_factory=list)
+    offsets: list[int] = dataclasses.field(default_factory=lambda: [0])
+    indices: list[int] = dataclasses.field(default_factory=list)
+    first_seen: dict[str, str] = dataclasses.field(default_factory=dict)  # YouTube id -> file:line kept
+    duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (id, file:line) later
+    unlabelled: int = 0
+    label_index: dict[str, int] = dataclasses.field(init=False)  # label id -> column
+
+    def __post_init__(self) -> None:
+        self.label_index = {mid: i for i, mid in enumerate(self.ontology.names)}
+
+    def add(self, record: list[str], where: str, segment_list: str) -> None:
+        """Keeps one CSV record of `segment_list`, unless its id was read before or it has no labels."""
+        youtube_id, times_of_row, mids = _parse_segment(record, where)
+        if youtube_id in self.first_seen:
+            self.duplicates.append((youtube_id, where))
+            return
+        if not mids:
+            self.unlabelled += 1
+            return
+        unknown = [mid for mid in mids if mid not in self.label_index]
+        if unknown:
             raise cli.UserError(
-                f"AudioSet segment list {path} does not exist.",
-                f"download it from {AUDIOSET_DOWNLOAD}, or correct the path given to --segments",
+                f"{where} has label {unknown[0]!r}, which is not in the ontology {self.ontology.source}.",
+                "pass the ontology.json released with these segment lists to --ontology",
             )
-        count = 0
-        line_number = [0]  # Of the line the reader last took, for error messages.
-        try:
-            with path.open(encoding="utf-8", newline="") as f:
-                for record in csv.reader(_data_lines(f, line_number), skipinitialspace=True):
-                    if not record:
-                        continue
-                    count += 1
-                    where = f"{path}:{line_number[0]}"
-                    youtube_id, times_of_row, mids = _parse_segment(record, where)
-                    if youtube_id in first_seen:
-                        duplicates.append((youtube_id, where))
-                        continue
-                    if not mids:
-                        unlabelled += 1
-                        continue
-                    unknown = [mid for mid in mids if mid not in label_index]
-                    if unknown:
-                        raise cli.UserError(
-                            f"{where} has label {unknown[0]!r}, which is not in the ontology {ontology.source}.",
-                            "pass the ontology.json released with these segment lists to --ontology",
-                        )
-                    first_seen[youtube_id] = where
-                    times.append(times_of_row)
-                    youtube_ids.append(youtube_id)
-                    orig_split.append(segment_list)
-                    indices.extend(label_index[mid] for mid in mids)
-                    offsets.append(len(indices))
-        except (UnicodeDecodeError, csv.Error) as error:
-            raise cli.UserError(
-                f"{path}:{line_number[0] + 1} is not a UTF-8 CSV line ({error}).", _RESTORE
-            ) from error
-        rows_per_file[path.name] = count
-    if duplicates:
+        self.first_seen[youtube_id] = where
+        self.times.append(times_of_row)
+        self.youtube_ids.append(youtube_id)
+        self.orig_split.append(segment_list)
+        self.indices.extend(self.label_index[mid] for mid in mids)
+        self.offsets.append(len(self.indices))
+
+    def warn_duplicates(self) -> None:
+        """Logs how many rows repeated an id, with a few of them, so a mixed-up file list shows."""
+        if not self.duplicates:
+            return
         shown = ", ".join(
-            f"{ytid} ({where}, first at {first_seen[ytid]})" for ytid, where in duplicates[:_IDS_SHOWN]
+            f"{ytid} ({where}, first at {self.first_seen[ytid]})"
+            for ytid, where in self.duplicates[:_IDS_SHOWN]
         )
         logging.warning(
             "%d segment rows repeat a YouTube id read before (AudioSet lists each clip once); only the first row "
             "of each is used: %s%s",
-            len(duplicates),
+            len(self.duplicates),
             shown,
-            f" and {len(duplicates) - _IDS_SHOWN} more" if len(duplicates) > _IDS_SHOWN else "",
+            f" and {len(self.duplicates) - _IDS_SHOWN} more" if len(self.duplicates) > _IDS_SHOWN else "",
         )
-    start_end = np.asarray(times, dtype=np.float64).reshape(-1, 2)
-    segments = Segments(
-        youtube_ids=np.asarray(youtube_ids, dtype=str),
-        start_seconds=start_end[:, 0],
-        end_seconds=start_end[:, 1],
-        orig_split=np.asarray(orig_split, dtype=str),
-        label_offsets=np.asarray(offsets, dtype=np.int64),
-        label_indices=np.asarray(indices, dtype=np.int32),
-        label_ids=tuple(ontology.names),
-    )
-    return segments, rows_per_file, len(duplicates), unlabelled
+
+    def segments(self) -> Segments:
+        """The kept rows as arrays, in reading order."""
+        start_end = np.asarray(self.times, dtype=np.float64).reshape(-1, 2)
+        return Segments(
+            youtube_ids=np.asarray(self.youtube_ids, dtype=str),
+            start_seconds=start_end[:, 0],
+            end_seconds=start_end[:, 1],
+            orig_split=np.asarray(self.orig_split, dtype=str),
+            label_offsets=np.asarray(self.offsets, dtype=np.int64),
+            label_indices=np.asarray(self.indices, dtype=np.int32),
+            label_ids=tuple(self.ontology.names),
+        )
+
+
+def _read_segment_file(path: pathlib.Path, segment_list: str, rows: _SegmentRows) -> int:
+    """Adds the records of one segment CSV to `rows`; returns how many records it has."""
+    if not path.is_file():
+        raise cli.UserError(
+            f"AudioSet segment list {path} does not exist.",
+            f"download it from {AUDIOSET_DOWNLOAD}, or correct the path given to --segments",
+        )
+    count = 0
+    line_number = [0]  # Of the line the reader last took, for error messages.
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            for record in csv.reader(_data_lines(f, line_number), skipinitialspace=True):
+                if record:
+                    count += 1
+                    rows.add(record, f"{path}:{line_number[0]}", segment_list)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise cli.UserError(
+            f"{path}:{line_number[0] + 1} is not a UTF-8 CSV line ({error}).", _RESTORE
+        ) from error
+    return count
 
 
 def _parse_segment(record: list[str], where: str) -> tuple[str, tuple[float, float], list[str]]:

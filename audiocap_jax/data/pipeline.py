@@ -365,37 +365,16 @@ def train_dataset(
     used = [(index, spec) for index, spec in enumerate(datasets) if spec.weight > 0]
     if not used:
         raise ValueError(f"no dataset has a positive weight in {[(s.name, s.weight) for s in datasets]}.")
-    streams = []
-    for index, spec in used:
-        source = _open(spec, spec.split_or(TRAIN_SPLITS))
-        num_clips = len(source.records)
-        if num_clips == 0 or source.max_captions == 0:
-            raise ValueError(
-                f"{spec.name} split {spec.split_or(TRAIN_SPLITS)} has no captioned clips to train on."
-            )
-        pairs = num_clips * source.max_captions
-        logging.info(
-            "train %s: %d clips x %d captions = %d examples per epoch, weight %s, prefix %r",
-            spec.name,
-            num_clips,
-            source.max_captions,
-            pairs,
-            spec.weight,
-            spec.prefix,
-        )
-        make_example = _TrainExample(
-            source.records,
-            source.max_captions,
-            spec.prefix,
+    streams = [
+        _train_stream(
+            spec,
             index,
-            tokenizer,
-            max_length,
+            _Encoder(spec.prefix, tokenizer, max_length, mel_dtype, max_frames),
             train_prompt,
-            mel_dtype,
-            max_frames,
+            seed,
         )
-        stream = _EpochShuffled(pairs, seed=_seed_for(seed, _SHUFFLE, index)).map(make_example)
-        streams.append(stream)
+        for index, spec in used
+    ]
     mixed = (
         streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, [spec.weight for _, spec in used])
     )
@@ -407,30 +386,70 @@ def train_dataset(
     return _to_iter(rows.batch(local_batch_size, drop_remainder=True), read)
 
 
+def _train_stream(
+    spec: DatasetSpec, index: int, encoder: _Encoder, train_prompt: bool, seed: int
+) -> grain.MapDataset:
+    """One dataset's (clip, caption) pairs as examples, shuffled per epoch with the dataset's own seed."""
+    source = _open(spec, spec.split_or(TRAIN_SPLITS))
+    num_clips = len(source.records)
+    if num_clips == 0 or source.max_captions == 0:
+        raise ValueError(
+            f"{spec.name} split {spec.split_or(TRAIN_SPLITS)} has no captioned clips to train on."
+        )
+    pairs = num_clips * source.max_captions
+    logging.info(
+        "train %s: %d clips x %d captions = %d examples per epoch, weight %s, prefix %r",
+        spec.name,
+        num_clips,
+        source.max_captions,
+        pairs,
+        spec.weight,
+        spec.prefix,
+    )
+    make_example = _TrainExample(source.records, source.max_captions, index, train_prompt, encoder)
+    return _EpochShuffled(pairs, seed=_seed_for(seed, _SHUFFLE, index)).map(make_example)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Encoder:
+    """Record and caption -> model inputs, the same for training and evaluation rows of one dataset."""
+
+    prefix: str
+    tokenizer: text.Tokenizer
+    max_length: int
+    mel_dtype: Any
+    max_frames: int
+
+    def mel(self, record: Mapping[str, Any]) -> tuple[np.ndarray, np.int32]:
+        """(mel `[M, S]` mel_dtype, its valid frames): the stored count, clipped to the cropped window."""
+        mel = _mel(record, self.mel_dtype, self.max_frames)
+        return mel, np.int32(min(record["num_frames"], mel.shape[-1]))
+
+    def target(self, caption: str, train_prompt: bool = False) -> dict[str, np.ndarray]:
+        """decoder_input_ids / targets / loss_mask `[T]` of prefix + caption."""
+        return self.tokenizer.encode_target(self.prefix, caption, self.max_length, train_prompt)
+
+
 @dataclasses.dataclass(frozen=True)
 class _TrainExample:
     """Pair index -> training example: record pair // R, its caption pair % R (clips with fewer repeat theirs)."""
 
     records: grain.MapDataset
     max_captions: int
-    prefix: str
     dataset_index: int
-    tokenizer: text.Tokenizer
-    max_length: int
     train_prompt: bool
-    mel_dtype: Any
-    max_frames: int
+    encoder: _Encoder
 
     def __call__(self, pair: int) -> dict[str, Any]:
         clip, slot = divmod(pair, self.max_captions)
         record = self.records[clip]
         captions = record["captions"]
         caption = _decode(captions[slot % len(captions)])
-        mel = _mel(record, self.mel_dtype, self.max_frames)
+        mel, num_frames = self.encoder.mel(record)
         return {
             "mel": mel,
-            "num_frames": np.int32(min(record["num_frames"], mel.shape[-1])),
-            **self.tokenizer.encode_target(self.prefix, caption, self.max_length, self.train_prompt),
+            "num_frames": num_frames,
+            **self.encoder.target(caption, self.train_prompt),
             "dataset_index": np.int32(self.dataset_index),
         }
 
@@ -475,11 +494,7 @@ def eval_dataset(
         source.records,
         num_clips,
         max(source.max_captions, 1),
-        spec.prefix,
-        tokenizer,
-        max_length,
-        mel_dtype,
-        max_frames,
+        _Encoder(spec.prefix, tokenizer, max_length, mel_dtype, max_frames),
     )
     rows = _ProcessRows(grain.MapDataset.range(num_rows).map(make_example), global_batch_size, shard)
     return _to_iter(rows.batch(local_batch_size, drop_remainder=True), read)
@@ -492,11 +507,7 @@ class _EvalExample:
     records: grain.MapDataset
     num_clips: int
     max_references: int
-    prefix: str
-    tokenizer: text.Tokenizer
-    max_length: int
-    mel_dtype: Any
-    max_frames: int
+    encoder: _Encoder
 
     def __call__(self, row: int) -> dict[str, Any]:
         valid = row < self.num_clips
@@ -504,16 +515,18 @@ class _EvalExample:
         references = [_decode(c) for c in record["captions"]] if valid else []
         padded_references = np.full(self.max_references, "", dtype=object)
         padded_references[: len(references)] = references
-        mel = _mel(record, self.mel_dtype, self.max_frames)
+        mel, num_frames = self.encoder.mel(record)
         return {
             "mel": mel if valid else np.zeros_like(mel),
-            "num_frames": np.int32(min(record["num_frames"], mel.shape[-1]) if valid else 0),
+            "num_frames": num_frames if valid else np.int32(0),
             "mask": np.bool_(valid),
             "file_name": np.asarray(_decode(record["file_name"]) if valid else "", dtype=object),
             "references": padded_references,
             "num_references": np.int32(len(references)),
-            "decoder_prompt": np.asarray(self.tokenizer.prompt_ids(self.prefix), dtype=np.int32),
-            **self.tokenizer.encode_target(self.prefix, references[0] if references else "", self.max_length),
+            "decoder_prompt": np.asarray(
+                self.encoder.tokenizer.prompt_ids(self.encoder.prefix), dtype=np.int32
+            ),
+            **self.encoder.target(references[0] if references else ""),
         }
 
 

@@ -529,18 +529,27 @@ def _place_audio(pairs: Sequence[tuple[pathlib.Path, pathlib.Path]], link: str, 
             pass
 
 
-def _build_split(
-    output: pathlib.Path,
-    split: str,
-    clips: Iterable[tuple[str, dict[str, Any], pathlib.Path | None, str | None]],
-    source_description: str,
-    link: str,
-) -> SplitSummary:
-    """Places the found clips of one split, writes its metadata and report.
+# (file_name, metadata row, source file or None, problem or None) of one clip of an annotation file.
+_Clip = tuple[str, dict[str, Any], pathlib.Path | None, str | None]
 
-    Args:
-      clips: (file_name, metadata row, source file or None, problem or None) per clip.
-    """
+
+def _build_splits(
+    output: pathlib.Path,
+    annotation_paths: Mapping[str, pathlib.Path],
+    link: str,
+    clips_of: Callable[[pathlib.Path], Iterable[_Clip]],
+) -> dict[str, SplitSummary]:
+    """Builds each split from its annotation file; the layouts differ only in how a file's rows become clips."""
+    return {
+        split: _build_split(output, split, clips_of(path), str(path), link)
+        for split, path in annotation_paths.items()
+    }
+
+
+def _build_split(
+    output: pathlib.Path, split: str, clips: Iterable[_Clip], source_description: str, link: str
+) -> SplitSummary:
+    """Places the found clips of one split, writes its metadata and report."""
     rows, pairs, problems = [], [], []
     for file_name, row, source, problem in clips:
         problem = problem or (NO_CAPTION if _has_no_caption(row) else None)
@@ -578,16 +587,17 @@ def prepare_audiocaps(
     csv_paths = {split: audiocaps_path / f"{split}.csv" for split in _check_splits(splits, AUDIOCAPS_SPLITS)}
     _require(list(csv_paths.values()), f"The AudioCaps folder {audiocaps_path}")
     index = index_audioset_download(audioset_path, audio_format)
-    summaries = {}
-    for split, csv_path in csv_paths.items():
-        clips = []
-        for youtube_id, (start_time, captions) in sorted(_read_audiocaps_csv(csv_path).items()):
-            file_name = f"{youtube_id}.{audio_format}"
-            row = {"file_name": file_name, "youtube_id": youtube_id, "start_time": start_time}
-            row.update({f"caption_{i}": caption for i, caption in enumerate(captions, 1)})
-            clips.append((file_name, row, *_locate_clip(index, youtube_id)))
-        summaries[split] = _build_split(output, split, clips, str(csv_path), link)
-    return summaries
+    return _build_splits(output, csv_paths, link, lambda path: _audiocaps_clips(path, index, audio_format))
+
+
+def _audiocaps_clips(
+    csv_path: pathlib.Path, index: Mapping[str, list[pathlib.Path]], audio_format: str
+) -> Iterator[_Clip]:
+    for youtube_id, (start_time, captions) in sorted(_read_audiocaps_csv(csv_path).items()):
+        file_name = f"{youtube_id}.{audio_format}"
+        row = {"file_name": file_name, "youtube_id": youtube_id, "start_time": start_time}
+        row.update({f"caption_{i}": caption for i, caption in enumerate(captions, 1)})
+        yield (file_name, row, *_locate_clip(index, youtube_id))
 
 
 def _read_audiocaps_csv(path: pathlib.Path) -> dict[str, tuple[int, list[str]]]:
@@ -640,25 +650,34 @@ def prepare_audioset_small(
     index = index_audioset_download(audioset_full_path, audio_format)
     output.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ontology_path, output / ONTOLOGY_FILE)
-    summaries = {}
-    for split, annotation_path in annotation_paths.items():
-        clips = []
-        for record in _read_jsonl(annotation_path):
-            missing_keys = [key for key in AUDIOSET_SMALL_KEYS if key not in record]
-            if missing_keys:
-                raise ValueError(f"{annotation_path}: row {record} lacks keys {missing_keys}.")
-            file_name = f"{record['youtube_id']}.{audio_format}"
-            row = {
-                "file_name": file_name,
-                "youtube_id": record["youtube_id"],
-                "start_seconds": record["start_seconds"],
-                "end_seconds": record["end_seconds"],
-                "labels": record["labels"],
-                "caption_1": ontology.keywords(record["labels"]),
-            }
-            clips.append((file_name, row, *_locate_clip(index, record["youtube_id"], record["orig_split"])))
-        summaries[split] = _build_split(output, split, clips, str(annotation_path), link)
-    return summaries
+    return _build_splits(
+        output,
+        annotation_paths,
+        link,
+        lambda path: _audioset_small_clips(path, index, audio_format, ontology),
+    )
+
+
+def _audioset_small_clips(
+    annotation_path: pathlib.Path,
+    index: Mapping[str, list[pathlib.Path]],
+    audio_format: str,
+    ontology: Ontology,
+) -> Iterator[_Clip]:
+    for record in _read_jsonl(annotation_path):
+        missing_keys = [key for key in AUDIOSET_SMALL_KEYS if key not in record]
+        if missing_keys:
+            raise ValueError(f"{annotation_path}: row {record} lacks keys {missing_keys}.")
+        file_name = f"{record['youtube_id']}.{audio_format}"
+        row = {
+            "file_name": file_name,
+            "youtube_id": record["youtube_id"],
+            "start_seconds": record["start_seconds"],
+            "end_seconds": record["end_seconds"],
+            "labels": record["labels"],
+            "caption_1": ontology.keywords(record["labels"]),
+        }
+        yield (file_name, row, *_locate_clip(index, record["youtube_id"], record["orig_split"]))
 
 
 def _check_splits(splits: Sequence[str], known: Sequence[str]) -> Sequence[str]:
@@ -808,7 +827,32 @@ def _build_parser() -> argparse.ArgumentParser:
         "See docs/data.md.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_clotho_commands(commands)
+    _add_download_command(
+        commands,
+        "audiocaps",
+        "AudioCaps CSVs + AudioSet download -> AudioFolder",
+        ("--audiocaps-path", "folder with train.csv, valid.csv, test.csv"),
+        "--audioset-path",
+        AUDIOCAPS_SPLITS,
+        prepare_audiocaps,
+    )
+    _add_download_command(
+        commands,
+        "audioset-small",
+        "AudioSet subset annotations -> AudioFolder",
+        ("--audioset-small-path", "folder with train.jsonl, valid.jsonl, test.jsonl, ontology.json"),
+        "--audioset-full-path",
+        AUDIOSET_SMALL_SPLITS,
+        prepare_audioset_small,
+    )
+    _add_select_subset_command(commands)
+    _add_find_corrupted_command(commands)
+    return parser
 
+
+def _add_clotho_commands(commands: argparse._SubParsersAction) -> None:
+    """`clotho` writes the metadata in place; `limit-clotho-split` then shrinks a split as the original did."""
     clotho = commands.add_parser("clotho", help="write metadata.jsonl for Clotho v2.1")
     clotho.add_argument(
         "root",
@@ -826,61 +870,47 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     limit.set_defaults(run=_run_limit)
 
-    def add_download_command(
-        name: str,
-        help_: str,
-        annotations: tuple[str, str],
-        audio_flag: str,
-        splits: Sequence[str],
-        prepare: Callable[..., Mapping[str, SplitSummary]],
-    ) -> None:
-        """A command that joins annotations (`annotations`: flag and help) with the clips of an AudioSet
-        download into an AudioFolder; the AudioCaps and AudioSet-small layouts differ only in these."""
-        command = commands.add_parser(name, help=help_)
-        annotations_flag, annotations_help = annotations
-        audio_help = "AudioSet download: audios/<segment list>/<youtube_id>.<fmt>"
-        for flag, dest, text in (
-            (annotations_flag, "annotations", annotations_help),
-            (audio_flag, "audioset", audio_help),
-        ):
-            # The metavar argparse would derive from the flag, so --help reads as with dest=<flag's name>.
-            metavar = flag.lstrip("-").replace("-", "_").upper()
-            command.add_argument(
-                flag, dest=dest, metavar=metavar, type=pathlib.Path, required=True, help=text
-            )
-        command.add_argument("--output", type=pathlib.Path, required=True, help="AudioFolder to write")
-        command.add_argument("--audio-format", default="mp3", help="extension of the downloaded clips")
-        command.add_argument(
-            "--link",
-            choices=LINK_MODES,
-            default="copy",
-            help="copy the clips (default), hard-link them (same filesystem) or symlink them",
-        )
-        command.add_argument(
-            "--splits",
-            type=_comma_list,
-            default=list(splits),
-            help=f"comma-separated subset of {','.join(splits)}",
-        )
-        command.set_defaults(run=functools.partial(_run_download, prepare))
 
-    add_download_command(
-        "audiocaps",
-        "AudioCaps CSVs + AudioSet download -> AudioFolder",
-        ("--audiocaps-path", "folder with train.csv, valid.csv, test.csv"),
-        "--audioset-path",
-        AUDIOCAPS_SPLITS,
-        prepare_audiocaps,
+def _add_download_command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    help_: str,
+    annotations: tuple[str, str],
+    audio_flag: str,
+    splits: Sequence[str],
+    prepare: Callable[..., Mapping[str, SplitSummary]],
+) -> None:
+    """A command that joins annotations (`annotations`: flag and help) with the clips of an AudioSet
+    download into an AudioFolder; the AudioCaps and AudioSet-small layouts differ only in these."""
+    command = commands.add_parser(name, help=help_)
+    annotations_flag, annotations_help = annotations
+    audio_help = "AudioSet download: audios/<segment list>/<youtube_id>.<fmt>"
+    for flag, dest, text in (
+        (annotations_flag, "annotations", annotations_help),
+        (audio_flag, "audioset", audio_help),
+    ):
+        # The metavar argparse would derive from the flag, so --help reads as with dest=<flag's name>.
+        metavar = flag.lstrip("-").replace("-", "_").upper()
+        command.add_argument(flag, dest=dest, metavar=metavar, type=pathlib.Path, required=True, help=text)
+    command.add_argument("--output", type=pathlib.Path, required=True, help="AudioFolder to write")
+    command.add_argument("--audio-format", default="mp3", help="extension of the downloaded clips")
+    command.add_argument(
+        "--link",
+        choices=LINK_MODES,
+        default="copy",
+        help="copy the clips (default), hard-link them (same filesystem) or symlink them",
     )
-    add_download_command(
-        "audioset-small",
-        "AudioSet subset annotations -> AudioFolder",
-        ("--audioset-small-path", "folder with train.jsonl, valid.jsonl, test.jsonl, ontology.json"),
-        "--audioset-full-path",
-        AUDIOSET_SMALL_SPLITS,
-        prepare_audioset_small,
+    command.add_argument(
+        "--splits",
+        type=_comma_list,
+        default=list(splits),
+        help=f"comma-separated subset of {','.join(splits)}",
     )
+    command.set_defaults(run=functools.partial(_run_download, prepare))
 
+
+def _add_select_subset_command(commands: argparse._SubParsersAction) -> None:
+    """`select-audioset-subset` writes the annotations that `audioset-small` then reads."""
     subset = commands.add_parser(
         "select-audioset-subset",
         help="AudioSet segment CSVs -> label-balanced subset annotations for audioset-small",
@@ -919,6 +949,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     subset.set_defaults(run=_run_select_audioset_subset)
 
+
+def _add_find_corrupted_command(commands: argparse._SubParsersAction) -> None:
+    """`find-corrupted` lists the files to re-download before any of them breaks a training run."""
     corrupted = commands.add_parser(
         "find-corrupted", help="list audio files that do not decode (exit 1 if any)"
     )
@@ -926,7 +959,6 @@ def _build_parser() -> argparse.ArgumentParser:
     corrupted.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     corrupted.add_argument("--report", type=pathlib.Path, help="also write the list to this CSV")
     corrupted.set_defaults(run=_run_find_corrupted)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -602,6 +602,46 @@ def _audioset_row(split: str, index: int, spec: ClipSpec) -> str:
     return json.dumps(record, separators=(",", ":")).replace("/", "\\/")
 
 
+_ClipsBySplit = dict[tuple[str, str], list[tuple[_ClipTask, _ClipResult]]]  # (dataset, split) -> clips
+
+
+def _write_clotho_metadata(clotho_root: pathlib.Path, by_split: _ClipsBySplit) -> None:
+    """The metadata and caption CSVs of each Clotho split, in the release's columns."""
+    for split in prepare.CLOTHO_SPLITS:
+        clips = by_split[("clotho", split)]
+        _write_csv(
+            clotho_root / f"clotho_metadata_{split}.csv",
+            CLOTHO_METADATA_COLUMNS,
+            [
+                (
+                    clotho_file_name(split, task.index),
+                    ";".join(e.kind for e in result.spec.events),
+                    task.index,
+                    "",
+                    f"[0, {int(round(result.spec.seconds * SAMPLE_RATE))}]",
+                    "audiocap_jax.data.synthetic",
+                    "http://creativecommons.org/publicdomain/zero/1.0/",
+                )
+                for task, result in clips
+            ],
+        )
+        if split in prepare.CLOTHO_CAPTIONED_SPLITS:
+            _write_csv(
+                clotho_root / f"clotho_captions_{split}.csv",
+                prepare.CLOTHO_CAPTION_COLUMNS,
+                [(clotho_file_name(split, task.index), *result.captions) for task, result in clips],
+            )
+
+
+def _write_audioset_annotations(annotations: pathlib.Path, by_split: _ClipsBySplit) -> None:
+    """The `{split}.jsonl` files `prepare audioset-small` reads."""
+    for split in prepare.AUDIOSET_SMALL_SPLITS:
+        lines = [
+            _audioset_row(split, task.index, result.spec) for task, result in by_split[("audioset", split)]
+        ]
+        (annotations / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def write_synthetic_dataset(
     root: str | os.PathLike,
     *,
@@ -661,41 +701,12 @@ def write_synthetic_dataset(
     results = list(
         tqdm.tqdm(_map_clips(tasks, workers), total=len(tasks), desc="synthetic clips", unit="clip")
     )
-    by_split: dict[tuple[str, str], list[tuple[_ClipTask, _ClipResult]]] = {}
+    by_split: _ClipsBySplit = {}
     for task, result in zip(tasks, results, strict=True):
         by_split.setdefault((task.dataset, task.split), []).append((task, result))
 
-    for split in prepare.CLOTHO_SPLITS:
-        clips = by_split[("clotho", split)]
-        _write_csv(
-            summary.clotho_root / f"clotho_metadata_{split}.csv",
-            CLOTHO_METADATA_COLUMNS,
-            [
-                (
-                    clotho_file_name(split, task.index),
-                    ";".join(e.kind for e in result.spec.events),
-                    task.index,
-                    "",
-                    f"[0, {int(round(result.spec.seconds * SAMPLE_RATE))}]",
-                    "audiocap_jax.data.synthetic",
-                    "http://creativecommons.org/publicdomain/zero/1.0/",
-                )
-                for task, result in clips
-            ],
-        )
-        if split in prepare.CLOTHO_CAPTIONED_SPLITS:
-            _write_csv(
-                summary.clotho_root / f"clotho_captions_{split}.csv",
-                prepare.CLOTHO_CAPTION_COLUMNS,
-                [(clotho_file_name(split, task.index), *result.captions) for task, result in clips],
-            )
-    for split in prepare.AUDIOSET_SMALL_SPLITS:
-        lines = [
-            _audioset_row(split, task.index, result.spec) for task, result in by_split[("audioset", split)]
-        ]
-        (summary.audioset_annotations / f"{split}.jsonl").write_text(
-            "\n".join(lines) + "\n", encoding="utf-8"
-        )
+    _write_clotho_metadata(summary.clotho_root, by_split)
+    _write_audioset_annotations(summary.audioset_annotations, by_split)
     write_ontology(summary.audioset_annotations / prepare.ONTOLOGY_FILE)
     manifest.write_text(json.dumps({"parameters": parameters, "complete": True}, indent=2), encoding="utf-8")
     logging.info("Wrote %d synthetic clips under %s.", len(tasks), root)

@@ -268,12 +268,32 @@ def load_hf_checkpoint(
     config = WhisperConfig.from_json_file(directory / "config.json", **runtime)
     config = resolve_runtime(config, list(mesh.devices.flat) if mesh is not None else None)
     tensors = _open_tensors(_checkpoint_files(directory))
-    prefix = _HF_PREFIX if any(n.startswith(_HF_PREFIX) for n in tensors.names()) else ""
 
     abstract = nnx.eval_shape(lambda: Whisper(config, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
     shardings = sharding.state_shardings(abstract_state, mesh) if mesh is not None else None
+    plan = _plan_import(abstract_state, tensors, config, directory)
 
+    paths_and_leaves = list(_iter_params(abstract_state))
+    target = [None] * len(paths_and_leaves) if shardings is None else jax.tree.leaves(shardings)
+    arrays = [
+        _load_leaf(tensors, config, p, plan[p], leaf, s)
+        for (p, leaf), s in zip(paths_and_leaves, target, strict=True)
+    ]
+    state = jax.tree.unflatten(jax.tree.structure(abstract_state), arrays)
+    logging.info("Loaded %d tensors from %s", len({n for names in plan.values() for n in names}), directory)
+    return nnx.merge(graphdef, state), config
+
+
+def _plan_import(
+    abstract_state: Any, tensors: SafetensorsIndex, config: WhisperConfig, directory: Path
+) -> dict[tuple[str, ...], list[str]]:
+    """Our parameter path -> its checkpoint tensor names (one per layer when stacked).
+
+    Checks every tensor first (present, shape, floating dtype, none left over) and raises one
+    CheckpointError listing the problems, so nothing is loaded from a checkpoint that does not fit.
+    """
+    prefix = _HF_PREFIX if any(n.startswith(_HF_PREFIX) for n in tensors.names()) else ""
     plan: dict[tuple[str, ...], list[str]] = {}
     used: set[str] = set()
     errors: list[str] = []
@@ -286,17 +306,9 @@ def load_hf_checkpoint(
                 errors.append(f"missing tensor {name}")
                 continue
             used.add(name)
-            found = tensors.shape(name)
-            if tuple(reversed(found) if path[-1] == "kernel" else found) != tuple(expected):
-                errors.append(
-                    f"tensor {name} in {tensors.file_of(name).name} has shape {found}, expected "
-                    f"{tuple(reversed(expected)) if path[-1] == 'kernel' else tuple(expected)} for this config"
-                )
-            elif (
-                not np.issubdtype(tensors.dtype(name), np.floating)
-                and tensors.dtype(name) != ml_dtypes.bfloat16
-            ):
-                errors.append(f"tensor {name} has dtype {tensors.dtype(name)}, expected a floating dtype")
+            error = _tensor_error(tensors, name, path, expected)
+            if error:
+                errors.append(error)
         plan[path] = names
     unexpected = sorted(
         n for n in tensors.names() if n not in used and n.removeprefix(prefix) not in _IGNORED_HF_TENSORS
@@ -307,36 +319,54 @@ def load_hf_checkpoint(
         shown = "\n  ".join(errors[:20])
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise CheckpointError(f"Cannot load checkpoint {directory}:\n  {shown}{more}")
+    return plan
 
-    def read(path: tuple[str, ...], names: list[str], dtype: np.dtype) -> Callable[[Any], np.ndarray]:
-        def callback(index: tuple[slice, ...] = ()) -> np.ndarray:
-            if path == _TOKEN_TABLE:
-                return _zero_padded_rows(tensors.array(names[0]), config.padded_vocab_size, index).astype(
-                    dtype
-                )
-            if _num_layers(path, config) is None:
-                return np.asarray(_to_ours(path, tensors.array(names[0]))[index]).astype(dtype)
-            layer_index, rest = (index[0], index[1:]) if index else (slice(None), ())
-            chosen = names[layer_index]
-            return np.stack(
-                [np.asarray(_to_ours(path, tensors.array(n))[rest]).astype(dtype) for n in chosen]
-            )
 
-        return callback
+def _tensor_error(
+    tensors: SafetensorsIndex, name: str, path: tuple[str, ...], expected: tuple[int, ...]
+) -> str | None:
+    """What is wrong with a present tensor for our (per-layer) `expected` shape, or None."""
+    found = tensors.shape(name)
+    if tuple(reversed(found) if path[-1] == "kernel" else found) != tuple(expected):
+        return (
+            f"tensor {name} in {tensors.file_of(name).name} has shape {found}, expected "
+            f"{tuple(reversed(expected)) if path[-1] == 'kernel' else tuple(expected)} for this config"
+        )
+    if not np.issubdtype(tensors.dtype(name), np.floating) and tensors.dtype(name) != ml_dtypes.bfloat16:
+        return f"tensor {name} has dtype {tensors.dtype(name)}, expected a floating dtype"
+    return None
 
-    def load_leaf(path: tuple[str, ...], leaf: Any, target_sharding: Any) -> jax.Array:
-        dtype = np.dtype(leaf.dtype)
-        callback = read(path, plan[path], dtype)
-        if target_sharding is None:
-            return jnp.asarray(callback())
-        return jax.make_array_from_callback(leaf.shape, target_sharding, callback)
 
-    paths_and_leaves = list(_iter_params(abstract_state))
-    target = [None] * len(paths_and_leaves) if shardings is None else jax.tree.leaves(shardings)
-    arrays = [load_leaf(p, leaf, s) for (p, leaf), s in zip(paths_and_leaves, target, strict=True)]
-    state = jax.tree.unflatten(jax.tree.structure(abstract_state), arrays)
-    logging.info("Loaded %d tensors from %s", len(used), directory)
-    return nnx.merge(graphdef, state), config
+def _leaf_reader(
+    tensors: SafetensorsIndex, config: WhisperConfig, path: tuple[str, ...], names: list[str], dtype: np.dtype
+) -> Callable[[Any], np.ndarray]:
+    """index -> that slice of our array for `path`, read from the checkpoint (one device's shard at a time)."""
+
+    def callback(index: tuple[slice, ...] = ()) -> np.ndarray:
+        if path == _TOKEN_TABLE:
+            return _zero_padded_rows(tensors.array(names[0]), config.padded_vocab_size, index).astype(dtype)
+        if _num_layers(path, config) is None:
+            return np.asarray(_to_ours(path, tensors.array(names[0]))[index]).astype(dtype)
+        layer_index, rest = (index[0], index[1:]) if index else (slice(None), ())
+        chosen = names[layer_index]
+        return np.stack([np.asarray(_to_ours(path, tensors.array(n))[rest]).astype(dtype) for n in chosen])
+
+    return callback
+
+
+def _load_leaf(
+    tensors: SafetensorsIndex,
+    config: WhisperConfig,
+    path: tuple[str, ...],
+    names: list[str],
+    leaf: Any,
+    target_sharding: Any,
+) -> jax.Array:
+    """One parameter as a device array: whole on the default device, or built shard by shard on a mesh."""
+    callback = _leaf_reader(tensors, config, path, names, np.dtype(leaf.dtype))
+    if target_sharding is None:
+        return jnp.asarray(callback())
+    return jax.make_array_from_callback(leaf.shape, target_sharding, callback)
 
 
 # ----------------------------------------------------------------------------------------------------------
