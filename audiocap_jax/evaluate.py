@@ -50,7 +50,7 @@ from audiocap_jax.data import pipeline
 from audiocap_jax.decoding import inference, search_settings
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
-from audiocap_jax.rundir import load
+from audiocap_jax.rundir import layout, load
 
 SWEEP_CSV = "sweep.csv"
 
@@ -330,7 +330,7 @@ def main(argv: list[str]) -> int:
             raise app.UsageError("--checkpoint needs --dataset (clotho, audiocaps or audioset).")
         config, dataset = f["config-file"].value, f["dataset"].value
         out_dir = preflight.check_writable_dir(
-            f["output_dir"].value or Path(f["checkpoint"].value) / "evaluation", "--output_dir"
+            f["output_dir"].value or Path(f["checkpoint"].value) / layout.EVALUATION_DIR, "--output_dir"
         )
         preflight.check_decoding(config, "--config-file", jax.device_count())
         sweep = sweep_configs(config, f["sweep"].value, jax.device_count()) if f["sweep"].value else None

@@ -2,51 +2,53 @@
 
 `train`, `predict` and `evaluate` call one `check_*` function each before they load a model, decode audio or
 create a directory, so a typo costs seconds instead of a run. Every check is a function of (config values,
-file system) and raises `cli.UserError` naming the key or file and the fix; none writes anything. The
-numeric rules: lr > 0, warmup_steps < total_steps, num_beams >= 1, take_first_n >= 0, mixture weights >= 0
-with one > 0, max_length longer than the forced prompt, batch sizes that split over the mesh's data-parallel
-devices. TFDS datasets and splits are checked from the build's `dataset_info.json`, without asking TFDS (which
-answers a missing dataset with its catalogue of ~250 names). A training run's model is known from JSON files
-too (`model_config.json`, a HF `config.json`, the variant table): a resumed workdir must hold the model the
-config describes, LoRA targets must match its layer names, and its data must fit it.
+file system) and raises `cli.UserError` naming the key or file and the fix; none writes anything.
+
+A rule that code elsewhere enforces is asked of its owner, not restated: the mesh (`sharding.mesh_shape`), the
+search settings (`DecodeSettings`), the runtime choices (`model.config.check_runtime`), the schedule
+(`train_step.check_schedule`), the weights' source and checkpoint steps (`load.check_init`, `load.parse_step`).
+The owner raises ValueError; `_asked` turns it into a UserError naming the config key. The rules only
+preflight knows: lr > 0, warmup_steps < total_steps, take_first_n >= 0, mixture weights >= 0 with one > 0,
+max_length longer than the forced prompt, batch sizes that split over the mesh's data-parallel devices. TFDS
+datasets and splits are checked from the build's `dataset_info.json`, without asking TFDS (which answers a
+missing dataset with its catalogue of ~250 names). A training run's model is known from JSON files too
+(`rundir/plan.py`): a resumed workdir must hold the model the config describes, LoRA targets must match its
+layer names, and its data must fit it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+from jax.sharding import AbstractMesh
 
 from audiocap_jax import audio, dcase_metrics, metrics, text
-from audiocap_jax.choices import INITS, SCHEDULES
 from audiocap_jax.cli import UserError
 from audiocap_jax.data import features, pipeline
 from audiocap_jax.decoding import inference, rerank
 from audiocap_jax.decoding.search_settings import DecodeSettings
-from audiocap_jax.model import lora
-from audiocap_jax.model.config import (
-    ARCH_FIELDS,
-    ATTENTION_IMPLS,
-    COMPUTE_DTYPES,
-    DTYPES,
-    REMAT_POLICIES,
-    WhisperConfig,
+from audiocap_jax.model import lora, sharding
+from audiocap_jax.model.config import check_runtime
+from audiocap_jax.rundir import load, plan, train_step, writer
+from audiocap_jax.rundir.checkpoint import finished_steps
+from audiocap_jax.rundir.layout import (
+    CHECKPOINT_DIR,
+    HF_CONFIG_FILE,
+    HF_EXPORT_DIR,
+    MODEL_CONFIG_FILE,
+    RUN_CONFIG_FILE,
 )
-from audiocap_jax.model.sharding import MESH_AXES
-from audiocap_jax.rundir import load
-from audiocap_jax.rundir.load import CHECKPOINT_DIR, MODEL_CONFIG_FILE
 
 # The TFDS builds' mel configs, by name (importing features adds no third-party module: pipeline has them).
 MEL_CONFIGS = tuple(config.name for config in features.MEL_CONFIGS)
-WANDB_MODES = ("online", "offline", "disabled")
-HF_CONFIG_FILE = "config.json"  # what makes a directory a HF checkpoint
 
 
 def _require(condition: bool, problem: str, fix: str) -> None:
@@ -61,6 +63,16 @@ def _choice(value: Any, key: str, choices: Iterable[str]) -> None:
         f"{key}={value!r} is not one of {', '.join(map(repr, choices))}.",
         f"set {key} to one of {', '.join(choices)}",
     )
+
+
+@contextlib.contextmanager
+def _asked(prefix: str, fix: str) -> Iterator[None]:
+    """A rule asked of the module that owns it: its ValueError becomes a UserError whose problem is `prefix`
+    (the config key it is about) followed by the owner's message, and whose fix is `fix`."""
+    try:
+        yield
+    except ValueError as error:
+        raise UserError(f"{prefix}{error}", fix) from error
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -116,26 +128,20 @@ def check_readable_file(path: str | os.PathLike, key: str, what: str) -> Path:
     return path
 
 
-def finished_steps(workdir: str | os.PathLike) -> list[int]:
-    """The steps of a workdir's finished checkpoints, from the folder names (Orbax gives an unfinished save a
-    temporary name and a moved-aside corrupt one is `<step>.corrupt-<time>`), without opening Orbax."""
-    folder = Path(workdir).expanduser() / CHECKPOINT_DIR
-    return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit() and p.is_dir())
-
-
 def check_checkpoint(checkpoint: str, step: str | int = "best", key: str = "--checkpoint") -> None:
     """A training workdir of ours (with the requested step), a HF Whisper directory, or a hub id."""
     path = Path(checkpoint).expanduser()
     if (path / MODEL_CONFIG_FILE).is_file():
-        steps = finished_steps(path)
+        steps = finished_steps(path / CHECKPOINT_DIR)
         _require(
             bool(steps),
             f"{key}={path} is a training workdir without any finished checkpoint in {path / CHECKPOINT_DIR}.",
             "train longer (checkpoint.every_steps) or pick another workdir",
         )
-        if str(step) not in load.NAMED_STEPS:
+        number = load.parse_step(step)
+        if isinstance(number, int):
             _require(
-                int(step) in steps,
+                number in steps,
                 f"{key}={path} has no checkpoint at step {step}; it has steps {', '.join(map(str, steps))}.",
                 "set step to one of them, 'best' or 'latest'",
             )
@@ -145,7 +151,7 @@ def check_checkpoint(checkpoint: str, step: str | int = "best", key: str = "--ch
             (path / HF_CONFIG_FILE).is_file(),
             f"{key}={path} is neither a training workdir (no "
             f"{MODEL_CONFIG_FILE}) nor a HF Whisper checkpoint (no {HF_CONFIG_FILE}).",
-            "pass a workdir written by `audiocap_jax.train` or a HF directory such as hf_export/",
+            f"pass a workdir written by `audiocap_jax.train` or a HF directory such as {HF_EXPORT_DIR}/",
         )
         return
     looks_local = path.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1
@@ -190,39 +196,21 @@ def check_decoder_positions(checkpoint: str, max_length: int, key: str) -> None:
 # Config values.
 # ---------------------------------------------------------------------------------------------------------------
 def check_step(step: Any, key: str) -> None:
-    _require(
-        str(step) in load.NAMED_STEPS or re.fullmatch(r"\d+", str(step)) is not None,
-        f"{key}={step!r} is neither 'best', 'latest' nor a step number.",
-        f"set {key}=best, {key}=latest or {key}=<step>, e.g. {key}=1000",
-    )
+    with _asked(f"{key}=", f"set {key}=best, {key}=latest or {key}=<step>, e.g. {key}=1000"):
+        load.parse_step(step)
 
 
 def check_mesh(mesh: Mapping[str, int], key: str, num_devices: int | None = None) -> int | None:
-    """Axis sizes -1 or >= 1, at most one -1; with `num_devices`, returns the data-parallel device count."""
-    unknown = sorted(set(mesh) - set(MESH_AXES))
-    _require(not unknown, f"{key} has unknown axes {unknown}.", f"use only {', '.join(MESH_AXES)}")
-    sizes = {axis: int(mesh.get(axis, 1)) for axis in MESH_AXES}
-    _require(
-        all(s == -1 or s >= 1 for s in sizes.values()),
-        f"{key}={sizes}: sizes must be >= 1 or -1.",
-        f"set each of {key}.{{{','.join(MESH_AXES)}}} to a positive size, or -1 for 'the rest'",
-    )
-    _require(
-        list(sizes.values()).count(-1) <= 1,
-        f"{key}={sizes}: more than one axis is -1.",
-        "set all but one axis to a size",
-    )
+    """The mesh as `sharding.mesh_shape` takes it; with `num_devices`, returns how many data-parallel devices a
+    batch splits over."""
+    axes = f"{key}.{{{','.join(sharding.MESH_AXES)}}}"
+    sizes_fix = "each >= 1 (or -1 for one axis: the remaining devices)"
+    fix = f"make {axes} multiply to {num_devices}, {sizes_fix}" if num_devices else f"set {axes}, {sizes_fix}"
+    with _asked(f"{key}: ", fix):
+        sizes = sharding.mesh_shape(mesh, num_devices)
     if num_devices is None:
         return None
-    known = math.prod(s for s in sizes.values() if s != -1)
-    fits = num_devices % known == 0 if -1 in sizes.values() else known == num_devices
-    _require(
-        fits,
-        f"{key}={sizes} does not fit the {num_devices} visible devices.",
-        f"make the sizes multiply to {num_devices} (or set one axis to -1)",
-    )
-    sizes = {a: (num_devices // known if s == -1 else s) for a, s in sizes.items()}
-    return sizes["data"] * sizes["fsdp"]
+    return sharding.data_parallel_size(AbstractMesh(tuple(sizes.values()), tuple(sizes)))
 
 
 def prompt_length(prefix: str) -> int:
@@ -232,12 +220,8 @@ def prompt_length(prefix: str) -> int:
 
 def style_prompt_length(style: str, key: str) -> int:
     """`prompt_length` of a config style string, which must parse ('clotho > caption')."""
-    try:
+    with _asked(f"{key}: ", f"set {key} like 'clotho > caption', or 'none' for no prefix"):
         prefix = text.parse_style(style)
-    except ValueError as error:
-        raise UserError(
-            f"{key}: {error}", f"set {key} like 'clotho > caption', or 'none' for no prefix"
-        ) from error
     return prompt_length(prefix)
 
 
@@ -246,24 +230,18 @@ def check_search(config: ml_collections.ConfigDict, key: str) -> None:
     (`search_settings.DECODING_KEYS`; `key` is their flag prefix, e.g. '--config-file' or '--config.eval'): the
     search settings as `search.DecodeSettings` validates them, and the reranker (a plug-in must import)."""
     c = config
-    _require(
-        c.num_beams >= 1,
-        f"{key}.num_beams={c.num_beams} must be >= 1.",
-        f"set {key}.num_beams=1 (greedy) or more",
-    )
+    fields = inference.settings_fields(c)
     try:  # every field's rule lives in DecodeSettings; its messages start with the field's name
-        DecodeSettings(eos_id=0, **inference.settings_fields(c))
+        DecodeSettings(eos_id=0, **fields)
     except ValueError as error:
+        field = re.match(r"\w*", str(error)).group()
+        setting = f"now {key}.{field}={fields[field]!r}; " if field in fields else ""
         raise UserError(
-            f"{key}.{error}", f"change that {key} value as the message says (--help lists the keys)"
+            f"{key}.{error}", f"change that {key} value as the message says ({setting}--help lists the keys)"
         ) from error
-    try:
+    builtin = ", ".join(rerank.BUILTIN)
+    with _asked(f"{key}.", f"set {key}.rerank to one of {builtin} or an importable '{rerank.PLUGIN_FORM}'"):
         reranker = rerank.Reranker.from_name(c.rerank)
-    except ValueError as error:
-        raise UserError(
-            f"{key}.{error}",
-            f"set {key}.rerank to one of {', '.join(rerank.BUILTIN)} or an importable '{rerank.PLUGIN_FORM}'",
-        ) from error
     if reranker.name == rerank.MBR:
         problem = metrics.java_problem(f"{key}.rerank=mbr (CIDEr-D's PTB tokenizer)")
         _require(problem is None, str(problem), f"install Java, or set {key}.rerank=likelihood")
@@ -287,7 +265,8 @@ def check_decoding(config: ml_collections.ConfigDict, key: str, num_devices: int
         f"set {key}.min_length=0",
     )
     _choice(c.long_audio, f"{key}.long_audio", audio.LONG_AUDIO_MODES)
-    _choice(c.dtype, f"{key}.dtype", COMPUTE_DTYPES)
+    with _asked(f"{key}.", f"set {key}.dtype to one of the values listed"):
+        check_runtime({"dtype": c.dtype})
     check_step(c.step, f"{key}.step")
     parallel = check_mesh(dict(c.mesh), f"{key}.mesh", num_devices)
     if parallel:
@@ -419,98 +398,12 @@ def check_evaluate(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The model a training run trains: planned by the config, or saved in the workdir it resumes.
+# The model a training run trains: planned by the config, or saved in the workdir it resumes (rundir/plan.py).
 # ---------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ModelPlan:
-    """A model's architecture (`WhisperConfig.architecture()`: HF field names) and, per field, what decides it."""
-
-    architecture: dict[str, Any]
-    sources: dict[
-        str, str
-    ]  # field -> e.g. "--config.model.arch_overrides.d_model", "--workdir=W (model_config.json)"
-
-
-def _read_architecture(path: Path, where: str) -> dict[str, Any]:
-    """The architecture in a `model_config.json` or a HF `config.json`; UserError naming `where` if unusable."""
-    try:
-        return WhisperConfig.from_hf_config(json.loads(path.read_text(encoding="utf-8"))).architecture()
-    except (OSError, ValueError) as error:  # unreadable, not JSON, not Whisper, fields missing
-        raise UserError(
-            f"{where}: {path} does not describe a Whisper model ({error}).",
-            "point it at a training workdir or a HF Whisper checkpoint",
-        ) from error
-
-
-def _hf_config_file(checkpoint: str) -> Path | None:
-    """`config.json` of a HF directory, or of a hub id already in the local HF cache; None when only a
-    download would tell (nothing is fetched here)."""
-    path = Path(checkpoint).expanduser()
-    if path.is_dir():
-        return path / HF_CONFIG_FILE
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(checkpoint, HF_CONFIG_FILE)
-    return Path(cached) if isinstance(cached, str) else None
-
-
-def planned_model(config: ml_collections.ConfigDict) -> ModelPlan | None:
-    """The model `config.model` builds when nothing is resumed, from config values and JSON files only (the
-    variant and overrides, `init_from`'s model_config.json or the HF checkpoint's config.json); None for a hub
-    id that is not in the local HF cache."""
-    m, k = config.model, "--config.model"
-    if m.init == "scratch":
-        overrides = dict(m.arch_overrides)
-        unknown = sorted(set(overrides) - set(ARCH_FIELDS))
-        _require(
-            not unknown,
-            f"{k}.arch_overrides has unknown keys {unknown}.",
-            f"use architecture fields only: {', '.join(ARCH_FIELDS)}",
-        )
-        try:
-            architecture = WhisperConfig.from_variant(m.variant, **overrides).architecture()
-        except ValueError as error:  # an unknown variant, a width the heads do not divide
-            raise UserError(
-                f"{k}.variant={m.variant!r} with {k}.arch_overrides={overrides}: {error}",
-                f"change {k}.variant or {k}.arch_overrides as the message says",
-            ) from error
-        return ModelPlan(
-            architecture,
-            {
-                f: f"{k}.arch_overrides.{f}" if f in overrides else f"{k}.variant={m.variant}"
-                for f in architecture
-            },
-        )
-    if m.init == "ours":
-        path, where = Path(m.init_from).expanduser() / MODEL_CONFIG_FILE, f"{k}.init_from={m.init_from}"
-    else:
-        path, where = _hf_config_file(m.hf_checkpoint), f"{k}.hf_checkpoint={m.hf_checkpoint}"
-        if path is None:
-            return None
-    architecture = _read_architecture(path, where)
-    return ModelPlan(architecture, dict.fromkeys(architecture, where))
-
-
-def saved_model(workdir: str | os.PathLike) -> ModelPlan | None:
-    """The model a training workdir resumes (its `model_config.json`), or None when it has no finished
-    checkpoint (the run starts from `config.model`)."""
-    workdir = Path(workdir).expanduser().absolute()
-    if not finished_steps(workdir):
-        return None
-    path = workdir / MODEL_CONFIG_FILE
-    _require(
-        path.is_file(),
-        f"--workdir={workdir} has checkpoints but no {MODEL_CONFIG_FILE}, so its model is unknown.",
-        "resume from the workdir the checkpoints came from, or train in a new --workdir",
-    )
-    architecture = _read_architecture(path, f"--workdir={workdir}")
-    return ModelPlan(architecture, dict.fromkeys(architecture, f"--workdir={workdir} ({MODEL_CONFIG_FILE})"))
-
-
 def _previous_config(workdir: Path) -> dict[str, Any]:
     """The config of the workdir's last run (`config.json`, as train.py writes it); {} if unreadable."""
     try:
-        return json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+        return json.loads((workdir / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -525,11 +418,11 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     download; then the hub id itself must be the one the workdir's last run named (its config.json).
     """
     workdir = Path(workdir).expanduser().absolute()
-    saved = saved_model(workdir)
+    saved = plan.saved_model(workdir)
     if saved is None:
         return
     differences: list[tuple[str, Any, Any, str]] = []  # (key, saved value, config's value, what sets it)
-    planned = planned_model(config)
+    planned = plan.planned_model(config)
     if planned is not None:
         differences += [
             (field, value, planned.architecture[field], planned.sources[field])
@@ -561,12 +454,12 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
         raise UserError(
             f"--workdir={workdir} holds a run with {had} ({MODEL_CONFIG_FILE}), but the config asks for "
             f"{asked} ({sources}); a resumed run keeps its model.",
-            f"resume with the run's settings (undo that change; its last config is {workdir / 'config.json'}), "
+            f"resume with the run's settings (undo that change; its last config is {workdir / RUN_CONFIG_FILE}), "
             "or train the new model in a new --workdir",
         )
 
 
-def check_model_and_data(config: ml_collections.ConfigDict, model: ModelPlan | None) -> None:
+def check_model_and_data(config: ml_collections.ConfigDict, model: plan.ModelPlan | None) -> None:
     """The run's model (saved or planned; None: unknown until downloaded) takes the data the config feeds it:
     log-mels of its `num_mel_bins`, token sequences within its `max_target_positions`."""
     if model is None:
@@ -594,12 +487,9 @@ def check_model_and_data(config: ml_collections.ConfigDict, model: ModelPlan | N
 # ---------------------------------------------------------------------------------------------------------------
 # Training.
 # ---------------------------------------------------------------------------------------------------------------
-def check_train(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike, num_devices: int | None = None
-) -> None:
-    """The training config (`--config.<key>`) and workdir, before the workdir or anything else is created."""
+def _check_optimization(config: ml_collections.ConfigDict) -> None:
+    """Steps, learning rate, warmup, schedule, and a batch that splits into its accumulation steps."""
     c, k = config, "--config"
-    check_writable_dir(workdir, "--workdir")
     _require(c.total_steps >= 1, f"{k}.total_steps={c.total_steps} must be >= 1.", f"set {k}.total_steps")
     _require(
         c.optim.lr > 0,
@@ -611,35 +501,43 @@ def check_train(
         f"{k}.optim.warmup_steps={c.optim.warmup_steps} must be in [0, total_steps={c.total_steps}).",
         f"set {k}.optim.warmup_steps below {c.total_steps}",
     )
-    _choice(c.optim.schedule, f"{k}.optim.schedule", SCHEDULES)
+    with _asked(f"{k}.optim.", f"set {k}.optim.schedule to one of {', '.join(train_step.SCHEDULES)}"):
+        train_step.check_schedule(c.optim.schedule)
     _require(
         c.batch_size >= 1 and c.accum_steps >= 1 and c.batch_size % c.accum_steps == 0,
         f"{k}.batch_size={c.batch_size} is not a positive multiple of {k}.accum_steps={c.accum_steps}.",
         f"set {k}.batch_size to a multiple of {k}.accum_steps",
     )
-    _choice(c.model.init, f"{k}.model.init", INITS)
-    _choice(c.model.dtype, f"{k}.model.dtype", COMPUTE_DTYPES)
-    _choice(c.model.param_dtype, f"{k}.model.param_dtype", DTYPES)
-    _choice(c.model.remat, f"{k}.model.remat", REMAT_POLICIES)
-    _choice(c.model.attention_impl, f"{k}.model.attention_impl", ATTENTION_IMPLS)
-    if c.model.init == "ours":
-        _require(
-            bool(c.model.init_from),
-            f"{k}.model.init='ours' without {k}.model.init_from.",
-            f"set {k}.model.init_from=<a training workdir>",
-        )
-        check_checkpoint(c.model.init_from, "latest", f"{k}.model.init_from")
-    if c.model.init == "hf":
-        check_checkpoint(c.model.hf_checkpoint, key=f"{k}.model.hf_checkpoint")
-    _choice(c.data.mel_config, f"{k}.data.mel_config", MEL_CONFIGS)
-    adapters = lora.LoRASpec.from_config(c.model.lora)
+
+
+def _check_weights_source(config: ml_collections.ConfigDict) -> None:
+    """Where the weights come from (`init` and the workdir or HF checkpoint it names) and how the model runs."""
+    m, k = config.model, "--config.model"
+    with _asked(
+        f"{k}.", f"set {k}.init to one of {', '.join(load.INITS)} ('ours' with {k}.init_from=<a workdir>)"
+    ):
+        load.check_init(m.init, m.init_from)
+    with _asked(f"{k}.", f"set that {k} key to one of the values listed"):
+        check_runtime({name: m[name] for name in load.RUNTIME_KEYS})
+    if m.init == "ours":
+        check_checkpoint(m.init_from, "latest", f"{k}.init_from")
+    if m.init == "hf":
+        check_checkpoint(m.hf_checkpoint, key=f"{k}.hf_checkpoint")
+
+
+def _check_model(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+    """The model the run trains: its LoRA adapters, the one a resumed workdir holds, and the data it takes."""
+    adapters = lora.LoRASpec.from_config(config.model.lora)
     if adapters.enabled:
         lora.check_targets(adapters, lora.layer_names())
-    lora.check_train_only(adapters, c.optim.train_only)
-    check_resume(c, workdir)
-    check_model_and_data(c, saved_model(workdir) or planned_model(c))
-    _choice(c.log.wandb_mode, f"{k}.log.wandb_mode", WANDB_MODES)
+    lora.check_train_only(adapters, config.optim.train_only)
+    check_resume(config, workdir)
+    check_model_and_data(config, plan.saved_model(workdir) or plan.planned_model(config))
 
+
+def _check_mixture(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """The training datasets and their weights, each with room for a caption after its prompt; the weights."""
+    c, k = config, "--config"
     weights = dict(c.data.mixture)
     for name, weight in weights.items():
         _choice(name, f"{k}.data.mixture", pipeline.TFDS_NAMES)
@@ -658,6 +556,12 @@ def check_train(
                 f"for a {name} caption after the {prompt}-token prompt.",
                 f"set {k}.data.max_length above {prompt + 1}, e.g. 80",
             )
+    return weights
+
+
+def _check_validation(config: ml_collections.ConfigDict) -> None:
+    """The validation datasets, each with room for a caption, and the search that decodes them."""
+    c, k = config, "--config"
     for name in c.eval.datasets:
         _choice(name, f"{k}.eval.datasets", pipeline.TFDS_NAMES)
         prompt = prompt_length(pipeline.DatasetSpec(name=name, data_dir="").prefix)
@@ -668,12 +572,11 @@ def check_train(
             f"set {k}.eval.max_length above {prompt}",
         )
     check_search(c.eval, f"{k}.eval")
-    _require(
-        c.eval.every_steps >= 0 and c.checkpoint.every_steps >= 1 and c.log.every_steps >= 1,
-        f"{k}.eval.every_steps / checkpoint.every_steps / log.every_steps must be >= 0 / 1 / 1.",
-        "set them to step intervals",
-    )
 
+
+def _check_batches(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
+    """The mesh, and (micro-)batches that split over its data-parallel devices."""
+    c, k = config, "--config"
     parallel = check_mesh(dict(c.mesh), f"{k}.mesh", num_devices)
     if parallel:
         for key, size in (
@@ -687,26 +590,52 @@ def check_train(
                 f"set {k}.{key} to a multiple of {parallel}",
             )
 
+
+def _check_builds(config: ml_collections.ConfigDict, weights: Mapping[str, float]) -> None:
+    """The TFDS builds the run reads: each weighted training dataset, and the validation splits."""
+    c, k = config, "--config"
+    for name, weight in weights.items():
+        if weight > 0:
+            check_dataset(
+                name,
+                None,
+                c.data.data_dir,
+                c.data.mel_config,
+                f"{k}.data.mixture.{name}",
+                pipeline.TRAIN_SPLITS,
+                f"{k}.data.data_dir",
+            )
+    for name, split in c.eval.datasets.items():
+        if c.eval.every_steps:
+            check_dataset(
+                name,
+                split,
+                c.data.data_dir,
+                c.data.mel_config,
+                f"{k}.eval.datasets.{name}",
+                pipeline.EVAL_SPLITS,
+                f"{k}.data.data_dir",
+            )
+
+
+def check_train(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, num_devices: int | None = None
+) -> None:
+    """The training config (`--config.<key>`) and workdir, before the workdir or anything else is created."""
+    c, k = config, "--config"
+    check_writable_dir(workdir, "--workdir")
+    _check_optimization(c)
+    _check_weights_source(c)
+    _choice(c.data.mel_config, f"{k}.data.mel_config", MEL_CONFIGS)
+    _check_model(c, workdir)
+    _choice(c.log.wandb_mode, f"{k}.log.wandb_mode", writer.WANDB_MODES)
+    weights = _check_mixture(c)
+    _check_validation(c)
+    _require(
+        c.eval.every_steps >= 0 and c.checkpoint.every_steps >= 1 and c.log.every_steps >= 1,
+        f"{k}.eval.every_steps / checkpoint.every_steps / log.every_steps must be >= 0 / 1 / 1.",
+        "set them to step intervals",
+    )
+    _check_batches(c, num_devices)
     if not c.data.synthetic.enabled:  # the synthetic set is built into data_dir by the run itself
-        for name, weight in weights.items():
-            if weight > 0:
-                check_dataset(
-                    name,
-                    None,
-                    c.data.data_dir,
-                    c.data.mel_config,
-                    f"{k}.data.mixture.{name}",
-                    pipeline.TRAIN_SPLITS,
-                    f"{k}.data.data_dir",
-                )
-        for name, split in c.eval.datasets.items():
-            if c.eval.every_steps:
-                check_dataset(
-                    name,
-                    split,
-                    c.data.data_dir,
-                    c.data.mel_config,
-                    f"{k}.eval.datasets.{name}",
-                    pipeline.EVAL_SPLITS,
-                    f"{k}.data.data_dir",
-                )
+        _check_builds(c, weights)

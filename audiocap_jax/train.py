@@ -38,18 +38,13 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from audiocap_jax import cli, metrics, preflight, report, runtime, text
+from audiocap_jax import cli, metrics, preflight, runtime, text
 from audiocap_jax.data import demo, pipeline
 from audiocap_jax.decoding import inference
 from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.config import WhisperConfig
-from audiocap_jax.rundir import checkpoint, load, lock, mfu, train_step
+from audiocap_jax.rundir import checkpoint, layout, load, lock, mfu, summary, train_step
 from audiocap_jax.rundir.writer import MetricWriter, read_metrics
-
-PREDICTIONS_DIR = "predictions"  # final validation predictions and their scores, per dataset
-HF_EXPORT_DIR = "hf_export"
-SHARDING_TABLE_FILE = "sharding.txt"  # shape and mesh spec of every parameter
-CONFIG_FILE = "config.json"  # the run's full config (logged only at --verbosity=1)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py).", lock_config=True
@@ -113,10 +108,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str | Path) -> Setup:
     logging.vlog(1, "Config:\n%s", config)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
+        (workdir / layout.RUN_CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
     mesh = sharding.make_mesh(dict(config.mesh))
     checkpoints = checkpoint.Checkpointer(
-        workdir / load.CHECKPOINT_DIR,
+        workdir / layout.CHECKPOINT_DIR,
         keep_last=config.checkpoint.keep_last,
         keep_best=config.checkpoint.keep_best,
         async_save=config.checkpoint.async_save,
@@ -167,7 +162,7 @@ def build_state(s: Setup) -> Trainee:
     if jax.process_index() == 0:
         load.save_run_files(s.workdir, built.config, built.tokenizer, adapters)
     graphdef, weights = nnx.split(built.model)
-    sharding.log_sharding_overview(weights, s.mesh, s.workdir / SHARDING_TABLE_FILE)
+    sharding.log_sharding_overview(weights, s.mesh, s.workdir / layout.SHARDING_TABLE_FILE)
     updater = train_step.updater_from_config(config, weights, adapters)
     logging.info("%s", train_step.describe_trainable(weights, updater.selects, updater.settings))
     tx, schedule, selects = updater.tx, updater.schedule, updater.selects
@@ -200,10 +195,10 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> str:
     synthetic = config.data.synthetic
     if not synthetic.enabled:
         return config.data.data_dir
-    data_dir = config.data.data_dir or str(workdir / "data" / "tfds")
+    data_dir = config.data.data_dir or str(workdir / layout.TFDS_DIR)
     if jax.process_index() == 0:
         demo.ensure_demo_data(
-            synthetic.root or workdir / "data" / "synthetic",
+            synthetic.root or workdir / layout.SYNTHETIC_DIR,
             data_dir,
             num_train=synthetic.num_train,
             num_valid=synthetic.num_valid,
@@ -288,7 +283,7 @@ class Validation:
                 step,
                 spec.name,
                 scores.num_clips,
-                report.headline(results, spec.name),
+                summary.headline(results, spec.name),
             )
             table = metrics.format_table(dataclasses.replace(scores, unavailable={}))
             logging.vlog(1, "step %d %s:\n%s", step, spec.name, table)
@@ -426,7 +421,7 @@ def train_loop(s: Setup, t: Trainee, data: Data, step_fn: Any) -> LoopEnd:
             eval_start = time.perf_counter()
             is_last = step == config.total_steps
             results = data.validation.run(
-                step, state.weights, s.workdir / PREDICTIONS_DIR if is_last else None
+                step, state.weights, s.workdir / layout.PREDICTIONS_DIR if is_last else None
             )
             results["eval_seconds"] = time.perf_counter() - eval_start
             s.writer.write(step, results)
@@ -495,7 +490,7 @@ def export_hf(s: Setup, t: Trainee, end: LoopEnd) -> None:
     runtime.barrier("export", end.step)
     host_weights = jax.tree.map(_to_host, weights)
     if jax.process_index() == 0:
-        export(nnx.merge(graphdef, host_weights), t.tokenizer, s.workdir / HF_EXPORT_DIR)
+        export(nnx.merge(graphdef, host_weights), t.tokenizer, s.workdir / layout.HF_EXPORT_DIR)
 
 
 def finish(s: Setup, t: Trainee, end: LoopEnd) -> None:
@@ -512,9 +507,9 @@ def finish(s: Setup, t: Trainee, end: LoopEnd) -> None:
     s.writer.close()
     if jax.process_index() == 0 and not end.preempted:
         # A run resumed at its end validates nothing new: report its last validation from the log.
-        final = end.results or report.last_validation(read_metrics(s.workdir))
-        (s.workdir / report.FINAL_METRICS_FILE).write_text(json.dumps({"step": end.step, **final}, indent=1))
-        report.plot_metrics(s.workdir)
+        final = end.results or summary.last_validation(read_metrics(s.workdir))
+        (s.workdir / layout.FINAL_METRICS_FILE).write_text(json.dumps({"step": end.step, **final}, indent=1))
+        summary.plot_metrics(s.workdir)
         logging.info("Done at step %d. Workdir: %s", end.step, s.workdir)
     runtime.barrier("finish", end.step)
 
@@ -577,7 +572,7 @@ def main(argv: list[str]) -> None:
     if end.preempted:
         sys.exit(cli.EXIT_PREEMPTED)
     if jax.process_index() == 0:
-        print(report.summary(_WORKDIR.value))
+        print(summary.describe(_WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,8 @@ import sys
 import matplotlib.image
 import pytest
 
-from audiocap_jax import report
 from audiocap_jax.data import demo, synthetic
-from audiocap_jax.rundir import load
+from audiocap_jax.rundir import layout, summary
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VALID, NUM_TEST = 8, 4, 1
@@ -74,12 +73,12 @@ def test_demo_builds_data_trains_and_writes_outputs(demo_run):
     train_records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in train_records if "loss" in r]
     assert len(losses) == TOTAL_STEPS and all(math.isfinite(x) for x in losses)
-    vocab_size = json.loads((workdir / load.MODEL_CONFIG_FILE).read_text())["vocab_size"]
+    vocab_size = json.loads((workdir / layout.MODEL_CONFIG_FILE).read_text())["vocab_size"]
     assert vocab_size == 51865  # the demo keeps Whisper's multilingual vocabulary
     assert abs(losses[0] - math.log(vocab_size)) < 0.5  # a fresh model guesses uniformly over it
     assert losses[-1] < losses[0] - 0.5  # and learns from the first steps
 
-    final = json.loads((workdir / report.FINAL_METRICS_FILE).read_text())
+    final = json.loads((workdir / layout.FINAL_METRICS_FILE).read_text())
     assert final["step"] == TOTAL_STEPS
     assert 0 <= final["clotho/cider_d"] < 10 and 0 <= final["clotho/meteor"] <= 1
     assert 0 <= final["audioset/keyword_f1_micro"] <= 1
@@ -96,19 +95,19 @@ def test_demo_builds_data_trains_and_writes_outputs(demo_run):
     scores = json.loads((predictions / "audioset_valid_metrics.json").read_text())
     assert scores["step"] == TOTAL_STEPS and scores["prefix"] == "audioset > keywords: "
 
-    image = matplotlib.image.imread(workdir / report.PLOT_FILE)
+    image = matplotlib.image.imread(workdir / layout.PLOT_FILE)
     assert image.shape[:2] == (450, 1200)  # figsize (12, 4.5) at 100 dpi
     assert (workdir / "hf_export" / "model.safetensors").is_file()
 
     assert f"step {TOTAL_STEPS}: loss" in result.stdout
     assert "clotho     CIDEr-D" in result.stdout and "audioset   keyword F1 (micro)" in result.stdout
-    assert str(workdir / report.PLOT_FILE) in result.stdout
+    assert str(workdir / layout.PLOT_FILE) in result.stdout
     assert str(predictions) in result.stdout
 
 
 def test_rerun_reuses_data_and_keeps_results(demo_run):
     workdir, _ = demo_run
-    before = json.loads((workdir / report.FINAL_METRICS_FILE).read_text())
+    before = json.loads((workdir / layout.FINAL_METRICS_FILE).read_text())
     again = demo.ensure_demo_data(
         workdir / "data" / "synthetic",
         workdir / "data" / "tfds",
@@ -119,7 +118,7 @@ def test_rerun_reuses_data_and_keeps_results(demo_run):
     assert again.built is False
     result = _run_demo(workdir)  # resumes at the last step: nothing to train, the report stays
     assert "Demo data is ready" in result.stderr
-    assert json.loads((workdir / report.FINAL_METRICS_FILE).read_text()) == before
+    assert json.loads((workdir / layout.FINAL_METRICS_FILE).read_text()) == before
 
 
 def test_predict_on_demo_checkpoint(demo_run, tmp_path):
@@ -153,15 +152,15 @@ def test_report_of_a_metrics_log(tmp_path):
         {"step": 30, "loss": 1.0, "token_accuracy": 0.75, "examples_per_second": 12.0},
     ]  # fmt: skip
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert report.last_validation(records) == {
+    assert summary.last_validation(records) == {
         "clotho/cider_d": 1.25,
         "clotho/meteor": 0.3,
         "audioset/cider_d": 2.0,
         "audioset/keyword_f1_micro": 0.85,
         "eval_seconds": 4.0,
     }
-    assert report.plot_metrics(tmp_path) == tmp_path / report.PLOT_FILE
-    lines = report.summary(tmp_path).splitlines()
+    assert summary.plot_metrics(tmp_path) == tmp_path / layout.PLOT_FILE
+    lines = summary.describe(tmp_path).splitlines()
     assert lines[1:4] == [
         "  step 30: loss 1.0000, token accuracy 0.750, 12.0 examples/s (median)",
         "  audioset   keyword F1 (micro) 0.8500",
@@ -169,4 +168,4 @@ def test_report_of_a_metrics_log(tmp_path):
     ]
     assert lines[4] == "  clotho     METEOR             0.3000"
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
-        report.plot_metrics(tmp_path / "empty")
+        summary.plot_metrics(tmp_path / "empty")

@@ -15,7 +15,7 @@ from audiocap_jax import text
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import export
 from audiocap_jax.model.whisper import create_model
-from audiocap_jax.rundir import load
+from audiocap_jax.rundir import layout, load
 from configs.common import TINY_ARCH
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_workdir_restore_keeps_saved_dtype_unless_asked(tmp_path):
     )
     weights = nnx.state(create_model(config, seed=3))
     load.save_run_files(tmp_path, config, text.Tokenizer.from_assets())
-    saver = checkpoint.Checkpointer(tmp_path / load.CHECKPOINT_DIR, async_save=False)
+    saver = checkpoint.Checkpointer(tmp_path / layout.CHECKPOINT_DIR, async_save=False)
     saver.save(7, {"step": np.int32(7), load.WEIGHTS_KEY: weights, "opt_state": {}}, {"position": 7})
     saver.close()
 
@@ -97,4 +97,4 @@ def test_workdir_restore_keeps_saved_dtype_unless_asked(tmp_path):
     assert {x.dtype for x in jax.tree.leaves(nnx.state(cast.model))} == {jax.numpy.dtype("float32")}
     with pytest.raises(ValueError, match="no checkpoint at step 8; it has steps \\[7\\]"):
         load.build_model(load.ModelInit.from_path(tmp_path, step=8))
-    assert json.loads((tmp_path / load.MODEL_CONFIG_FILE).read_text())["d_model"] == 32
+    assert json.loads((tmp_path / layout.MODEL_CONFIG_FILE).read_text())["d_model"] == 32

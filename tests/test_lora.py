@@ -22,7 +22,7 @@ from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.hf import export, load_hf_checkpoint
 from audiocap_jax.model.sharding import batch_sharding
 from audiocap_jax.model.whisper import create_model
-from audiocap_jax.rundir import checkpoint, load, train_step
+from audiocap_jax.rundir import checkpoint, layout, load, train_step
 from audiocap_jax.testing.models import TINY_ARCH, save_tiny_hf_whisper
 from configs import finetune_lora
 
@@ -178,11 +178,11 @@ def test_only_adapters_and_biases_train_resume_restores_them_and_loading_merges_
     # The run files record the adapters: resuming restores them and their optimizer state exactly.
     workdir = tmp_path / "run"
     load.save_run_files(workdir, TINY, tokenizer, Q_V_FC1)
-    assert json.loads((workdir / load.MODEL_CONFIG_FILE).read_text())["lora"]["targets"] == list(
+    assert json.loads((workdir / layout.MODEL_CONFIG_FILE).read_text())["lora"]["targets"] == list(
         Q_V_FC1.targets
     )
     assert load.saved_lora(workdir) == Q_V_FC1
-    saver = checkpoint.Checkpointer(workdir / load.CHECKPOINT_DIR, async_save=False)
+    saver = checkpoint.Checkpointer(workdir / layout.CHECKPOINT_DIR, async_save=False)
     saver.save(6, state, {"position": 0})
     resumed = load.build_model(
         load.ModelInit(init="scratch"), mesh=mesh, resume_from=saver, run_files=workdir

@@ -5,6 +5,8 @@ import json
 import pytest
 
 from audiocap_jax import cli, preflight
+from audiocap_jax.model.config import WhisperConfig
+from audiocap_jax.rundir import layout
 from configs import base
 
 
@@ -43,9 +45,9 @@ def test_mesh_and_steps():
 
 def test_checkpoints_and_tfds_builds(tmp_path):
     workdir = tmp_path / "run"
-    (workdir / "checkpoints" / "40").mkdir(parents=True)
-    (workdir / "checkpoints" / "60.corrupt-20260101T000000Z").mkdir()
-    (workdir / "model_config.json").write_text("{}")
+    (workdir / layout.CHECKPOINT_DIR / "40").mkdir(parents=True)
+    (workdir / layout.CHECKPOINT_DIR / "60.corrupt-20260101T000000Z").mkdir()
+    (workdir / layout.MODEL_CONFIG_FILE).write_text("{}")
     preflight.check_checkpoint(str(workdir), "40")
     with pytest.raises(cli.UserError, match="has no checkpoint at step 60; it has steps 40"):
         preflight.check_checkpoint(str(workdir), "60")
@@ -83,7 +85,7 @@ def _train_config(**changes):
 
 def test_train_config_batch_sizes_and_choices(tmp_path):
     """check_train alone guards the batch sizes (train.setup does not repeat them); its choices are the ones
-    the code uses (choices.INITS and SCHEDULES, the TFDS builds' mel configs)."""
+    the code uses (load.INITS, train_step.SCHEDULES, the TFDS builds' mel configs)."""
     preflight.check_train(_train_config(), tmp_path / "run", num_devices=8)
     assert not (tmp_path / "run").exists()
     for changes, message in (
@@ -107,12 +109,12 @@ def test_train_config_batch_sizes_and_choices(tmp_path):
 def _saved_run(workdir, lora=None, **arch):
     """A workdir as a finished run leaves it, as far as pre-flight reads it: model_config.json, config.json
     (whose model came from `arch`, the tiny variant's fields changed) and one finished checkpoint folder."""
-    from audiocap_jax.model.config import WhisperConfig
-
     saved = {"model_type": "whisper", **WhisperConfig.from_variant("tiny", **arch).architecture()}
-    (workdir / "checkpoints" / "4").mkdir(parents=True)
-    (workdir / "model_config.json").write_text(json.dumps({**saved, **({"lora": lora} if lora else {})}))
-    (workdir / "config.json").write_text(json.dumps({"model": {"hf_checkpoint": "openai/whisper-tiny"}}))
+    (workdir / layout.CHECKPOINT_DIR / "4").mkdir(parents=True)
+    (workdir / layout.MODEL_CONFIG_FILE).write_text(json.dumps({**saved, **({"lora": lora} if lora else {})}))
+    (workdir / layout.RUN_CONFIG_FILE).write_text(
+        json.dumps({"model": {"hf_checkpoint": "openai/whisper-tiny"}})
+    )
     return {path: path.read_bytes() for path in workdir.rglob("*") if path.is_file()}
 
 
@@ -173,8 +175,10 @@ def test_resume_compares_the_hf_checkpoint_and_starts_fresh_without_checkpoints(
     _saved_run(workdir)
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
-    tiny = preflight.WhisperConfig.from_variant("tiny").architecture()
-    (hf_dir / "config.json").write_text(json.dumps({"model_type": "whisper", **tiny, "decoder_layers": 2}))
+    tiny = WhisperConfig.from_variant("tiny").architecture()
+    (hf_dir / layout.HF_CONFIG_FILE).write_text(
+        json.dumps({"model_type": "whisper", **tiny, "decoder_layers": 2})
+    )
     with pytest.raises(
         cli.UserError,
         match=rf"decoder_layers=4 .* decoder_layers=2 \(--config.model.hf_checkpoint={hf_dir}\)",
@@ -185,6 +189,8 @@ def test_resume_compares_the_hf_checkpoint_and_starts_fresh_without_checkpoints(
         cli.UserError, match=r"hf_checkpoint='openai/whisper-tiny' .* hf_checkpoint='someone/whisper-x'"
     ):
         preflight.check_resume(_train_config(**{"model.hf_checkpoint": "someone/whisper-x"}), workdir)
-    (workdir / "checkpoints" / "4").rename(workdir / "checkpoints" / "4.corrupt-20260101T000000Z")
+    (workdir / layout.CHECKPOINT_DIR / "4").rename(
+        workdir / layout.CHECKPOINT_DIR / "4.corrupt-20260101T000000Z"
+    )
     # Without a finished checkpoint there is nothing to resume: the config's model starts afresh.
     preflight.check_resume(_train_config(**{"model.hf_checkpoint": str(hf_dir)}), workdir)

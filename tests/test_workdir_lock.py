@@ -13,7 +13,8 @@ import pytest
 
 from audiocap_jax import cli
 from audiocap_jax.rundir import lock
-from audiocap_jax.rundir.lock import LOCK_FILE, STALE_SECONDS, Holder, WorkdirLock
+from audiocap_jax.rundir.layout import LOCK_FILE
+from audiocap_jax.rundir.lock import STALE_SECONDS, Holder, WorkdirLock
 
 
 def _dead_pid() -> int:

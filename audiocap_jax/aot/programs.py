@@ -23,13 +23,14 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from audiocap_jax import preflight, text
+from audiocap_jax import text
 from audiocap_jax.decoding import inference
 from audiocap_jax.model import lora as lora_lib
 from audiocap_jax.model import sharding
 from audiocap_jax.model.backend import resolve_runtime
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.rundir import load, train_step
+from audiocap_jax.rundir.plan import planned_model
 
 GIB = 2**30
 
@@ -47,10 +48,10 @@ class LoweredProgram:
 
 
 def model_config(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> WhisperConfig:
-    """The architecture a new run of `config` builds (`preflight.planned_model`: JSON files only; the
+    """The architecture a new run of `config` builds (`plan.planned_model`: JSON files only; the
     variant's for a hub id that is not in the local HF cache), with its runtime settings resolved for
     `devices` as the run would on them (bfloat16 and cuDNN/splash on GPU/TPU)."""
-    plan = preflight.planned_model(config)
+    plan = planned_model(config)
     if plan is None:
         architecture = WhisperConfig.from_variant(config.model.variant).architecture()
     else:

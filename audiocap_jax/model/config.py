@@ -41,7 +41,22 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "cpu")  # "auto" is resolve
 DTYPES = ("float32", "bfloat16", "float16")
 COMPUTE_DTYPES = ("auto", *DTYPES)  # "auto": bfloat16 on GPU/TPU, float32 on CPU (model/backend.py)
 REMAT_POLICIES = ("none", "full", "dots")
+RUNTIME_CHOICES = {  # the runtime fields that take one of a few names, and those names
+    "dtype": COMPUTE_DTYPES,
+    "param_dtype": DTYPES,
+    "remat": REMAT_POLICIES,
+    "attention_impl": ATTENTION_IMPLS,
+}
 VOCAB_PAD_MULTIPLE = 128  # the embedding's vocab axis is padded to this so it divides the `tensor` mesh axis
+
+
+def check_runtime(runtime: Mapping[str, Any]) -> None:
+    """The rule `WhisperConfig` holds its runtime fields to, for a config that will build one later (preflight
+    asks before anything loads): ValueError naming the first field of `RUNTIME_CHOICES` in `runtime` whose
+    value is not one of its names. Other keys (`scan_layers`) pass."""
+    for name, choices in RUNTIME_CHOICES.items():
+        if name in runtime and runtime[name] not in choices:
+            raise ValueError(f"{name}={runtime[name]!r} is not one of {', '.join(map(repr, choices))}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,16 +94,7 @@ class WhisperConfig:
                     f"d_model {self.d_model} is not divisible by {name}_attention_heads {heads}; "
                     "pick a head count that divides the width."
                 )
-        if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(
-                f"attention_impl {self.attention_impl!r} unknown; choose one of {ATTENTION_IMPLS}."
-            )
-        if self.dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} unknown; choose one of {COMPUTE_DTYPES}.")
-        if self.param_dtype not in DTYPES:
-            raise ValueError(f"param_dtype {self.param_dtype!r} unknown; choose one of {DTYPES}.")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat {self.remat!r} unknown; choose one of {REMAT_POLICIES}.")
+        check_runtime({name: getattr(self, name) for name in RUNTIME_CHOICES})
 
     @property
     def padded_vocab_size(self) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -45,30 +45,48 @@ LOGICAL_RULES: Rules = (
 )
 
 
-def make_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Mesh over `('data', 'fsdp', 'tensor')` from e.g. `{'data': -1, 'fsdp': 1, 'tensor': 1}`.
+def mesh_shape(mesh_config: Mapping[str, int], num_devices: int | None) -> dict[str, int]:
+    """The size of every mesh axis from e.g. `{'data': -1, 'fsdp': 1, 'tensor': 1}` (a missing axis is 1, one
+    axis may be -1: the remaining devices), for `num_devices` devices; with None only the form is checked and a
+    -1 stays. The one rule for a config's mesh: `make_mesh` builds it and preflight asks it before any device
+    starts.
 
-    One axis may be -1 (takes the remaining devices). Axis types are Auto (GSPMD propagation), which
-    `jax.sharding.Mesh` uses by default; jax 0.10's `jax.make_mesh` would default to Explicit.
+    Raises:
+      ValueError: an unknown axis, a size below 1 other than -1, two -1, or sizes that do not fit the devices.
     """
-    unknown = set(mesh_shape) - set(MESH_AXES)
+    unknown = sorted(set(mesh_config) - set(MESH_AXES))
     if unknown:
-        raise ValueError(f"mesh_shape has unknown axes {sorted(unknown)}; use {MESH_AXES}.")
-    devices = list(jax.devices() if devices is None else devices)
-    sizes = [int(mesh_shape.get(axis, 1)) for axis in MESH_AXES]
-    if sizes.count(-1) > 1:
-        raise ValueError(f"mesh_shape {dict(mesh_shape)}: at most one axis may be -1.")
-    known = math.prod(s for s in sizes if s != -1)
-    if -1 in sizes:
-        if len(devices) % known:
-            raise ValueError(f"mesh_shape {dict(mesh_shape)} does not divide {len(devices)} devices.")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) != len(devices):
         raise ValueError(
-            f"mesh_shape {dict(zip(MESH_AXES, sizes, strict=True))} needs {math.prod(sizes)} devices but "
-            f"{len(devices)} are visible; make the axis sizes multiply to {len(devices)} (or use -1 for one axis)."
+            f"mesh {dict(mesh_config)} has unknown axes {unknown}; use only {', '.join(MESH_AXES)}."
         )
-    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+    sizes = {axis: int(mesh_config.get(axis, 1)) for axis in MESH_AXES}
+    if not all(size == -1 or size >= 1 for size in sizes.values()):
+        raise ValueError(f"mesh {sizes}: sizes must be >= 1 or -1.")
+    if list(sizes.values()).count(-1) > 1:
+        raise ValueError(f"mesh {sizes}: more than one axis is -1; at most one takes the remaining devices.")
+    if num_devices is None:
+        return sizes
+    known = math.prod(size for size in sizes.values() if size != -1)
+    rest = -1 in sizes.values()
+    fits = num_devices % known == 0 if rest else known == num_devices
+    if not fits:
+        raise ValueError(
+            f"mesh {sizes} does not fit the {num_devices} visible devices: it needs "
+            f"{f'a multiple of {known}' if rest else known} devices but {num_devices} are visible; make the axis "
+            f"sizes multiply to {num_devices} (or use -1 for one axis)."
+        )
+    return {axis: num_devices // known if size == -1 else size for axis, size in sizes.items()}
+
+
+def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Mesh over `('data', 'fsdp', 'tensor')` from e.g. `{'data': -1, 'fsdp': 1, 'tensor': 1}` (`mesh_shape`).
+
+    Axis types are Auto (GSPMD propagation), which `jax.sharding.Mesh` uses by default; jax 0.10's
+    `jax.make_mesh` would default to Explicit.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_shape(mesh_config, len(devices))
+    return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), MESH_AXES)
 
 
 def logical_to_spec(
@@ -154,13 +172,14 @@ def log_sharding_overview(state: Any, mesh: Mesh, table_file: Path | None = None
 # ---------------------------------------------------------------------------------------------------------------
 # Batches: the "batch" rule, and the host <-> global conversions every caller uses.
 # ---------------------------------------------------------------------------------------------------------------
-def batch_sharding(mesh: Mesh) -> NamedSharding:
+def batch_sharding(mesh: Mesh | AbstractMesh) -> NamedSharding:
     """Dimension 0 split as the `"batch"` rule says (the mesh's data-parallel axes), the rest replicated."""
     return NamedSharding(mesh, logical_to_spec(("batch",), mesh=mesh))
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-    """How many ways `batch_sharding` splits the batch: a global batch must be a multiple of this."""
+def data_parallel_size(mesh: Mesh | AbstractMesh) -> int:
+    """How many ways `batch_sharding` splits the batch: a global batch must be a multiple of this. An
+    `AbstractMesh` (sizes, no devices) answers it before any device starts."""
     return math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(batch_sharding(mesh).spec)))
 
 

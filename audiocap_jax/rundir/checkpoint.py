@@ -24,6 +24,15 @@ from orbax.checkpoint import checkpoint_managers as policies
 BEST_KEY = "best_score"  # the metric Orbax ranks checkpoints by (higher is better)
 
 
+def finished_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps of the finished checkpoints in `directory`, from the folder names alone, without opening Orbax
+    (cheap enough for pre-flight checks): an unfinished save has a temporary name, and a moved-aside corrupt
+    one is `<step>.corrupt-<time>`."""
+    return sorted(
+        int(p.name) for p in Path(directory).expanduser().glob("*") if p.name.isdigit() and p.is_dir()
+    )
+
+
 class Checkpointer:
     """Thin policy layer over `ocp.CheckpointManager` with items `state` (pytree) and `data` (JSON)."""
 

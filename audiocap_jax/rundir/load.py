@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from audiocap_jax.choices import INITS
 from audiocap_jax.model import sharding
 from audiocap_jax.model.backend import resolve_runtime
 from audiocap_jax.model.config import WhisperConfig
@@ -42,11 +42,10 @@ from audiocap_jax.model.hf import load_hf_checkpoint, resolve_checkpoint_dir
 from audiocap_jax.model.lora import NO_LORA, LoRASpec, apply_lora, merge_lora
 from audiocap_jax.model.whisper import Whisper, create_model
 from audiocap_jax.rundir.checkpoint import Checkpointer
+from audiocap_jax.rundir.layout import CHECKPOINT_DIR, MODEL_CONFIG_FILE, TOKENIZER_DIR
 from audiocap_jax.text import Tokenizer, num_languages_for_vocab_size
 
-MODEL_CONFIG_FILE = "model_config.json"
-TOKENIZER_DIR = "tokenizer"
-CHECKPOINT_DIR = "checkpoints"
+INITS = ("ours", "hf", "scratch")  # config.model.init: where the weights come from unless the run resumes
 WEIGHTS_KEY = "weights"  # the field of a saved train state that holds every model variable
 NAMED_STEPS = ("best", "latest")  # the checkpoints of a workdir that have names; any other is a step number
 RUNTIME_KEYS = (  # config.model keys that say how the model runs, not what it is
@@ -56,6 +55,23 @@ RUNTIME_KEYS = (  # config.model keys that say how the model runs, not what it i
     "scan_layers",
     "attention_impl",
 )
+
+
+def check_init(init: str, init_from: str = "") -> None:
+    """Raises ValueError unless `init` is one of `INITS`, "ours" with the workdir it restores."""
+    if init not in INITS:
+        raise ValueError(f"init={init!r} is not one of {', '.join(map(repr, INITS))}.")
+    if init == "ours" and not init_from:
+        raise ValueError("init='ours' needs init_from=<a training workdir>.")
+
+
+def parse_step(step: int | str) -> int | str:
+    """Which checkpoint of a workdir `step` names: "best", "latest" or a step number; ValueError otherwise."""
+    if str(step) in NAMED_STEPS:
+        return str(step)
+    if re.fullmatch(r"\d+", str(step)) is None:
+        raise ValueError(f"{step!r} is neither {', '.join(map(repr, NAMED_STEPS))} nor a step number.")
+    return int(step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,14 +100,13 @@ class ModelInit:
     seed: int = 0
     runtime: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_init(self.init, self.init_from)
+
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> ModelInit:
         """From a training config (`config.model` and `config.seed`)."""
         m = config.model
-        if m.init not in INITS:
-            raise ValueError(f"config.model.init={m.init!r} unknown; choose one of {INITS}.")
-        if m.init == "ours" and not m.init_from:
-            raise ValueError("config.model.init='ours' needs config.model.init_from=<a training workdir>.")
         return cls(
             init=m.init,
             init_from=m.init_from,
@@ -182,14 +197,13 @@ def build_model(
         directory = resolve_checkpoint_dir(init.hf_checkpoint)
         model, config = load_hf_checkpoint(directory, mesh=mesh, **runtime)
         return BuiltModel(model, config, tokenizer_for(directory, config), f"HF {directory}", resume=False)
-    if init.init == "scratch":
-        config = WhisperConfig.from_variant(init.variant, **dict(init.arch_overrides), **runtime)
-        model = create_model(config, mesh=mesh, seed=init.seed)
-        if init.conv_init_std:
-            _redraw_input_convs(model, init.conv_init_std, init.seed)
-        tokenizer = Tokenizer.from_assets(num_languages_for_vocab_size(config.vocab_size))
-        return BuiltModel(model, config, tokenizer, f"fresh init of {init.variant}", resume=False)
-    raise ValueError(f"model init {init.init!r} unknown; choose one of {INITS}.")
+    # init.init == "scratch", the one left (`check_init`).
+    config = WhisperConfig.from_variant(init.variant, **dict(init.arch_overrides), **runtime)
+    model = create_model(config, mesh=mesh, seed=init.seed)
+    if init.conv_init_std:
+        _redraw_input_convs(model, init.conv_init_std, init.seed)
+    tokenizer = Tokenizer.from_assets(num_languages_for_vocab_size(config.vocab_size))
+    return BuiltModel(model, config, tokenizer, f"fresh init of {init.variant}", resume=False)
 
 
 def abstract_model(config: WhisperConfig, mesh: Mesh, lora: LoRASpec) -> Whisper:
@@ -245,14 +259,15 @@ def _saved_param_dtype(dtypes: list[np.dtype]) -> str:
 
 def _choose_step(manager: Checkpointer, steps: list[int], step: int | str, path: Path) -> int:
     best, latest = NAMED_STEPS
-    if step == latest:
+    chosen = parse_step(step)
+    if chosen == latest:
         return steps[-1]
-    if step == best:
-        best = manager.best_step()
-        return best if best is not None else steps[-1]
-    if int(step) not in steps:
+    if chosen == best:
+        best_step = manager.best_step()
+        return best_step if best_step is not None else steps[-1]
+    if chosen not in steps:
         raise ValueError(f"{path} has no checkpoint at step {step}; it has steps {steps}.")
-    return int(step)
+    return int(chosen)
 
 
 def _redraw_input_convs(model: Whisper, std: float, seed: int) -> None:

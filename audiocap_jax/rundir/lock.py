@@ -30,8 +30,8 @@ from pathlib import Path
 from absl import logging
 
 from audiocap_jax.cli import UserError
+from audiocap_jax.rundir.layout import LOCK_FILE
 
-LOCK_FILE = "train.lock"
 HEARTBEAT_SECONDS = 60.0  # how often a running training touches its lock
 STALE_SECONDS = 10 * 60.0  # a lock not touched for this long belongs to a dead run, whatever its host
 _ATTEMPTS = 3  # a stale lock removed, or a holder that just finished, lets us try again

@@ -28,12 +28,16 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from audiocap_jax.choices import SCHEDULES
 from audiocap_jax.model import lora as lora_lib
 from audiocap_jax.model.sharding import batch_sharding
 
 # Leaves of a training batch that go to the device; the rest (file names, references) stays on the host.
 TRAIN_KEYS = ("mel", "decoder_input_ids", "targets", "loss_mask")
+SCHEDULES = (
+    "linear",
+    "cosine",
+    "constant",
+)  # config.optim.schedule: the decay after warmup (`make_schedule`)
 
 
 @flax.struct.dataclass
@@ -45,6 +49,12 @@ class TrainState:
     opt_state: Any  # optax state of the trained weights only, sharded like them
 
 
+def check_schedule(name: str) -> None:
+    """Raises ValueError unless `name` is one of `SCHEDULES`."""
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule={name!r} is not one of {', '.join(map(repr, SCHEDULES))}.")
+
+
 def make_schedule(
     *, lr: float, warmup_steps: int, total_steps: int, decay: str = "linear", end_lr_fraction: float = 0.0
 ) -> optax.Schedule:
@@ -52,8 +62,7 @@ def make_schedule(
 
     The original used HF's linear schedule: warmup, then linear decay to 0 at max_steps.
     """
-    if decay not in SCHEDULES:
-        raise ValueError(f"config.optim.schedule {decay!r} unknown; choose one of {SCHEDULES}.")
+    check_schedule(decay)
     if warmup_steps >= total_steps and decay != "constant":
         raise ValueError(
             f"warmup_steps {warmup_steps} >= total_steps {total_steps}; lower config.optim.warmup_steps."

@@ -12,8 +12,9 @@ from typing import Any
 import jax
 from absl import logging
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.jsonl"
+from audiocap_jax.rundir.layout import METRICS_FILE, SAMPLES_FILE
+
+WANDB_MODES = ("online", "offline", "disabled")  # config.log.wandb_mode; the WANDB_MODE variable overrides it
 
 
 class MetricWriter:
