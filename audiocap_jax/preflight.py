@@ -49,6 +49,8 @@ from audiocap_jax.rundir.layout import (
 
 # The TFDS builds' mel configs, by name (importing features adds no third-party module: pipeline has them).
 MEL_CONFIGS = tuple(config.name for config in features.MEL_CONFIGS)
+# The fixes of refused decoding keys that can say more than "as the message says" (`key`: the flag prefix).
+_DECODING_FIXES = {"num_beams": "set {key}.num_beams=1 (greedy) or more"}
 
 
 def _require(condition: bool, problem: str, fix: str) -> None:
@@ -230,15 +232,14 @@ def check_search(config: ml_collections.ConfigDict, key: str) -> None:
     (`search_settings.DECODING_KEYS`; `key` is their flag prefix, e.g. '--config-file' or '--config.eval'): the
     search settings as `search.DecodeSettings` validates them, and the reranker (a plug-in must import)."""
     c = config
-    fields = inference.settings_fields(c)
     try:  # every field's rule lives in DecodeSettings; its messages start with the field's name
-        DecodeSettings(eos_id=0, **fields)
+        DecodeSettings(eos_id=0, **inference.settings_fields(c))
     except ValueError as error:
         field = re.match(r"\w*", str(error)).group()
-        setting = f"now {key}.{field}={fields[field]!r}; " if field in fields else ""
-        raise UserError(
-            f"{key}.{error}", f"change that {key} value as the message says ({setting}--help lists the keys)"
-        ) from error
+        fix = _DECODING_FIXES.get(
+            field, "change that {key} value as the message says (--help lists the keys)"
+        )
+        raise UserError(f"{key}.{error}", fix.format(key=key)) from error
     builtin = ", ".join(rerank.BUILTIN)
     with _asked(f"{key}.", f"set {key}.rerank to one of {builtin} or an importable '{rerank.PLUGIN_FORM}'"):
         reranker = rerank.Reranker.from_name(c.rerank)

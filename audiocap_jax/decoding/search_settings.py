@@ -73,7 +73,7 @@ class DecodeSettings:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy {self.strategy!r} unknown; choose one of {STRATEGIES}.")
         if self.num_beams < 1:
-            raise ValueError(f"num_beams is {self.num_beams}; it must be >= 1 (1 = greedy).")
+            raise ValueError(f"num_beams={self.num_beams} must be >= 1 (1 = greedy).")
         if self.num_samples < 1:
             raise ValueError(f"num_samples is {self.num_samples}; it must be >= 1.")
         # The knobs the other strategy reads must stay at their defaults, so a setting never silently does nothing.
