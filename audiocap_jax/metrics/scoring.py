@@ -25,7 +25,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 from audiocap_jax.metrics import caption_files, coco, dcase, java, scorecard, spice_jar
 
-# A function import: `score_captions` has a `keywords` flag.
+# The function, not the module: `score_captions` has a `keywords` flag.
 from audiocap_jax.metrics.keywords import score_keywords
 
 CLASSIC_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider")

@@ -62,6 +62,8 @@ class SpiceUnavailableError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class SpiceStatus:
+    """What `spice_status` found: whether SPICE can run from `spice_dir`, and if not, why (with the fix)."""
+
     available: bool
     reason: str | None  # one line with the fix when not available
     spice_dir: Path
