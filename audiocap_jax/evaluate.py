@@ -12,7 +12,7 @@
         --sweep=configs/sweeps/decoding.py
 
     # the DCASE 2024 ranking metrics with bootstrap 95% intervals (FENSE needs the models once:
-    # python -m audiocap_jax.dcase_metrics download)
+    # python -m audiocap_jax.metrics.dcase download)
     python -m audiocap_jax.evaluate --predictions=out.csv --references=... --metrics=dcase2024 --bootstrap=1000
 
 Presets (--metrics): coco (today's set), dcase2023 (+ SPIDEr-FL, FER), dcase2024 (FENSE first, + SBERT-sim, FER,
@@ -45,9 +45,10 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from audiocap_jax import cli, csv_cells, metrics, preflight, runtime
+from audiocap_jax import cli, csv_cells, preflight, runtime
 from audiocap_jax.data import pipeline
 from audiocap_jax.decoding import inference, search_settings
+from audiocap_jax.metrics import caption_files, scorecard, scoring
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
 from audiocap_jax.rundir import layout, load
@@ -128,7 +129,7 @@ def caption_split(
 def _captions_and_references(
     predictions: list[inference.Prediction],
 ) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """What `metrics.score` takes: {file: chosen caption}, {file: references}."""
+    """What `scoring.score` takes: {file: chosen caption}, {file: references}."""
     return {p.file_name: p.caption for p in predictions}, {
         p.file_name: list(p.references) for p in predictions
     }
@@ -146,7 +147,7 @@ def write_predictions(out_dir: Path, stem: str, predictions: list[inference.Pred
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{stem}_predictions.csv"
     with cli.atomic_path(path) as partial:
-        metrics.write_predictions_csv(partial, {p.file_name: p.caption for p in predictions})
+        caption_files.write_predictions_csv(partial, {p.file_name: p.caption for p in predictions})
     with cli.atomic_path(inference.nbest_path(path)) as partial:
         inference.write_nbest_csv(partial, predictions)
 
@@ -200,7 +201,7 @@ def sweep_configs(
 def format_sweep_table(rows: list[dict[str, Any]], digits: int = 4) -> str:
     """Markdown table, one row per setting: its metrics (n/a when not computed) and decoding seconds."""
     columns = [k for k in rows[0] if k != "setting"]
-    names = {**metrics.METRIC_NAMES, "seconds": "seconds"}
+    names = {**scorecard.METRIC_NAMES, "seconds": "seconds"}
     lines = ["| setting | " + " | ".join(names.get(c, c) for c in columns) + " |"]
     lines.append("|---" * (len(columns) + 1) + "|")
     for row in rows:
@@ -254,7 +255,7 @@ def _define_flags() -> None:
     flags.DEFINE_enum(
         "spice", "auto", ["auto", "on", "off"], "SPICE: when the jars exist, required, or skipped."
     )
-    flags.DEFINE_enum("metrics", "coco", list(metrics.PRESETS), f"Metric preset. {metrics.PRESET_HELP}")
+    flags.DEFINE_enum("metrics", "coco", list(scoring.PRESETS), f"Metric preset. {scoring.PRESET_HELP}")
     flags.DEFINE_integer(
         "bootstrap", 0, "Resamples of the clips for 95% intervals of every metric (e.g. 1000)."
     )
@@ -272,7 +273,7 @@ def _define_flags() -> None:
     config_flags.DEFINE_config_file("config-file", cli.PREDICT_CONFIG, "Decoding settings.", lock_config=True)
 
 
-def _alignment_fix(error: metrics.AlignmentError, predictions: dict[str, str], references: dict) -> str:
+def _alignment_fix(error: caption_files.AlignmentError, predictions: dict[str, str], references: dict) -> str:
     """The command-line fix for a predictions/references mismatch (metrics speaks of Python arguments)."""
     if not set(predictions) & set(references):
         return "write the file names relative to the same folder in both files"
@@ -292,11 +293,11 @@ def _score(
     references: dict[str, list[str]],
     candidates: dict[str, list[str]] | None,
     prefix: str,
-) -> metrics.CaptionScores:
+) -> scorecard.CaptionScores:
     """The flags' metrics of one set of predictions (`candidates`: N-best lists for SPIDEr-max)."""
-    keywords = f["keywords"].value if f["keywords"].value is not None else inference.keyword_style(prefix)
+    keywords = f["keywords"].value if f["keywords"].value is not None else scoring.keyword_style(prefix)
     try:
-        return inference.score_captions(
+        return scoring.score_captions(
             predictions,
             references,
             keywords=keywords,
@@ -309,7 +310,7 @@ def _score(
             bootstrap=f["bootstrap"].value,
             seed=f["bootstrap_seed"].value,
         )
-    except metrics.AlignmentError as error:
+    except caption_files.AlignmentError as error:
         raise cli.UserError(str(error), _alignment_fix(error, predictions, references)) from error
 
 
@@ -379,8 +380,8 @@ def main(argv: list[str]) -> int:
             f["output_dir"].value or predictions_path.parent, "--output_dir"
         )
         try:
-            candidates = metrics.read_candidates_csv(predictions_path)
-            references = metrics.read_references(references_path)
+            candidates = caption_files.read_candidates_csv(predictions_path)
+            references = caption_files.read_references(references_path)
         except ValueError as error:  # the readers name the file, line and what is wrong with it
             raise cli.UserError(
                 str(error), "correct the file named above (docs/metrics.md shows the layouts)"
@@ -394,10 +395,10 @@ def main(argv: list[str]) -> int:
     else:
         raise app.UsageError("Give --predictions and --references, or --checkpoint and --dataset.")
     scores = _score(f, predictions, references, n_best, prefix)
-    print(metrics.format_table(scores))
+    print(scorecard.format_table(scores))
     out_dir.mkdir(parents=True, exist_ok=True)
     with cli.atomic_path(json_path) as partial:
-        metrics.write_json(partial, scores, **source)
+        scorecard.write_json(partial, scores, **source)
     print(f"Scores: {json_path}")
     if scores.failed_clips:
         print(

@@ -30,11 +30,12 @@ from typing import Any
 import ml_collections
 from jax.sharding import AbstractMesh
 
-from audiocap_jax import audio, dcase_metrics, metrics, text
+from audiocap_jax import audio, text
 from audiocap_jax.cli import UserError
 from audiocap_jax.data import features, pipeline
 from audiocap_jax.decoding import inference, rerank
 from audiocap_jax.decoding.search_settings import DecodeSettings
+from audiocap_jax.metrics import dcase, java, spice_jar
 from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.config import check_runtime
 from audiocap_jax.rundir import load, plan, train_step, writer
@@ -244,7 +245,7 @@ def check_search(config: ml_collections.ConfigDict, key: str) -> None:
     with _asked(f"{key}.", f"set {key}.rerank to one of {builtin} or an importable '{rerank.PLUGIN_FORM}'"):
         reranker = rerank.Reranker.from_name(c.rerank)
     if reranker.name == rerank.MBR:
-        problem = metrics.java_problem(f"{key}.rerank=mbr (CIDEr-D's PTB tokenizer)")
+        problem = java.java_problem(f"{key}.rerank=mbr (CIDEr-D's PTB tokenizer)")
         _require(problem is None, str(problem), f"install Java, or set {key}.rerank=likelihood")
 
 
@@ -295,16 +296,14 @@ def check_scoring(bootstrap: int, bootstrap_seed: int, metrics_model_dir: str | 
     if metrics_model_dir is None:
         return
     folder = Path(metrics_model_dir).expanduser()
-    download = (
-        f"run `{dcase_metrics.DOWNLOAD_COMMAND} --model_dir={folder}` once, or pass the folder it wrote"
-    )
+    download = f"run `{dcase.DOWNLOAD_COMMAND} --model_dir={folder}` once, or pass the folder it wrote"
     _require(
         folder.is_dir(),
         f"--metrics_model_dir={metrics_model_dir} is {'a file' if folder.exists() else 'not there'}, not the "
         "folder of the FENSE/FER models.",
         download,
     )
-    absent = dcase_metrics.missing_models(folder)
+    absent = dcase.missing_models(folder)
     _require(
         not absent,
         f"--metrics_model_dir={metrics_model_dir} lacks {', '.join(str(p.relative_to(folder)) for p in absent)}.",
@@ -315,7 +314,7 @@ def check_scoring(bootstrap: int, bootstrap_seed: int, metrics_model_dir: str | 
 def check_spice(spice: str) -> None:
     """`--spice=on` needs the SPICE jars and Java now, not after the captioning."""
     if spice == "on":
-        status = metrics.spice_status()
+        status = spice_jar.spice_status()
         _require(
             status.available,
             f"--spice=on: {status.reason}",

@@ -38,9 +38,10 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from audiocap_jax import cli, metrics, preflight, runtime, text
+from audiocap_jax import cli, preflight, runtime, text
 from audiocap_jax.data import demo, pipeline
 from audiocap_jax.decoding import inference
+from audiocap_jax.metrics import caption_files, scorecard, scoring
 from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.rundir import checkpoint, layout, load, lock, mfu, summary, train_step
@@ -214,7 +215,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> str:
 
 class Validation:
     """Training's validation: each configured dataset captioned with its own prefix by the shared beam search
-    and scored by `inference.score_captions` (as `evaluate --checkpoint` does), logged; the best-checkpoint
+    and scored by `scoring.score_captions` (as `evaluate --checkpoint` does), logged; the best-checkpoint
     score. SPICE that cannot run is announced once per run (with its fix), not in every table."""
 
     def __init__(self, s: Setup, t: Trainee, data_dir: str, decoder: inference.Decoder):
@@ -252,10 +253,10 @@ class Validation:
             predictions = self._decoder.caption(
                 weights, batches, self._t.tokenizer, self._s.mesh, desc=f"validate {spec.name}"
             )
-            scores = inference.score_captions(
+            scores = scoring.score_captions(
                 {p.file_name: p.caption for p in predictions},
                 {p.file_name: list(p.references) for p in predictions},
-                keywords=inference.keyword_style(spec.prefix),
+                keywords=scoring.keyword_style(spec.prefix),
                 spice=self._spice,
                 preset=config.eval.metrics,
             )
@@ -285,14 +286,14 @@ class Validation:
                 scores.num_clips,
                 summary.headline(results, spec.name),
             )
-            table = metrics.format_table(dataclasses.replace(scores, unavailable={}))
+            table = scorecard.format_table(dataclasses.replace(scores, unavailable={}))
             logging.vlog(1, "step %d %s:\n%s", step, spec.name, table)
             if predictions_dir is not None and jax.process_index() == 0:
                 predictions_dir.mkdir(parents=True, exist_ok=True)
                 stem = f"{spec.name}_{spec.split_or(pipeline.EVAL_SPLITS)}"
                 captions = {p.file_name: p.caption for p in predictions}
-                metrics.write_predictions_csv(predictions_dir / f"{stem}.csv", captions)
-                metrics.write_json(
+                caption_files.write_predictions_csv(predictions_dir / f"{stem}.csv", captions)
+                scorecard.write_json(
                     predictions_dir / f"{stem}_metrics.json", scores, step=step, prefix=spec.prefix
                 )
         return results
@@ -425,7 +426,7 @@ def train_loop(s: Setup, t: Trainee, data: Data, step_fn: Any) -> LoopEnd:
             )
             results["eval_seconds"] = time.perf_counter() - eval_start
             s.writer.write(step, results)
-            _, score = metrics.select_best_metric(results, config.eval.best_metric)
+            _, score = scoring.select_best_metric(results, config.eval.best_metric)
             throughput.restart()
         preempted = preemption.agreed(step)
         if (

@@ -108,7 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Decoding: the keys of configs/predict.py, with the same defaults and meanings (search_settings.py),
     # except greedy search: the original validated greedily (generation_num_beams 1).
     c.eval.update(decoding_keys(num_beams=1))
-    c.eval.metrics = "coco"  # metric preset: coco | dcase2023 | dcase2024 (metrics.PRESETS)
+    c.eval.metrics = "coco"  # metric preset: coco | dcase2023 | dcase2024 (metrics.scoring.PRESETS)
     # Any computed key, e.g. "clotho/fense" with dcase2024; falls back to clotho/cider_d when not computed.
     c.eval.best_metric = "clotho/spider"
     c.eval.num_samples_logged = 8

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cross-checks our DCASE metrics (audiocap_jax/metrics.py + dcase_metrics.py) against aac-metrics 0.5.5, the
+# Cross-checks our DCASE metrics (audiocap_jax/metrics/scoring.py + dcase.py) against aac-metrics 0.5.5, the
 # implementation the DCASE organisers maintain, on the same inputs and the same tiny random stand-in models.
 #
 # aac-metrics cannot live in the project's environment (0.5.5 imports msclap, which pins numpy<2 and

@@ -6,7 +6,7 @@
 #
 # Needs internet once: the 2015-12-09 CoreNLP release zip (~390 MB) from nlp.stanford.edu. On a machine without
 # internet, fetch the zip elsewhere and pass it with --zip. The jar names must match CORENLP_JARS in
-# audiocap_jax/metrics.py.
+# audiocap_jax/metrics/spice_jar.py.
 set -euo pipefail
 
 readonly CORENLP=stanford-corenlp-full-2015-12-09
@@ -138,4 +138,4 @@ for jar in "${JARS[@]}"; do
   mv -f "$work_dir/$jar" "$lib_dir/$jar"
   echo "installed $lib_dir/$jar"
 done
-echo "SPICE can now run; check with: $python -c 'from audiocap_jax import metrics; print(metrics.spice_status())'"
+echo "SPICE can now run; check with: $python -c 'from audiocap_jax.metrics import spice_jar; print(spice_jar.spice_status())'"

@@ -76,7 +76,7 @@ _FORK_RUNNER = """
 import json, os, runpy, shutil, sys, traceback
 module, cases, out, forbidden = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4]
 for name in ("jax", "flax.nnx", "orbax.checkpoint", "tensorflow_datasets", "audiocap_jax.decoding.inference",
-             "audiocap_jax.decoding.search", "audiocap_jax.rundir.load", "audiocap_jax.metrics", "audiocap_jax.preflight",
+             "audiocap_jax.decoding.search", "audiocap_jax.rundir.load", "audiocap_jax.metrics.scoring", "audiocap_jax.preflight",
              "audiocap_jax.rundir.train_step", "audiocap_jax.report", "audiocap_jax.data.features"):
     __import__(name)
 for index, args in enumerate(cases):
@@ -164,9 +164,9 @@ CASES = [
     ("evaluate-negative-bootstrap", "audiocap_jax.evaluate", [*SCORE, "--bootstrap=-1"],
      ["--bootstrap=-1 is negative", "--bootstrap=1000"]),
     ("evaluate-metrics-model-dir-empty", "audiocap_jax.evaluate", [*SCORE, "--metrics=dcase2024", "--metrics_model_dir={empty}"],
-     ["--metrics_model_dir=", "lacks paraphrase-TinyBERT-L6-v2/modules.json", "dcase_metrics download"]),
+     ["--metrics_model_dir=", "lacks paraphrase-TinyBERT-L6-v2/modules.json", "metrics.dcase download"]),
     ("evaluate-metrics-model-dir-file", "audiocap_jax.evaluate", [*SCORE, "--metrics_model_dir={file}"],
-     ["a_file is a file, not the folder", "dcase_metrics download"]),
+     ["a_file is a file, not the folder", "metrics.dcase download"]),
     ("train-key-typo", "audiocap_jax.train", [*TRAIN, "--config.optim.learning_rate=1e-3"],
      ["--config.optim.learning_rate:", "did you mean --config.optim.lr?"]),
     ("train-section-typo", "audiocap_jax.train", [*TRAIN, "--config.optimizer.lr=1e-3"],
@@ -206,7 +206,7 @@ CASES = [
     ("train-lora-and-train-only", "audiocap_jax.train", [*TRAIN, *LORA, '--config.optim.train_only=("fc1",)'],
      ["train_only=['fc1'] and --config.model.lora both choose", "leave --config.optim.train_only empty"]),
     ("report-not-a-workdir", "audiocap_jax.report", ["{empty}"], ["holds no training log", "--workdir of a"]),
-    ("dcase-metrics-unknown-command", "audiocap_jax.dcase_metrics", ["fetch"],
+    ("dcase-metrics-unknown-command", "audiocap_jax.metrics.dcase", ["fetch"],
      ["the only command is `download`; got ['fetch']", "download [--model_dir=DIR]"]),
     ("tfds-unknown-builder", "tfds_builders", ["build", "tfds_builders/wavcaps", "--manual_dir={clotho_af}"],
      ["No TFDS builder 'wavcaps'", "known builders: audiocaps, audioset_small, clotho"]),
@@ -288,7 +288,7 @@ def test_traceback_on_request(paths):
             ["allow_extra: Ignore predictions", "long_audio", "caption every window"],
         ),
         ("audiocap_jax.report", [], ["python -m audiocap_jax.report WORKDIR"]),
-        ("audiocap_jax.dcase_metrics", [], ["--model_dir", "python -m audiocap_jax.dcase_metrics download"]),
+        ("audiocap_jax.metrics.dcase", [], ["--model_dir", "python -m audiocap_jax.metrics.dcase download"]),
         (
             "audiocap_jax.train",
             ["--config=configs/smoke.py"],

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 
-from audiocap_jax import dcase_metrics, metrics
+from audiocap_jax.metrics import caption_files, coco, dcase, java, scorecard, scoring, spice_jar
 from audiocap_jax.testing import metric_models
 from audiocap_jax.testing.metric_models import CROSSCHECK_PREDICTIONS, CROSSCHECK_REFERENCES, CROSSCHECK_SPICE
 
@@ -86,7 +86,7 @@ def dcase2023_with_spice(model_root):
     """dcase2023 with N-best lists and a bootstrap; SPICE (not runnable offline) replaced by fixed values:
     CROSSCHECK_SPICE for the predictions, 1.0 for the NO_OVERLAP candidates."""
     spice_of = {}
-    tokenized = metrics.ptb_tokenize([CROSSCHECK_PREDICTIONS[n] for n in NAMES])
+    tokenized = java.ptb_tokenize([CROSSCHECK_PREDICTIONS[n] for n in NAMES])
     spice_of.update(zip(tokenized, CROSSCHECK_SPICE, strict=True))
     spice_of[NO_OVERLAP] = 1.0
 
@@ -103,10 +103,10 @@ def dcase2023_with_spice(model_root):
     ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
-            metrics, "spice_status", lambda spice_dir=None: metrics.SpiceStatus(True, None, model_root)
+            spice_jar, "spice_status", lambda spice_dir=None: spice_jar.SpiceStatus(True, None, model_root)
         )
-        patch.setattr(metrics, "run_spice", fake_run_spice)
-        return metrics.score(
+        patch.setattr(spice_jar, "run_spice", fake_run_spice)
+        return scoring.score(
             CROSSCHECK_PREDICTIONS,
             CROSSCHECK_REFERENCES,
             preset="dcase2023",
@@ -147,16 +147,16 @@ def test_bootstrap_intervals_are_seeded_and_contain_the_score(dcase2023_with_spi
     cider_means = np.array(AAC_PER_CLIP["cider_d"])[resamples].mean(axis=1)
     assert scores.intervals["cider_d"] == pytest.approx(tuple(np.percentile(cider_means, [2.5, 97.5])))
     assert scores.intervals["cider_d"] == pytest.approx((1.044787800005399, 3.8043556307886517), abs=1e-12)
-    table = metrics.format_table(scores)
+    table = scorecard.format_table(scores)
     assert "| metric (6 clips) | score | 95% interval |" in table
     assert "| CIDEr-D | 2.2106 | [1.0448, 3.8044] |" in table
 
 
 def test_missing_models_change_no_other_metric(tmp_path, dcase2023_with_spice):
-    scores = metrics.score(
+    scores = scoring.score(
         CROSSCHECK_PREDICTIONS, CROSSCHECK_REFERENCES, preset="dcase2024", spice=False, model_dir=tmp_path
     )
-    fix = f"fix: {dcase_metrics.DOWNLOAD_COMMAND} --model_dir={tmp_path}"
+    fix = f"fix: {dcase.DOWNLOAD_COMMAND} --model_dir={tmp_path}"
     for key in ("fense", "sbert_sim", "fer", "spider_fl"):
         assert scores.corpus[key] is None
         assert scores.unavailable[key].endswith(fix), scores.unavailable[key]
@@ -170,62 +170,60 @@ def test_bleu_statistics_reproduce_pycocoevalcap():
     gts = {n: [r.lower() for r in CROSSCHECK_REFERENCES[n]] for n in NAMES}
     res = {n: [CROSSCHECK_PREDICTIONS[n].lower()] for n in NAMES}
     expected, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    statistics = metrics.bleu_statistics(gts, res)
+    statistics = coco.bleu_statistics(gts, res)
     assert statistics.shape == (6, 10)
-    np.testing.assert_allclose(metrics.corpus_bleu(statistics), expected, rtol=1e-12)
+    np.testing.assert_allclose(coco.corpus_bleu(statistics), expected, rtol=1e-12)
     # Resamples are stacked on a leading axis: [N, B, 10] --> [N, 4].
-    assert metrics.corpus_bleu(statistics[np.zeros((3, 6), dtype=int)]).shape == (3, 4)
+    assert coco.corpus_bleu(statistics[np.zeros((3, 6), dtype=int)]).shape == (3, 4)
 
 
 def test_fluency_penalty():
-    errors = dcase_metrics.fluency_errors(np.array([0.95, 0.9, 0.2]))
+    errors = dcase.fluency_errors(np.array([0.95, 0.9, 0.2]))
     assert errors.tolist() == [1.0, 0.0, 0.0]  # strictly above 0.9, as aac-metrics
-    assert dcase_metrics.fluency_penalized([0.5, 0.5, 0.8], errors).tolist() == pytest.approx(
-        [0.05, 0.5, 0.8]
-    )
+    assert dcase.fluency_penalized([0.5, 0.5, 0.8], errors).tolist() == pytest.approx([0.05, 0.5, 0.8])
 
 
 def test_select_best_metric_falls_back_to_cider_d_once(caplog):
     results = {"clotho/cider_d": 0.41, "clotho/fense": 0.5}
-    assert metrics.select_best_metric(results, "clotho/fense") == ("clotho/fense", 0.5)
+    assert scoring.select_best_metric(results, "clotho/fense") == ("clotho/fense", 0.5)
     with caplog.at_level("WARNING"):
-        assert metrics.select_best_metric(results, "clotho/spider_fl") == ("clotho/cider_d", 0.41)
-        assert metrics.select_best_metric(results, "clotho/spider_fl") == ("clotho/cider_d", 0.41)
+        assert scoring.select_best_metric(results, "clotho/spider_fl") == ("clotho/cider_d", 0.41)
+        assert scoring.select_best_metric(results, "clotho/spider_fl") == ("clotho/cider_d", 0.41)
     assert sum("clotho/spider_fl" in r.getMessage() for r in caplog.records) == 1
     with pytest.raises(ValueError, match="audiocaps/cider_d"):
-        metrics.select_best_metric(results, "audiocaps/spider")
+        scoring.select_best_metric(results, "audiocaps/spider")
 
 
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(ValueError, match="coco, dcase2023, dcase2024"):
-        metrics.get_preset("dcase2022")
+        scoring.get_preset("dcase2022")
 
 
 def test_unavailable_reason_ends_with_the_download_command(tmp_path, monkeypatch):
-    reason = dcase_metrics.unavailable_reason(tmp_path)
-    assert str(tmp_path / dcase_metrics.ECHECKER_FILE) in reason
-    assert reason.endswith(f"fix: python -m audiocap_jax.dcase_metrics download --model_dir={tmp_path}")
-    monkeypatch.setenv(dcase_metrics.MODEL_DIR_ENV, str(tmp_path / "env"))
-    assert dcase_metrics.default_model_dir() == tmp_path / "env"
+    reason = dcase.unavailable_reason(tmp_path)
+    assert str(tmp_path / dcase.ECHECKER_FILE) in reason
+    assert reason.endswith(f"fix: python -m audiocap_jax.metrics.dcase download --model_dir={tmp_path}")
+    monkeypatch.setenv(dcase.MODEL_DIR_ENV, str(tmp_path / "env"))
+    assert dcase.default_model_dir() == tmp_path / "env"
 
 
 def test_check_sha256(tmp_path):
     path = tmp_path / "model.ckpt"
     path.write_bytes(b"abc")
-    dcase_metrics.check_sha256(path, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    dcase.check_sha256(path, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     with pytest.raises(ValueError, match="differs from the expected 0000; delete it and run"):
-        dcase_metrics.check_sha256(path, "0000")
+        dcase.check_sha256(path, "0000")
 
 
 def test_java_problems_name_the_install_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(metrics, "_java_major", lambda: None)
-    assert metrics.java_problem("METEOR") == (
+    monkeypatch.setattr(java, "java_major", lambda: None)
+    assert java.java_problem("METEOR") == (
         "METEOR needs Java >= 8, but no working 'java' is on PATH; fix: apt-get install -y openjdk-17-jdk-headless"
     )
-    monkeypatch.setattr(metrics, "_java_major", lambda: 7)
-    assert "is Java 7; fix: apt-get install" in metrics.java_problem("PTB tokenizer")
+    monkeypatch.setattr(java, "java_major", lambda: 7)
+    assert "is Java 7; fix: apt-get install" in java.java_problem("PTB tokenizer")
     with pytest.raises(FileNotFoundError, match="PTB tokenizer needs Java >= 8"):
-        metrics.ptb_tokenize(["a dog barks"])
+        java.ptb_tokenize(["a dog barks"])
 
 
 def test_read_candidates_csv_keeps_every_row_in_order(tmp_path):
@@ -239,7 +237,7 @@ def test_read_candidates_csv_keeps_every_row_in_order(tmp_path):
                 ["a.wav", "second, worse"],
             ]
         )
-    assert metrics.read_candidates_csv(path) == {"a.wav": ["best", "second, worse"], "b.wav": ["only"]}
+    assert caption_files.read_candidates_csv(path) == {"a.wav": ["best", "second, worse"], "b.wav": ["only"]}
 
 
 def test_evaluate_help_documents_presets():
@@ -252,8 +250,8 @@ def test_evaluate_help_documents_presets():
 
 
 def test_table_has_no_interval_for_vocab():
-    scores = metrics.CaptionScores({"fense": 0.5, "vocab": 12.0}, {}, intervals={"fense": (0.4, 0.6)})
-    assert metrics.format_table(scores).splitlines()[2:] == [
+    scores = scorecard.CaptionScores({"fense": 0.5, "vocab": 12.0}, {}, intervals={"fense": (0.4, 0.6)})
+    assert scorecard.format_table(scores).splitlines()[2:] == [
         "| FENSE | 0.5000 | [0.4000, 0.6000] |",
         "| Vocab | 12.0000 |  |",
     ]

@@ -1,4 +1,4 @@
-"""Tests for audiocap_jax.metrics: pycocoevalcap identity, SPICE detection, keywords, alignment, file formats.
+"""Tests for the audiocap_jax.metrics package: pycocoevalcap identity, SPICE detection, keywords, alignment, file formats.
 
 JVM budget: one `score` run (PTB + METEOR) and one pycocoevalcap oracle run, both module-scoped.
 """
@@ -18,7 +18,8 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from audiocap_jax import csv_cells, metrics
+from audiocap_jax import csv_cells
+from audiocap_jax.metrics import caption_files, java, keywords, scorecard, scoring, spice_jar
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "get_stanford_models.sh"
 
@@ -72,7 +73,7 @@ PREDICTIONS = {
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory):
     # An empty folder as spice_dir: SPICE is unavailable whatever is installed on this machine.
-    return metrics.score(PREDICTIONS, REFERENCES, spice_dir=tmp_path_factory.mktemp("no_spice"))
+    return scoring.score(PREDICTIONS, REFERENCES, spice_dir=tmp_path_factory.mktemp("no_spice"))
 
 
 @pytest.fixture(scope="module")
@@ -126,17 +127,17 @@ def test_spice_unavailable_is_none_with_fix_and_other_metrics_survive(ours):
 
 
 def test_spice_required_but_missing_raises_before_scoring(tmp_path):
-    with pytest.raises(metrics.SpiceUnavailableError, match="get_stanford_models.sh"):
-        metrics.score(PREDICTIONS, REFERENCES, spice=True, spice_dir=tmp_path)
+    with pytest.raises(spice_jar.SpiceUnavailableError, match="get_stanford_models.sh"):
+        scoring.score(PREDICTIONS, REFERENCES, spice=True, spice_dir=tmp_path)
     with pytest.raises(ValueError, match="'auto', True or False"):
-        metrics.score(PREDICTIONS, REFERENCES, spice="yes")
+        scoring.score(PREDICTIONS, REFERENCES, spice="yes")
 
 
 def test_ptb_tokenize_matches_pycocoevalcap_and_separators_cannot_shift_lines(oracle):
     names, gts, res, _ = oracle
     tricky = ["A dog, barks!", "Café (naïve) “quoted”", "...", "two\u2028lines\r\nhere", "   "]
     flat_refs = [c for n in names for c in REFERENCES[n]]
-    tokens = metrics.ptb_tokenize(tricky + [PREDICTIONS[n] for n in names] + flat_refs)
+    tokens = java.ptb_tokenize(tricky + [PREDICTIONS[n] for n in names] + flat_refs)
     # pycocoevalcap quirk kept on purpose: with -lowerCase brackets become -lrb-/-rrb-, which its punctuation
     # list (uppercase -LRB-) does not remove.
     assert tokens[:5] == ["a dog barks", "café -lrb- naïve -rrb- quoted", "", "two lines here", ""]
@@ -145,13 +146,13 @@ def test_ptb_tokenize_matches_pycocoevalcap_and_separators_cannot_shift_lines(or
 
 
 def test_table_and_json(ours, tmp_path):
-    table = metrics.format_table(ours)
+    table = scorecard.format_table(ours)
     assert "| metric (5 clips) | score |" in table
     assert "| CIDEr-D | 1.1403 |" in table
     assert "| SPICE | n/a |" in table
     assert "get_stanford_models.sh" in table
     out = tmp_path / "scores.json"
-    metrics.write_json(out, ours, checkpoint="ckpt/1500")
+    scorecard.write_json(out, ours, checkpoint="ckpt/1500")
     loaded = json.loads(out.read_text(encoding="utf-8"))
     assert loaded["checkpoint"] == "ckpt/1500"
     assert loaded["num_clips"] == 5
@@ -170,8 +171,8 @@ def _fake_jar(path: Path) -> None:
         jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\n")
 
 
-def _fake_spice_dir(root: Path, jars=metrics.CORENLP_JARS) -> Path:
-    _fake_jar(root / metrics.SPICE_JAR)
+def _fake_spice_dir(root: Path, jars=spice_jar.CORENLP_JARS) -> Path:
+    _fake_jar(root / spice_jar.SPICE_JAR)
     for name in jars:
         _fake_jar(root / "lib" / name)
     return root
@@ -179,11 +180,11 @@ def _fake_spice_dir(root: Path, jars=metrics.CORENLP_JARS) -> Path:
 
 @pytest.mark.skipif(shutil.which("javac") is None, reason="needs a JDK (java 17 here)")
 def test_spice_status_detects_jars(tmp_path):
-    status = metrics.spice_status(_fake_spice_dir(tmp_path / "ok"))
+    status = spice_jar.spice_status(_fake_spice_dir(tmp_path / "ok"))
     assert status.available, status.reason
     assert status.java_major >= 8
 
-    missing = metrics.spice_status(_fake_spice_dir(tmp_path / "missing", jars=metrics.CORENLP_JARS[:1]))
+    missing = spice_jar.spice_status(_fake_spice_dir(tmp_path / "missing", jars=spice_jar.CORENLP_JARS[:1]))
     assert not missing.available
     assert str(tmp_path / "missing" / "lib" / "stanford-corenlp-3.6.0-models.jar") in missing.reason
     assert "stanford-corenlp-3.6.0.jar," not in missing.reason
@@ -191,21 +192,21 @@ def test_spice_status_detects_jars(tmp_path):
 
     truncated = _fake_spice_dir(tmp_path / "truncated")
     (truncated / "lib" / "stanford-corenlp-3.6.0.jar").write_bytes(b"PK\x03\x04 truncated")
-    status = metrics.spice_status(truncated)
+    status = spice_jar.spice_status(truncated)
     assert not status.available
     assert "not a valid jar" in status.reason and "stanford-corenlp-3.6.0.jar" in status.reason
     assert status.reason.endswith("fix: scripts/get_stanford_models.sh --force")
 
 
 @pytest.mark.skipif(
-    shutil.which("javac") is None or metrics.spice_status().available,
+    shutil.which("javac") is None or spice_jar.spice_status().available,
     reason="needs a JDK, and the CoreNLP jars absent (else this would run a full SPICE)",
 )
 def test_spice_shim_compiles_and_reaches_the_scorer():
     # The Java >= 15 path compiles our shim against the real spice-1.0.jar and calls SpiceScorer.scoreBatch;
     # without CoreNLP it must fail inside SPICE's parser, with Java's error surfaced.
-    with pytest.raises(metrics.JavaError, match="edu/stanford/nlp") as error:
-        metrics.run_spice(["a dog barks"], [["a dog is barking"]])
+    with pytest.raises(java.JavaError, match="edu/stanford/nlp") as error:
+        spice_jar.run_spice(["a dog barks"], [["a dog is barking"]])
     assert str(error.value).startswith("SPICE failed (exit 1): ")
     assert "SpiceParser" in str(error.value)
 
@@ -216,26 +217,26 @@ def test_isolate_failures_names_the_items_at_fault_and_keeps_the_rest():
     def tool(items):
         runs.append(list(items))
         if {5, 11} & set(items):
-            raise metrics.JavaError("PTB tokenizer failed (exit 1): boom", "java.lang.StackOverflowError")
+            raise java.JavaError("PTB tokenizer failed (exit 1): boom", "java.lang.StackOverflowError")
         return [f"t{i}" for i in items]
 
-    results, failures = metrics.isolate_failures(tool, 16, "PTB tokenizer")
+    results, failures = java.isolate_failures(tool, 16, "PTB tokenizer")
     assert failures == {5: "java.lang.StackOverflowError", 11: "java.lang.StackOverflowError"}
     assert results == {i: f"t{i}" for i in range(16) if i not in (5, 11)}
     assert len(runs) <= 2 * 4 * 2 + 1  # two halvings per level, four levels, for each of two bad items
 
     def broken(items):
-        raise metrics.JavaError("PTB tokenizer failed (exit 1): no class", "ClassNotFoundException")
+        raise java.JavaError("PTB tokenizer failed (exit 1): no class", "ClassNotFoundException")
 
-    with pytest.raises(metrics.JavaError):  # nothing ran at all: the tool's failure, not the clips'
-        metrics.isolate_failures(broken, 3, "PTB tokenizer")
+    with pytest.raises(java.JavaError):  # nothing ran at all: the tool's failure, not the clips'
+        java.isolate_failures(broken, 3, "PTB tokenizer")
 
 
 def _run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, check=False)
 
 
-def _corenlp_zip(path: Path, members: tuple[str, ...] = metrics.CORENLP_JARS) -> Path:
+def _corenlp_zip(path: Path, members: tuple[str, ...] = spice_jar.CORENLP_JARS) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("stanford-corenlp-full-2015-12-09/README.txt", "readme")
         for name in members:
@@ -255,19 +256,19 @@ def test_script_arguments():
     assert "--zip needs a value" in no_value.stderr
     dry = _run_script("--python", sys.executable, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.strip() == str(metrics.default_spice_dir() / "lib")
+    assert dry.stdout.strip() == str(spice_jar.default_spice_dir() / "lib")
 
 
 def test_script_installs_jars_from_zip(tmp_path):
     spice_dir = tmp_path / "spice"
-    _fake_jar(spice_dir / metrics.SPICE_JAR)
+    _fake_jar(spice_dir / spice_jar.SPICE_JAR)
     (tmp_path / "dl").mkdir()
     corenlp_zip = _corenlp_zip(tmp_path / "dl" / "corenlp.zip")
     common = ("--python", sys.executable, "--spice-dir", str(spice_dir))
 
     result = _run_script(*common, "--zip", str(corenlp_zip))
     assert result.returncode == 0, result.stderr
-    for name in metrics.CORENLP_JARS:
+    for name in spice_jar.CORENLP_JARS:
         assert zipfile.is_zipfile(spice_dir / "lib" / name)
         assert f"installed {spice_dir / 'lib' / name}" in result.stdout
     again = _run_script(*common, "--zip", str(corenlp_zip))
@@ -276,9 +277,9 @@ def test_script_installs_jars_from_zip(tmp_path):
 
 def test_script_refuses_wrong_inputs(tmp_path):
     (tmp_path / "dl").mkdir()
-    partial_zip = _corenlp_zip(tmp_path / "dl" / "partial.zip", members=metrics.CORENLP_JARS[:1])
+    partial_zip = _corenlp_zip(tmp_path / "dl" / "partial.zip", members=spice_jar.CORENLP_JARS[:1])
     spice_dir = tmp_path / "spice"
-    _fake_jar(spice_dir / metrics.SPICE_JAR)
+    _fake_jar(spice_dir / spice_jar.SPICE_JAR)
     result = _run_script("--python", sys.executable, "--spice-dir", str(spice_dir), "--zip", str(partial_zip))
     assert result.returncode == 1
     assert "has no stanford-corenlp-full-2015-12-09/stanford-corenlp-3.6.0-models.jar" in result.stderr
@@ -307,7 +308,7 @@ def test_keyword_scores_literal_values():
         "c": ["speech, male speech - man speaking, conversation"],
         "d": ["dog", "bark, dog"],  # several references: their keyword union
     }
-    scores = metrics.score_keywords(predictions, references)
+    scores = keywords.score_keywords(predictions, references)
     assert scores.corpus == pytest.approx(
         {
             "keyword_precision_micro": 5 / 7,
@@ -322,7 +323,7 @@ def test_keyword_scores_literal_values():
     assert scores.per_clip["c"] == pytest.approx(
         {"keyword_precision": 1.0, "keyword_recall": 2 / 3, "keyword_f1": 0.8, "keyword_jaccard": 2 / 3}
     )
-    assert metrics.split_keywords(" Dog, ,bark ,") == {"dog", "bark"}
+    assert keywords.split_keywords(" Dog, ,bark ,") == {"dog", "bark"}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -333,41 +334,45 @@ def test_keyword_scores_literal_values():
 def test_align_names_missing_and_extra_files():
     references = {"a.wav": ["x"], "b.wav": ["y"], "c.wav": ["z"]}
     with pytest.raises(
-        metrics.AlignmentError, match=r"1 referenced clips have no prediction: 'b.wav'"
+        caption_files.AlignmentError, match=r"1 referenced clips have no prediction: 'b.wav'"
     ) as error:
-        metrics.align({"a.wav": "x", "c.wav": "z"}, references)
+        caption_files.align({"a.wav": "x", "c.wav": "z"}, references)
     assert error.value.missing == ["b.wav"]
-    with pytest.raises(metrics.AlignmentError, match=r"predicted clips have no references: 'd.wav'"):
-        metrics.align({"a.wav": "x", "b.wav": "y", "c.wav": "z", "d.wav": "w"}, references)
+    with pytest.raises(caption_files.AlignmentError, match=r"predicted clips have no references: 'd.wav'"):
+        caption_files.align({"a.wav": "x", "b.wav": "y", "c.wav": "z", "d.wav": "w"}, references)
 
-    aligned = metrics.align({"a.wav": "x", "d.wav": "w"}, references, allow_missing=True, allow_extra=True)
+    aligned = caption_files.align(
+        {"a.wav": "x", "d.wav": "w"}, references, allow_missing=True, allow_extra=True
+    )
     assert aligned.file_names == ["a.wav"]
     assert aligned.warnings == [
         "2 referenced clips have no prediction: 'b.wav', 'c.wav' (left out)",
         "1 predicted clips have no references: 'd.wav' (left out)",
     ]
-    with pytest.raises(metrics.AlignmentError, match="no file name is in both"):
-        metrics.align({"audio/a.wav": "x"}, references)
+    with pytest.raises(caption_files.AlignmentError, match="no file name is in both"):
+        caption_files.align({"audio/a.wav": "x"}, references)
 
 
 def test_align_empty_captions_and_types():
-    aligned = metrics.align({"a": "  ", "b": "y"}, {"a": ["x", ""], "b": ["y"]})
+    aligned = caption_files.align({"a": "  ", "b": "y"}, {"a": ["x", ""], "b": ["y"]})
     assert aligned.predictions == {"a": "  ", "b": "y"}  # kept: an empty caption scores ~0, not skipped
     assert aligned.references == {"a": ["x"], "b": ["y"]}
     assert aligned.warnings == [
         "1 empty predictions (scored as empty): 'a'",
         "empty reference captions ignored for 1 clips: 'a'",
     ]
-    with pytest.raises(metrics.AlignmentError, match="only empty reference captions: 'b'"):
-        metrics.align({"a": "x", "b": "y"}, {"a": ["x"], "b": ["", " "]})
+    with pytest.raises(caption_files.AlignmentError, match="only empty reference captions: 'b'"):
+        caption_files.align({"a": "x", "b": "y"}, {"a": ["x"], "b": ["", " "]})
     with pytest.raises(TypeError, match="references for 'a' is str"):
-        metrics.align({"a": "x"}, {"a": "x"})
+        caption_files.align({"a": "x"}, {"a": "x"})
 
 
 def test_many_names_are_abbreviated():
     references = {f"{i:02d}.wav": ["x"] for i in range(15)}
-    with pytest.raises(metrics.AlignmentError, match=r"14 referenced clips .* '10.wav' \.\.\. and 4 more\."):
-        metrics.align({"00.wav": "x"}, references)
+    with pytest.raises(
+        caption_files.AlignmentError, match=r"14 referenced clips .* '10.wav' \.\.\. and 4 more\."
+    ):
+        caption_files.align({"00.wav": "x"}, references)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -382,11 +387,11 @@ def test_predictions_csv_round_trip_with_quoted_commas(tmp_path):
         "multi.wav": "first line\nsecond line",
     }
     path = tmp_path / "out.csv"
-    metrics.write_predictions_csv(path, predictions)
+    caption_files.write_predictions_csv(path, predictions)
     text = path.read_bytes().decode("utf-8")
     assert text.startswith("file_name,caption_predicted\n")  # like pandas' to_csv, which the original used
     assert '"rain, heavy.wav","rain ""pours"", hard"' in text
-    assert metrics.read_predictions_csv(path) == predictions
+    assert caption_files.read_predictions_csv(path) == predictions
 
 
 def test_csv_writers_guard_formula_cells_and_our_reader_gives_them_back(tmp_path):
@@ -400,7 +405,7 @@ def test_csv_writers_guard_formula_cells_and_our_reader_gives_them_back(tmp_path
         "plain.wav": "'tis a dog - barking",
     }
     path = tmp_path / "out.csv"
-    metrics.write_predictions_csv(path, predictions)
+    caption_files.write_predictions_csv(path, predictions)
     with path.open(newline="", encoding="utf-8") as f:
         cells = dict(list(csv.reader(f))[1:])
     assert cells == {
@@ -411,26 +416,26 @@ def test_csv_writers_guard_formula_cells_and_our_reader_gives_them_back(tmp_path
         "twice.wav": "'''",
         "plain.wav": "'tis a dog - barking",
     }
-    assert metrics.read_predictions_csv(path) == predictions
-    assert metrics.read_candidates_csv(path) == {k: [v] for k, v in predictions.items()}
+    assert caption_files.read_predictions_csv(path) == predictions
+    assert caption_files.read_candidates_csv(path) == {k: [v] for k, v in predictions.items()}
     assert csv_cells.guarded(["-a", -0.5, 3]) == ["'-a", -0.5, 3]  # numbers stay numbers
 
 
 def test_predictions_csv_duplicates_and_bad_rows(tmp_path):
     path = tmp_path / "dup.csv"
     path.write_text("file_name,caption_predicted\na.wav,x\na.wav,x\nb.wav,y\n", encoding="utf-8")
-    assert metrics.read_predictions_csv(path) == {"a.wav": "x", "b.wav": "y"}
+    assert caption_files.read_predictions_csv(path) == {"a.wav": "x", "b.wav": "y"}
     path.write_text("file_name,caption_predicted\na.wav,x\nb.wav,y\na.wav,z\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"1 file names have several different prediction rows: 'a.wav'"):
-        metrics.read_predictions_csv(path)
+        caption_files.read_predictions_csv(path)
     path.write_text("file_name,caption_predicted\na.wav,a dog, barks\n", encoding="utf-8")
     with pytest.raises(ValueError, match="line 2: more fields than the 2 header columns"):
-        metrics.read_predictions_csv(path)
+        caption_files.read_predictions_csv(path)
     path.write_text("file,caption\na.wav,x\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"lacks columns \['file_name', 'caption_predicted'\]"):
-        metrics.read_predictions_csv(path)
+        caption_files.read_predictions_csv(path)
     with pytest.raises(FileNotFoundError, match="nope.csv"):
-        metrics.read_predictions_csv(tmp_path / "nope.csv")
+        caption_files.read_predictions_csv(tmp_path / "nope.csv")
 
 
 def test_read_clotho_references_csv(tmp_path):
@@ -442,7 +447,7 @@ def test_read_clotho_references_csv(tmp_path):
     ]
     with path.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows)
-    assert metrics.read_references(path) == {
+    assert caption_files.read_references(path) == {
         "rain, heavy.wav": ["Rain falls, hard.", "a", "b", "c", "d"],
         "café.wav": ["People chat in a “café”.", "e", "f", "g"],
     }
@@ -457,7 +462,7 @@ def test_read_audiofolder_references_jsonl(tmp_path):
     (tmp_path / "metadata.jsonl").write_text(
         "\n".join(json.dumps(x) for x in lines) + "\n\n", encoding="utf-8"
     )
-    assert metrics.read_references(tmp_path) == {
+    assert caption_files.read_references(tmp_path) == {
         "x.wav": ["first", "second", "tenth"],
         "sub/y.wav": ["only"],
         "z.wav": ["single caption column"],
@@ -466,6 +471,6 @@ def test_read_audiofolder_references_jsonl(tmp_path):
         '{"file_name": "a.wav", "caption_predicted": "x"}\n', encoding="utf-8"
     )
     with pytest.raises(ValueError, match=r"no reference caption columns"):
-        metrics.read_references(tmp_path / "bad.jsonl")
+        caption_files.read_references(tmp_path / "bad.jsonl")
     with pytest.raises(ValueError, match="unknown reference format '.txt'"):
-        metrics.read_references(tmp_path / "refs.txt")
+        caption_files.read_references(tmp_path / "refs.txt")

@@ -13,9 +13,10 @@ import time
 
 import pytest
 
-from audiocap_jax import cli, metrics, predict
+from audiocap_jax import cli, predict
 from audiocap_jax.corpus import worklist
 from audiocap_jax.corpus.shards import ShardStore
+from audiocap_jax.metrics import caption_files
 from audiocap_jax.testing import audio as test_audio
 from audiocap_jax.testing import tfds_data
 from audiocap_jax.testing.models import save_tiny_hf_whisper
@@ -104,7 +105,7 @@ def test_two_processes_write_one_process_csv_and_resume_after_a_kill(checkpoint,
     _wait(runs, tmp_path, "run")
     assert pair.read_bytes() == single.read_bytes()
     assert (tmp_path / "pair_nbest.csv").read_bytes() == (tmp_path / "single_nbest.csv").read_bytes()
-    rows = list(metrics.read_predictions_csv(pair))
+    rows = list(caption_files.read_predictions_csv(pair))
     assert rows == [f"clip{i:02d}.wav" for i in range(NUM_CLIPS)]  # every clip once, in work-list order
     log = json.loads((tmp_path / "pair_log.json").read_text())
     assert (log["num_files"], log["num_clips"], log["shards"]["total"], log["processes"]) == (60, 60, 8, 2)
@@ -151,7 +152,7 @@ def test_sigterm_exits_75_keeps_finished_shards_and_the_rerun_completes(checkpoi
     finished = len(ShardStore(shards).finished())
     assert finished < 15 and not out.exists() and not list(shards.glob(".*partial"))
     _wait(_start(command, tmp_path, "again", devices=1), tmp_path, "again")
-    assert list(metrics.read_predictions_csv(out)) == [f"clip{i:02d}.wav" for i in range(NUM_CLIPS)]
+    assert list(caption_files.read_predictions_csv(out)) == [f"clip{i:02d}.wav" for i in range(NUM_CLIPS)]
     assert json.loads((tmp_path / "out_log.json").read_text())["shards"]["finished_before"] == finished
 
 
@@ -186,8 +187,8 @@ def test_tfds_split_gives_the_captions_of_its_audio_folder(checkpoint, tmp_path_
     options = predict.Options(data_dir=str(build.data_dir), input_workers=0)
     from_tfds = predict.predict(str(checkpoint), "tfds:audioset/train", tmp_path / "t.csv", config, options)
     predict.predict(str(checkpoint), folder, tmp_path / "a.csv", config, options)
-    by_tfds = metrics.read_predictions_csv(tmp_path / "t.csv")
-    by_audio = metrics.read_predictions_csv(tmp_path / "a.csv")
+    by_tfds = caption_files.read_predictions_csv(tmp_path / "t.csv")
+    by_audio = caption_files.read_predictions_csv(tmp_path / "a.csv")
     assert from_tfds["num_clips"] == 2 and set(by_tfds) <= set(by_audio)
     assert {name: by_audio[name] for name in by_tfds} == by_tfds
 
@@ -218,7 +219,7 @@ def test_a_clip_samples_the_same_caption_whatever_the_batch_and_the_other_files(
     for run in runs.values():
         assert run.wait(timeout=600) == 0, run.stderr.read()[-3000:]
     one, three, single = (
-        metrics.read_predictions_csv(tmp_path / f"{name}{batch}.csv") for name, batch in runs
+        caption_files.read_predictions_csv(tmp_path / f"{name}{batch}.csv") for name, batch in runs
     )
     assert len(one) == 3 and one == three and single["clip01.wav"] == one["clip01.wav"]
 
@@ -293,7 +294,7 @@ def test_windows_log_counts_files_and_windows(checkpoint, tmp_path, caplog):
         predict.Options(input_workers=0),
     )
     assert (log["num_files"], log["num_captioned"], log["num_clips"]) == (1, 1, 3)
-    assert list(metrics.read_predictions_csv(tmp_path / "w.csv")) == [
+    assert list(caption_files.read_predictions_csv(tmp_path / "w.csv")) == [
         "long.wav#t=0",
         "long.wav#t=2",
         "long.wav#t=4",

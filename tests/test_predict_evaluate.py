@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from audiocap_jax import audio, cli, csv_cells, evaluate, metrics, predict, preflight, text
+from audiocap_jax import audio, cli, csv_cells, evaluate, predict, preflight, text
 from audiocap_jax.corpus import worklist
 from audiocap_jax.decoding import inference, search_settings
+from audiocap_jax.metrics import caption_files, scorecard, scoring
 from audiocap_jax.model import sharding
 from audiocap_jax.rundir import load
 from audiocap_jax.testing import audio as test_audio
@@ -105,15 +106,15 @@ def test_batch_padding_does_not_change_captions(checkpoint, clips, tmp_path):
     predict.predict(
         str(checkpoint), clips, tmp_path / "b.csv", _config(batch_size=16), predict.Options(take_first_n=3)
     )  # broken.wav, café, rain
-    a = metrics.read_predictions_csv(tmp_path / "a.csv")
-    b = metrics.read_predictions_csv(tmp_path / "b.csv")
+    a = caption_files.read_predictions_csv(tmp_path / "a.csv")
+    b = caption_files.read_predictions_csv(tmp_path / "b.csv")
     assert set(b) == {"café tone.flac", "rain, heavy.wav"}
     assert {k: a[k] for k in b} == b
 
 
 def test_long_clips_as_windows(checkpoint, clips, tmp_path):
     predict.predict(str(checkpoint), clips / "nested", tmp_path / "w.csv", _config(long_audio="windows"))
-    assert list(metrics.read_predictions_csv(tmp_path / "w.csv")) == ["long.wav#t=0", "long.wav#t=30"]
+    assert list(caption_files.read_predictions_csv(tmp_path / "w.csv")) == ["long.wav#t=0", "long.wav#t=30"]
 
 
 def test_exit_codes_of_skipped_files_and_no_partial_output(checkpoint, tmp_path):
@@ -142,7 +143,7 @@ def test_exit_codes_of_skipped_files_and_no_partial_output(checkpoint, tmp_path)
     partial = run(tmp_path / "some.csv")
     assert partial.returncode == 3, partial.stderr[-3000:]
     assert "Captioned 1 of 2 files; 1 failed to decode (listed in some_log.json)" in partial.stderr
-    assert list(metrics.read_predictions_csv(tmp_path / "some.csv")) == ["b.wav"]
+    assert list(caption_files.read_predictions_csv(tmp_path / "some.csv")) == ["b.wav"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "clips",
         "some.csv",
@@ -170,16 +171,20 @@ def test_evaluate_predictions_against_clotho_csv(tmp_path):
             ["b.wav", "Rain falls on a roof.", "rain on a roof", "it rains", "rain falls", "heavy rain"]
         )
     predictions = {"a.wav": "a dog barks", "b.wav": "rain falls on the roof"}
-    scores = inference.score_captions(predictions, metrics.read_references(references), spice=False)
+    scores = scoring.score_captions(predictions, caption_files.read_references(references), spice=False)
     assert (
-        scores.corpus == metrics.score(predictions, metrics.read_references(references), spice=False).corpus
+        scores.corpus
+        == scoring.score(predictions, caption_files.read_references(references), spice=False).corpus
     )
-    with pytest.raises(metrics.AlignmentError, match="'c.wav'"):
-        inference.score_captions(
-            {**predictions, "c.wav": "x"}, metrics.read_references(references), spice=False
+    with pytest.raises(caption_files.AlignmentError, match="'c.wav'"):
+        scoring.score_captions(
+            {**predictions, "c.wav": "x"}, caption_files.read_references(references), spice=False
         )
-    extra = inference.score_captions(
-        {**predictions, "c.wav": "x"}, metrics.read_references(references), allow_extra=True, spice=False
+    extra = scoring.score_captions(
+        {**predictions, "c.wav": "x"},
+        caption_files.read_references(references),
+        allow_extra=True,
+        spice=False,
     )
     assert extra.corpus == scores.corpus
 
@@ -189,7 +194,7 @@ def test_evaluate_names_the_clip_a_metric_tool_fails_on_and_writes_the_rest(tmp_
     scores; now the clip and Java's message are named, METEOR is n/a and every other score is written."""
     predictions = tmp_path / "preds.csv"
     captions = {"a.wav": "a dog barks", "b.wav": ("rain falls " * 10000)[:100000], "c.wav": "birds chirp"}
-    metrics.write_predictions_csv(predictions, captions)
+    caption_files.write_predictions_csv(predictions, captions)
     references = tmp_path / "refs.csv"
     with references.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(
@@ -225,7 +230,7 @@ def test_evaluate_checkpoint_on_tfds_split(checkpoint, tfds_build, tmp_path):
     assert loaded.prefix == "audioset > keywords: "
     assert len(predictions) == 3 and set(predictions) == set(references)
     assert all(len(p.candidates) == 2 and p.candidates[0].caption == p.caption for p in found)
-    scores = inference.score_captions(predictions, references, keywords=True, spice=False)
+    scores = scoring.score_captions(predictions, references, keywords=True, spice=False)
     assert {"cider_d", "keyword_f1_micro", "keyword_precision_macro"} <= set(scores.corpus)
     evaluate.write_predictions(tmp_path, "audioset", found)
     nbest = _read(tmp_path / "audioset_predictions_nbest.csv")
@@ -396,7 +401,7 @@ def test_plugin_reranker_is_called_per_batch_and_its_choice_wins(released_whispe
     (call,) = PLUGIN_CALLS
     assert call == ((3, 80, 200), np.float32, [3, 3, 3], (3, 3))
     nbest = _read(tmp_path / "out_nbest.csv")
-    for name, caption in metrics.read_predictions_csv(out).items():
+    for name, caption in caption_files.read_predictions_csv(out).items():
         rows = [r for r in nbest if r["file_name"] == name]
         assert rows[0]["caption"] == caption and len(caption) == max(len(r["caption"]) for r in rows)
         assert [float(r["score"]) for r in rows] == sorted(
@@ -480,9 +485,9 @@ def test_sweep_decodes_every_setting_once_and_writes_one_row_each(released_whisp
     seen = []
 
     def score(found, candidates):
-        """A stand-in for the JVM metrics (`evaluate` passes `metrics.score`; tested above): what it got."""
+        """A stand-in for the JVM metrics (`evaluate` passes `scoring.score`; tested above): what it got."""
         seen.append(candidates)
-        return metrics.CaptionScores(
+        return scorecard.CaptionScores(
             corpus={"cider_d": float(len(found)), "spice": None}, per_clip={}, unavailable={}, warnings=[]
         )
 

@@ -28,9 +28,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from audiocap_jax import cli, metrics
+from audiocap_jax import cli
 from audiocap_jax.corpus.worklist import SHARDS_SUFFIX
 from audiocap_jax.decoding import inference
+from audiocap_jax.metrics import caption_files
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
@@ -144,7 +145,7 @@ class ShardStore:
         with cli.atomic_path(self.counts(n)) as partial:
             partial.write_text(json.dumps(counts, ensure_ascii=False) + "\n", encoding="utf-8")
         with cli.atomic_path(self.csv(n)) as partial:
-            metrics.write_predictions_csv(partial, {p.file_name: p.caption for p in predictions})
+            caption_files.write_predictions_csv(partial, {p.file_name: p.caption for p in predictions})
 
     def wait(self, num_shards: int, stopped: Callable[[], bool], timeout_seconds: float) -> bool:
         """Until every shard is finished (other processes make theirs): True, or False when `stopped()`.

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from audiocap_jax import csv_cells, metrics
+from audiocap_jax import csv_cells
 from audiocap_jax.decoding import rerank, search
 from audiocap_jax.decoding.search_settings import SEARCH_KEYS
 from audiocap_jax.model.sharding import global_to_host, host_to_global, mesh_processes
@@ -253,7 +253,7 @@ def nbest_path(path: str | Path) -> Path:
 
 def write_nbest_csv(path: str | Path, predictions: Sequence[Prediction]) -> None:
     """Writes `file_name,rank,caption,score` (rank 1 = the chosen caption; score = what ranked it), quoted
-    and encoded as `metrics.write_predictions_csv` writes the one-caption CSV, formula-like text guarded
+    and encoded as `caption_files.write_predictions_csv` writes the one-caption CSV, formula-like text guarded
     (`csv_cells`)."""
     with Path(path).open("w", newline="", encoding="utf-8") as f:
         writer = csv_cells.Writer(f)
@@ -262,31 +262,3 @@ def write_nbest_csv(path: str | Path, predictions: Sequence[Prediction]) -> None
             writer.writerows(
                 (p.file_name, rank, c.caption, c.score) for rank, c in enumerate(p.candidates, 1)
             )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Scoring.
-# ---------------------------------------------------------------------------------------------------------------
-def keyword_style(prefix: str) -> bool:
-    """Whether a prefix asks for keywords (`audioset > keywords: `): those outputs also get keyword P/R/F1."""
-    return prefix.rstrip().endswith("keywords:")
-
-
-def score_captions(
-    captions: dict[str, str],
-    references: dict[str, list[str]],
-    *,
-    keywords: bool = False,
-    spice: str | bool = "auto",
-    allow_missing: bool = False,
-    allow_extra: bool = False,
-    **score_options: Any,
-) -> metrics.CaptionScores:
-    """Captioning metrics over aligned predictions and references; with `keywords`, keyword P/R/F1 too.
-    `score_options` go to `metrics.score` as given: preset, candidates, model_dir, bootstrap, seed."""
-    allow = dict(allow_missing=allow_missing, allow_extra=allow_extra)
-    scores = metrics.score(captions, references, spice=spice, **allow, **score_options)
-    if keywords:
-        keyword_scores = metrics.score_keywords(captions, references, **allow)
-        scores = dataclasses.replace(scores, corpus={**scores.corpus, **keyword_scores.corpus})
-    return scores

@@ -13,7 +13,7 @@ argmax, ties keep the search's order. `rerank` (config key) names one:
   `length_penalty`, so beams searched with any penalty are compared on the same footing.
 - "mbr": minimum Bayes risk with CIDEr-D as the gain: the candidate with the highest mean CIDEr-D against the
   other candidates of its clip, the consensus caption (`mbr_scores`). CIDEr-D is the project's: captions
-  PTB-tokenised as `metrics.score` does, then pycocoevalcap's `Cider`, the scorer `metrics.score` reports. Its
+  PTB-tokenised as `scoring.score` does, then pycocoevalcap's `Cider`, the scorer `scoring.score` reports. Its
   document frequencies come from the candidates of every clip of the run (each candidate's set of the other
   candidates of its clip is one document, pycocoevalcap's rule for a set of references), so words every clip
   uses weigh little; the whole run is scored at once, after decoding, so the choice does not depend on the
@@ -33,8 +33,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from pycocoevalcap.cider.cider import Cider
 
-from audiocap_jax import metrics
 from audiocap_jax.decoding import search
+from audiocap_jax.metrics import java
 
 NONE, LIKELIHOOD, MBR = "none", "likelihood", "mbr"
 BUILTIN = (NONE, LIKELIHOOD, MBR)
@@ -112,7 +112,7 @@ def mbr_scores(candidates: Sequence[Sequence[str]]) -> np.ndarray:
     num_clips, num_candidates = len(candidates), len(candidates[0]) if candidates else 0
     if num_candidates < 2:
         return np.zeros((num_clips, num_candidates))
-    tokens = iter(metrics.ptb_tokenize([c for clip in candidates for c in clip]))
+    tokens = iter(java.ptb_tokenize([c for clip in candidates for c in clip]))
     tokenized = [[next(tokens) for _ in clip] for clip in candidates]
     if not any(t for clip in tokenized for t in clip):  # nothing to compare (pycocoevalcap needs an n-gram)
         return np.zeros((num_clips, num_candidates))

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 
-from audiocap_jax import metrics  # noqa: E402
+from audiocap_jax.metrics import scorecard  # noqa: E402
 from audiocap_jax.rundir import layout  # noqa: E402
 from audiocap_jax.rundir.writer import read_metrics  # noqa: E402
 
@@ -61,7 +61,7 @@ def headline(results: Mapping[str, float], dataset: str) -> str:
     BLEU-4 0.1502` (keyword styles: keyword F1/precision/recall): one log line per dataset and validation,
     so a run's log stays short; the full tables are in the predictions' JSON and at --verbosity=1."""
     keys = [key for key in _headline_keys([results]) if key.startswith(f"{dataset}/")]
-    return ", ".join(f"{metrics.METRIC_NAMES[key.split('/', 1)[1]]} {results[key]:.4f}" for key in keys)
+    return ", ".join(f"{scorecard.METRIC_NAMES[key.split('/', 1)[1]]} {results[key]:.4f}" for key in keys)
 
 
 def _series(records: Sequence[Mapping[str, float]], key: str) -> tuple[list[int], list[float]]:
@@ -97,7 +97,7 @@ def plot_metrics(workdir: str | Path) -> Path:
     for key in _headline_keys(records, plotted_only=True):
         steps, values = _series(records, key)
         validation_axis.plot(
-            steps, values, marker="o", label=f"{key.split('/')[0]} {metrics.METRIC_NAMES[key.split('/')[1]]}"
+            steps, values, marker="o", label=f"{key.split('/')[0]} {scorecard.METRIC_NAMES[key.split('/')[1]]}"
         )
     validation_axis.set(xlabel="step", ylabel="score", title="validation")
     if validation_axis.lines:
@@ -130,7 +130,7 @@ def describe(workdir: str | Path) -> str:
     validation = last_validation(records)
     for key in _headline_keys([validation]):
         dataset, metric = key.split("/")
-        lines.append(f"  {dataset:<10} {metrics.METRIC_NAMES[metric]:<18} {validation[key]:.4f}")
+        lines.append(f"  {dataset:<10} {scorecard.METRIC_NAMES[metric]:<18} {validation[key]:.4f}")
     outputs = [
         ("checkpoints", workdir / layout.CHECKPOINT_DIR),
         ("predictions", workdir / layout.PREDICTIONS_DIR),

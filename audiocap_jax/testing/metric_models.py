@@ -1,6 +1,6 @@
 """Tiny randomly initialised stand-ins for the two DCASE metric models, in the exact formats of the real ones.
 
-`make_tiny_metric_models(root)` writes into `root` what `dcase_metrics.download_models` would:
+`make_tiny_metric_models(root)` writes into `root` what `dcase.download_models` would:
 
     root/paraphrase-TinyBERT-L6-v2/           a SentenceTransformer directory (BERT + mean pooling), like the hub's
     root/echecker_clotho_audiocaps_base.ckpt  torch.save({"model_type", "num_classes", "state_dict"}), the FENSE
@@ -190,18 +190,18 @@ CROSSCHECK_KEYS = ("sbert_sim", "fer", "fense", "vocab", "cider_d", "spider_fl")
 
 
 def crosscheck_ours(model_root: str | Path) -> dict[str, dict]:
-    """Our side of the aac-metrics cross-check: `metrics.score(preset="dcase2024")` on the CROSSCHECK inputs
+    """Our side of the aac-metrics cross-check: `scoring.score(preset="dcase2024")` on the CROSSCHECK inputs
     with the stand-ins in `model_root`, plus SPIDEr-FL from CROSSCHECK_SPICE. {"corpus": {...}, "per_clip":
     {metric: [B]}} for CROSSCHECK_KEYS (Vocab has no per-clip list)."""
-    from audiocap_jax import dcase_metrics, metrics
+    from audiocap_jax.metrics import dcase, scoring
 
-    scores = metrics.score(
+    scores = scoring.score(
         CROSSCHECK_PREDICTIONS, CROSSCHECK_REFERENCES, preset="dcase2024", spice=False, model_dir=model_root
     )
     names = sorted(CROSSCHECK_REFERENCES)
     per_clip = {k: [scores.per_clip[n][k] for n in names] for k in ("sbert_sim", "fer", "fense", "cider_d")}
     spider = (np.array(per_clip["cider_d"]) + np.array(CROSSCHECK_SPICE)) / 2
-    per_clip["spider_fl"] = dcase_metrics.fluency_penalized(spider, per_clip["fer"]).tolist()
+    per_clip["spider_fl"] = dcase.fluency_penalized(spider, per_clip["fer"]).tolist()
     corpus = {k: scores.corpus[k] for k in ("sbert_sim", "fer", "fense", "vocab", "cider_d")}
     corpus["spider_fl"] = float(np.mean(per_clip["spider_fl"]))
     return {"corpus": corpus, "per_clip": per_clip}

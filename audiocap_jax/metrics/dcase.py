@@ -2,7 +2,7 @@
 
 Numbers equal aac-metrics 0.5.5 (the organisers' reference; scripts/crosscheck_aac_metrics.sh): the same two
 models, the same text preprocessing, batching and thresholds, run on sentence-transformers and transformers' BERT
-(PyTorch, CPU). Optional extra: `pip install -e '.[dcase]'`. `metrics.score(..., preset="dcase2024")` calls this
+(PyTorch, CPU). Optional extra: `pip install -e '.[dcase]'`. `scoring.score(..., preset="dcase2024")` calls this
 module; nothing here knows about files of predictions or presets.
 
   SBERT-sim[b] = mean_r  cos(SBERT(candidate_b), SBERT(reference_b,r))   (paraphrase-TinyBERT-L6-v2, mean pooling)
@@ -17,7 +17,7 @@ The two models live in one directory (`--metrics_model_dir`, else $AUDIOCAP_METR
   echecker_clotho_audiocaps_base.ckpt     torch.save({"model_type", "num_classes", "state_dict"}) (FENSE release)
   <model_type>/                           BERT config.json + tokenizer of the detector (bert-base-uncased)
 
-`python -m audiocap_jax.dcase_metrics download [--model_dir=DIR]` fetches them and checks their SHA-256.
+`python -m audiocap_jax.metrics.dcase download [--model_dir=DIR]` fetches them and checks their SHA-256.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ ECHECKER_URL = (
 ECHECKER_SHA256 = "1a719f090af70614bbdb9f9437530b7e133c48cfa4a58d964de0d47fc974a2fa"
 ERROR_THRESHOLD = 0.9  # a candidate is disfluent when P(error) exceeds this
 PENALTY = 0.9  # FENSE and SPIDEr-FL keep 1 - 0.9 = 10% of a disfluent candidate's score
-DOWNLOAD_COMMAND = "python -m audiocap_jax.dcase_metrics download"
+DOWNLOAD_COMMAND = "python -m audiocap_jax.metrics.dcase download"
 INSTALL_COMMAND = "pip install -e '.[dcase]'"
 _BATCH_SIZE = 32  # aac-metrics' batch size, for both models
 _ECHECKER_MAX_LENGTH = 64  # the detector pads/truncates every candidate to 64 tokens
