@@ -10,7 +10,7 @@ Rows:
   local devices, 30 s log-mels and 80-token targets (the training configs' `max_length`): examples/s, MFU (`audiocap_jax.rundir.mfu`: analytic FLOPs over the
   bf16 peak of the device), peak device memory (`Device.memory_stats()`; on CPU the process's peak RSS) and
   compile time;
-- beam search of base, small and large-v2 through the shared `search.make_decode_fn`, the program
+- beam search of base, small and large-v2 through the shared `whisper_binding.make_decode_fn`, the program
   `inference.Decoder` runs for validation, `predict` and `evaluate` (5 beams, exactly 30
   tokens after the 11-token `clotho > caption: ` prompt): captions/s and compile time;
 - the same with transformers' PyTorch Whisper on the same GPU, where torch sees CUDA (AdamW, bf16 autocast;
@@ -280,7 +280,7 @@ def jax_decode_row(variant: str, batch_size: int, steps: int) -> Row:
     import numpy as np
     from flax import nnx
 
-    from audiocap_jax.decoding import search
+    from audiocap_jax.decoding import whisper_binding
     from audiocap_jax.model.backend import resolve_runtime
     from audiocap_jax.model.config import WhisperConfig
     from audiocap_jax.model.whisper import create_model
@@ -303,7 +303,7 @@ def jax_decode_row(variant: str, batch_size: int, steps: int) -> Row:
         state = nnx.state(model)
         with jax.set_mesh(mesh):
             compiled = (
-                search.make_decode_fn(model, settings)
+                whisper_binding.make_decode_fn(model, settings)
                 .lower(state, inputs["mel"], inputs["prompt"], inputs["lengths"])
                 .compile()
             )

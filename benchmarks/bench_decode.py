@@ -34,7 +34,9 @@ from absl import app, flags, logging
 from flax import nnx
 
 from audiocap_jax import cli, text
-from audiocap_jax.decoding import search, search_settings
+from audiocap_jax.decoding import search_settings
+from audiocap_jax.decoding.search_settings import DecodeSettings
+from audiocap_jax.decoding.whisper_binding import make_decode_fn
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.hf import load_hf_checkpoint
 from audiocap_jax.testing.models import save_tiny_hf_whisper
@@ -110,6 +112,92 @@ def best_time(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.nda
     return min(times), out
 
 
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One batch both sides decode: the same clips and forced prompt, exactly `length` tokens out."""
+
+    mel: np.ndarray  # float32 [B, M, S]
+    prompt_ids: np.ndarray  # int32 [B, P]
+    prompt_lengths: np.ndarray  # int32 [B]
+    length: int  # prompt + new tokens: max_length = min_length
+
+    @classmethod
+    def random(cls, config: WhisperConfig, prompt: np.ndarray, batch: int, new_tokens: int) -> Batch:
+        mel = np.random.default_rng(0).standard_normal((batch, config.num_mel_bins, config.num_frames))
+        return cls(
+            mel.astype(np.float32),
+            np.tile(prompt, (batch, 1)),
+            np.full((batch,), len(prompt), np.int32),
+            len(prompt) + new_tokens,
+        )
+
+
+def decode_settings(strategy: str, width: int, eot: int, length: int) -> DecodeSettings:
+    """The settings of one row: `width` beams or samples, forced to exactly `length` tokens."""
+    common = dict(
+        eos_id=eot, max_length=length, min_length=length, no_repeat_ngram_size=_NO_REPEAT_NGRAM.value
+    )
+    if strategy == "sample":
+        return DecodeSettings(
+            **common,
+            strategy="sample",
+            num_samples=width,
+            num_return_sequences=width,
+            temperature=_TEMPERATURE.value,
+            top_k=_TOP_K.value,
+            top_p=_TOP_P.value,
+        )
+    return DecodeSettings(**common, num_beams=width)
+
+
+def hf_generate(torch_model: torch.nn.Module, settings: DecodeSettings, batch: Batch) -> np.ndarray:
+    """transformers' `generate` on the batch with the same search settings: int [B*R, L]."""
+    config = transformers.GenerationConfig(
+        decoder_start_token_id=int(batch.prompt_ids[0, 0]), **settings.to_hf_generation_config()
+    )
+    with torch.inference_mode():
+        return transformers.GenerationMixin.generate(
+            torch_model,
+            input_features=torch.from_numpy(batch.mel),
+            decoder_input_ids=torch.from_numpy(batch.prompt_ids).long(),
+            generation_config=config,
+        ).numpy()
+
+
+def time_ours(model: nnx.Module, settings: DecodeSettings, batch: Batch) -> tuple[float, float, np.ndarray]:
+    """(compile s, best s per batch, best sequences int32 [B, L]) of our search on `model`."""
+    state = nnx.state(model)
+    args = (batch.mel, batch.prompt_ids, batch.prompt_lengths)
+    start = time.perf_counter()
+    compiled = make_decode_fn(model, settings).lower(state, *args).compile()
+    compile_s = time.perf_counter() - start
+    run = lambda: np.asarray(compiled(state, *args)[0][:, 0])  # noqa: E731
+    return (compile_s, *best_time(run, _REPEATS.value))
+
+
+def encoder_times(model: nnx.Module, torch_model: torch.nn.Module, mel: np.ndarray) -> tuple[float, float]:
+    """Best seconds of the encoder alone on one batch: ours (as decoding runs it), then HF's."""
+    graphdef, state = nnx.split(model)
+    encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
+    jax.block_until_ready(encode(state, mel))
+    ours_s, _ = best_time(lambda: jax.block_until_ready(encode(state, mel)), _REPEATS.value)
+    with torch.inference_mode():
+        torch_model.model.encoder(torch.from_numpy(mel))  # first-call overhead is not steady state
+        hf_s, _ = best_time(lambda: torch_model.model.encoder(torch.from_numpy(mel)), _REPEATS.value)
+    return ours_s, hf_s
+
+
+def with_vs_beam(rows: list[Row]) -> list[Row]:
+    """Each sampling row's time over the beam row of the same width, where there is one."""
+    beam_s = {r.beams: r.ours_s for r in rows if r.strategy == "beam"}
+    return [
+        dataclasses.replace(r, vs_beam=r.ours_s / beam_s[r.beams])
+        if r.strategy == "sample" and r.beams in beam_s
+        else r
+        for r in rows
+    ]
+
+
 def bench_variant(
     variant: str,
     widths: Sequence[tuple[str, int]],
@@ -121,104 +209,31 @@ def bench_variant(
     arch = WhisperConfig.from_variant(variant).architecture()
     torch_model = save_tiny_hf_whisper(checkpoint_dir, seed=0, **arch)
     model, config = load_hf_checkpoint(checkpoint_dir)
-    graphdef, state = nnx.split(model)
     scanned_model = load_hf_checkpoint(checkpoint_dir, scan_layers=True)[0] if _SCAN_LAYERS.value else None
-
-    batch, repeats = _BATCH.value, _REPEATS.value
-    mel = np.random.default_rng(0).standard_normal((batch, config.num_mel_bins, config.num_frames))
-    mel = mel.astype(np.float32)
-    prompt_ids = np.tile(prompt, (batch, 1))
-    prompt_lengths = np.full((batch,), len(prompt), np.int32)
-    length = len(prompt) + _NEW_TOKENS.value
-
-    def hf_generate(settings: search.DecodeSettings) -> np.ndarray:
-        config = transformers.GenerationConfig(
-            decoder_start_token_id=int(prompt[0]), **settings.to_hf_generation_config()
-        )
-        with torch.inference_mode():
-            return transformers.GenerationMixin.generate(
-                torch_model,
-                input_features=torch.from_numpy(mel),
-                decoder_input_ids=torch.from_numpy(prompt_ids).long(),
-                generation_config=config,
-            ).numpy()
-
-    encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))  # as decoding runs it
-    jax.block_until_ready(encode(state, mel))
-    ours_encoder_s, _ = best_time(lambda: jax.block_until_ready(encode(state, mel)), repeats)
-    with torch.inference_mode():
-        torch_model.model.encoder(torch.from_numpy(mel))  # first-call overhead is not steady state
-        hf_encoder_s, _ = best_time(lambda: torch_model.model.encoder(torch.from_numpy(mel)), repeats)
+    batch = Batch.random(config, prompt, _BATCH.value, _NEW_TOKENS.value)
+    ours_encoder_s, hf_encoder_s = encoder_times(model, torch_model, batch.mel)
 
     rows = []
     for strategy, width in widths:
-        common = dict(
-            eos_id=eot,
-            max_length=length,
-            min_length=length,
-            no_repeat_ngram_size=_NO_REPEAT_NGRAM.value,
-        )
-        if strategy == "sample":
-            settings = search.DecodeSettings(
-                **common,
-                strategy="sample",
-                num_samples=width,
-                num_return_sequences=width,
-                temperature=_TEMPERATURE.value,
-                top_k=_TOP_K.value,
-                top_p=_TOP_P.value,
-            )
-        else:
-            settings = search.DecodeSettings(**common, num_beams=width)
-
-        def time_ours(
-            model: nnx.Module, settings: search.DecodeSettings = settings
-        ) -> tuple[float, float, np.ndarray]:
-            """(compile s, best s per batch, best sequences) of our search on `model`."""
-            state = nnx.state(model)
-            start = time.perf_counter()
-            compiled = (
-                search.make_decode_fn(model, settings).lower(state, mel, prompt_ids, prompt_lengths).compile()
-            )
-            compile_s = time.perf_counter() - start
-            run = lambda: np.asarray(compiled(state, mel, prompt_ids, prompt_lengths)[0][:, 0])  # noqa: E731
-            return (compile_s, *best_time(run, repeats))
-
-        compile_s, ours_s, ours = time_ours(model)
+        settings = decode_settings(strategy, width, eot, batch.length)
+        compile_s, ours_s, ours = time_ours(model, settings, batch)
         scanned_s = None
         if scanned_model is not None:
-            _, scanned_s, scanned = time_ours(scanned_model)
+            _, scanned_s, scanned = time_ours(scanned_model, settings, batch)
             if not (scanned == ours).all():
                 raise RuntimeError("The scanned and unscanned models decoded different tokens.")
-        hf_generate(dataclasses.replace(settings, max_length=len(prompt) + 1, min_length=0))  # warm-up
-        hf_s, hf = best_time(lambda s=settings: hf_generate(s), repeats)
+        warm_up = dataclasses.replace(settings, max_length=len(prompt) + 1, min_length=0)
+        hf_generate(torch_model, warm_up, batch)
+        hf_s, hf = best_time(lambda s=settings: hf_generate(torch_model, s, batch), _REPEATS.value)
         if strategy == "sample":
             hf = hf[::width]  # HF returns all B*S samples; compare shapes with each clip's first
         if hf.shape != ours.shape:
             raise RuntimeError(f"HF returned {hf.shape}, ours {ours.shape}: the runs did different work.")
         same = float((hf == ours).all(axis=1).mean()) if strategy == "beam" else None
-        rows.append(
-            Row(
-                variant,
-                strategy,
-                width,
-                ours_s,
-                hf_s,
-                ours_encoder_s,
-                hf_encoder_s,
-                compile_s,
-                same,
-                scanned_s,
-            )
-        )
+        timings = (ours_s, hf_s, ours_encoder_s, hf_encoder_s, compile_s, same, scanned_s)
+        rows.append(Row(variant, strategy, width, *timings))
         logging.info("%s", rows[-1])
-    beam_s = {r.beams: r.ours_s for r in rows if r.strategy == "beam"}
-    return [
-        dataclasses.replace(r, vs_beam=r.ours_s / beam_s[r.beams])
-        if r.strategy == "sample" and r.beams in beam_s
-        else r
-        for r in rows
-    ]
+    return with_vs_beam(rows)
 
 
 def main(argv: list[str]) -> None:

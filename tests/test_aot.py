@@ -17,7 +17,7 @@ from flax import nnx
 
 from audiocap_jax import text
 from audiocap_jax.aot import analysis, programs, targets
-from audiocap_jax.decoding import search
+from audiocap_jax.decoding import search, whisper_binding
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.lora import NO_LORA
@@ -120,7 +120,7 @@ def test_every_program_of_a_run_compiles_in_one_process(impl):
     settings = search.DecodeSettings(
         eos_id=tokenizer.specials.eot, num_beams=2, max_length=prompt.shape[1] + 3
     )
-    sequences, _ = search.make_decode_fn(graphdef, settings, mesh)(
+    sequences, _ = whisper_binding.make_decode_fn(graphdef, settings, mesh)(
         state.weights, batch["mel"], inputs["prompt"], inputs["lengths"]
     )
     assert sequences.shape == (4, 1, prompt.shape[1] + 3)

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from audiocap_jax import text
-from audiocap_jax.decoding import search
+from audiocap_jax.decoding import search, whisper_binding
 from audiocap_jax.model import sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.model.sharding import batch_sharding
@@ -77,7 +77,7 @@ def test_overfits_eight_clips_and_beam_search_reproduces_them(tokenizer):
     assert losses[0] > 5.0 and losses[-1] < 0.05, (losses[0], losses[-1])
     whisper = nnx.merge(graphdef, state.weights)
     settings = search.DecodeSettings(eos_id=tokenizer.specials.eot, num_beams=4, max_length=MAX_LENGTH)
-    decode_fn = search.make_decode_fn(whisper, settings, mesh)
+    decode_fn = whisper_binding.make_decode_fn(whisper, settings, mesh)
     prompt = np.tile(np.asarray(tokenizer.prompt_ids(text.CLOTHO_CAPTION), np.int32), (8, 1))
     sequences, _ = decode_fn(
         nnx.state(whisper),

@@ -1,5 +1,5 @@
-"""The one jitted decoding loop (beam search, diverse beam search, sampling) that training validation,
-`predict` and `evaluate` call.
+"""The search core: the decoding loop (beam search, diverse beam search, sampling) that training validation,
+`predict` and `evaluate` run inside one `jax.jit`.
 
 Legend: B batch, K beams (`num_beams`), G beam groups (`num_beam_groups`), J = K/G beams per group,
 E = B*G (example, group) pairs, S samples per example (`num_samples`), N decoder rows (B*K for beam search:
@@ -19,9 +19,9 @@ Strategies (`DecodeSettings.strategy`), all inside one `lax.while_loop` that exi
   divided by `penalty(g)`); the best R are returned.
 
 The core, `decode_tokens` (`beam_search` or `sample`), is model-agnostic like t5x's: it sees a
-`tokens_to_logits(ids, cache, positions)` callable and a cache that can copy and reorder its rows.
-`make_decode_fn` binds it to a `Whisper` model: encoder once, cross-attention K/V once per example (shared by
-its beams or samples), the forced prompt prefilled in one pass, then one token per step.
+`tokens_to_logits(ids, cache, positions)` callable and a cache that can copy and reorder its rows (`RowCache`),
+so toy scorers test it. The logits processors and warpers are `processors.py`'s; `whisper_binding.py` binds
+the core to a `Whisper` model.
 
 Semantics are those of the original system, `transformers.GenerationMixin.generate(model, input_features,
 decoder_input_ids=prompt, num_beams=K, max_length=L)` in transformers 5 (`_beam_search` for K > 1, `_sample`
@@ -54,21 +54,21 @@ tokens at its cut lower ids first, where torch's unstable sort picks them in no 
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-from jax.sharding import Mesh
 
+from audiocap_jax.decoding.processors import (
+    draw_tokens,
+    greedy_log_probs,
+    penalise_repeats,
+    step_processors,
+    top_k_per_example,
+)
 from audiocap_jax.decoding.search_settings import DecodeSettings
-from audiocap_jax.model.backend import tracing_platform
-from audiocap_jax.model.sharding import constrain, logical_to_spec
 
 # HF's "very large negative" score for dead beams and empty finished slots, kept identical so masking and
 # the early-stop comparisons behave exactly as in the oracle.
@@ -154,244 +154,6 @@ def length_penalty(num_generated: jax.Array, settings: DecodeSettings) -> jax.Ar
     if settings.length_penalty_form == "gnmt":
         g = (5.0 + g) / 6.0
     return g**settings.length_penalty
-
-
-def top_k_per_example(x: jax.Array, k: int, block: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """lax.top_k over the last axis, computed where each example lives. [B, C] --> [B, k], [B, k]
-
-    XLA's partitioner gathers the whole batch onto every device for a TopK; under a mesh (`jax.set_mesh`)
-    we run it per batch shard instead (shard_map over the mesh axes the `batch` rule maps to). On CPU the
-    exact `blocked_top_k` (with `block`, by default `_TOP_K_BLOCK`) replaces XLA:CPU's slow TopK; TPUs and
-    GPUs have fast TopK kernels (and XLA:TPU ran out of scoped vector memory on the blocked form's
-    reduce_window over a 51,968-token row).
-    """
-    block = block or _TOP_K_BLOCK
-
-    def top_k(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return blocked_top_k(a, k, block) if tracing_platform() == "cpu" else tuple(jax.lax.top_k(a, k))
-
-    mesh = jax.sharding.get_abstract_mesh()
-    spec = None if mesh.empty else logical_to_spec(("batch", None), x.shape, mesh)
-    if spec is None or spec[0] is None:
-        return top_k(x)
-    return jax.shard_map(top_k, mesh=mesh, in_specs=spec, out_specs=(spec, spec))(x)
-
-
-_TOP_K_BLOCK = 256
-
-
-def blocked_top_k(x: jax.Array, k: int, block: int = _TOP_K_BLOCK) -> tuple[jax.Array, jax.Array]:
-    """Exactly `lax.top_k(x, k)` (ties included), for rows much longer than k. [B, C] --> [B, k], [B, k]
-
-    `lax.top_k` over a beam step's K*V candidates cost 2.3 ms of a 32 ms step (whisper-tiny, 8 clips,
-    4 beams) on CPU. The k largest values lie in the k blocks with the largest maxima, so one cheap
-    max-reduction picks k blocks and the exact top-k runs over their k*block values only.
-    Blocks are taken in index order, so equal values resolve towards the lower index, as in `lax.top_k`.
-    (A reduce_window and a gather rather than a padded reshape: XLA fused the candidates' computation into
-    the pad twice over.)
-    """
-    b, c = x.shape
-    num_blocks = -(-c // block)
-    if num_blocks <= 4 * k:
-        return tuple(jax.lax.top_k(x, k))
-    padding = ((0, 0), (0, num_blocks * block - c))
-    maxima = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, block), (1, block), padding)
-    _, chosen = jax.lax.top_k(maxima, k)
-    chosen = jnp.sort(chosen, axis=-1)  # --> [B, k] in index order
-    columns = (chosen[:, :, None] * block + jnp.arange(block)).reshape(b, k * block)
-    candidates = jnp.take_along_axis(x, columns, axis=1, mode="fill", fill_value=-jnp.inf)
-    values, pick = jax.lax.top_k(candidates, k)
-    return values, jnp.take_along_axis(columns, pick, axis=1)
-
-
-def _token_mask(token_ids: tuple[int, ...], vocab_size: int, what: str) -> np.ndarray:
-    """bool [V]: True at token_ids (a trace-time constant)."""
-    bad = [t for t in token_ids if not 0 <= t < vocab_size]
-    if bad:
-        raise ValueError(f"{what} {bad} are outside the model's vocabulary of {vocab_size} tokens.")
-    mask = np.zeros(vocab_size, bool)
-    mask[list(token_ids)] = True
-    return mask
-
-
-def _scatter_flags(tokens: jax.Array, keep: jax.Array, vocab_size: int) -> jax.Array:
-    """True at each row's kept tokens, in one scatter. int32 [N, T], bool [N, T] --> bool [N, V]"""
-    columns = jnp.where(keep, tokens, vocab_size)  # a spare column past the vocab takes what is not kept
-    rows = jnp.arange(tokens.shape[0])[:, None]
-    flags = jnp.zeros((tokens.shape[0], vocab_size + 1), bool).at[rows, columns].set(True)
-    return flags[:, :vocab_size]
-
-
-def ngram_bans(seqs: jax.Array, lengths: jax.Array, ngram_size: int, vocab_size: int) -> jax.Array:
-    """HF's `NoRepeatNGramLogitsProcessor`: the tokens that would complete an n-gram already present in the
-    row's first `lengths` tokens (the forced prompt included, as HF's decoder ids include it).
-    int32 [N, L], int32 [N] --> bool [N, V]
-
-    Window i (tokens i..i+n-1, inside the row) bans its last token when its first n-1 tokens equal the row's
-    last n-1 tokens; a row shorter than n bans nothing. One gather and one comparison of every window with
-    that suffix, [N, L, n-1], so the graph has the same operations whatever n (a Python loop over the n-1
-    positions made n=100000 trace for minutes); `DecodeSettings` keeps n below L, which bounds the array.
-    """
-    n, width = ngram_size, seqs.shape[1]
-    offsets = jnp.arange(n - 1)  # position j inside a window's first n-1 tokens
-    suffix_columns = lengths[:, None] - (n - 1) + offsets[None, :]  # --> [N, n-1]
-    suffix = jnp.take_along_axis(seqs, jnp.maximum(suffix_columns, 0), axis=1)
-    window_columns = jnp.arange(width)[:, None] + offsets[None, :]  # [L, n-1]
-    windows = jnp.take(seqs, jnp.minimum(window_columns, width - 1), axis=1)  # --> [N, L, n-1]
-    inside = jnp.arange(width)[None, :] + n <= lengths[:, None]  # [N, L] window inside the row
-    matches = inside & jnp.all(windows == suffix[:, None, :], axis=-1)  # --> [N, L]
-    last_tokens = jnp.take(seqs, jnp.minimum(jnp.arange(width) + n - 1, width - 1), axis=1)  # --> [N, L]
-    return _scatter_flags(last_tokens, matches, vocab_size)
-
-
-class _Processors(NamedTuple):
-    """What HF's logit processors need at one step, per decoder row."""
-
-    presence: jax.Array | None  # bool [N, V]: tokens in the row so far (None: no repetition penalty)
-    banned: jax.Array  # bool [N, V]: tokens set to -inf (suppress, begin-suppress, min-length, n-gram)
-
-
-def _step_processors(
-    seqs: jax.Array, lengths: jax.Array, step: jax.Array, settings: DecodeSettings, vocab_size: int
-) -> _Processors:
-    """seqs int32 [N, L] with `lengths` int32 [N] tokens so far (prompt included; HF's `input_ids`)."""
-    rows = seqs.shape[0]
-    banned = jnp.broadcast_to(
-        _token_mask(settings.suppress_tokens, vocab_size, "suppress_tokens"), (rows, vocab_size)
-    )
-    if settings.begin_suppress_tokens:
-        begin = _token_mask(settings.begin_suppress_tokens, vocab_size, "begin_suppress_tokens")
-        banned = banned | (begin[None, :] & (step == 0))
-    if settings.min_length > 0:
-        eos = _token_mask((settings.eos_id,), vocab_size, "eos_id")
-        banned = banned | (eos[None, :] & (lengths < settings.min_length)[:, None])
-    if settings.no_repeat_ngram_size > 0:
-        banned = banned | ngram_bans(seqs, lengths, settings.no_repeat_ngram_size, vocab_size)
-    presence = None
-    if settings.repetition_penalty != 1.0:
-        presence = _scatter_flags(seqs, jnp.arange(seqs.shape[1])[None, :] < lengths[:, None], vocab_size)
-    return _Processors(presence, banned)
-
-
-def _penalise_repeats(scores: jax.Array, presence: jax.Array | None, penalty: float) -> jax.Array:
-    """HF's `RepetitionPenaltyLogitsProcessor`: scores of tokens already present are multiplied by the
-    penalty where negative, divided where not. [..., V] --> [..., V]"""
-    if presence is None:
-        return scores
-    return jnp.where(presence, jnp.where(scores < 0, scores * penalty, scores / penalty), scores)
-
-
-def _greedy_log_probs(logits: jax.Array, processors: _Processors, settings: DecodeSettings) -> jax.Array:
-    """Processed log-probs where HF processes raw logits (greedy and sampling): repetition penalty on the
-    logits, log_softmax, then the bans as -inf (not renormalised, so a token's score is the one beam
-    search gives it). [N, V] --> [N, V]"""
-    logits = _penalise_repeats(logits.astype(jnp.float32), processors.presence, settings.repetition_penalty)
-    return jnp.where(processors.banned, -jnp.inf, jax.nn.log_softmax(logits, axis=-1))
-
-
-def temperature_warp(scores: jax.Array, temperature: float) -> jax.Array:
-    """HF's `TemperatureLogitsWarper`. [N, V] --> [N, V]"""
-    return scores if temperature == 1.0 else scores / temperature
-
-
-# Sampling looks at each row's best tokens first: the top-k / top-p cut almost always falls among them, and
-# then neither a sort of the vocabulary (3.7 s per step for 128 rows of whisper's 51865 tokens on CPU) nor
-# noise for every token (0.65 s) is needed. Rows whose cut lies further down send the batch's step to the
-# whole sorted vocabulary, with the same result.
-_SAMPLE_CANDIDATES = 64
-
-
-class _Candidates(NamedTuple):
-    """Each row's W best tokens after top-k and top-p: warped scores (-inf when dropped) best first (equal
-    scores: lower id first), their token ids, and whether the row's kept set surely lies inside them."""
-
-    scores: jax.Array  # float32 [N, W]
-    ids: jax.Array  # int32 [N, W]
-    complete: jax.Array  # bool [N]
-
-
-def _filtered_candidates(scores: jax.Array, settings: DecodeSettings, width: int) -> _Candidates:
-    """HF's `TopKLogitsWarper` then `TopPLogitsWarper` (min_tokens_to_keep=1) on the W best of tempered
-    scores [N, V]. Top-k drops scores below the k-th (ties with it stay); top-p drops, best first, every token
-    once the probability mass before it (normalised over what top-k kept) reaches top_p. HF's top-p sums in
-    ascending order from the least likely token, so the two differ only by float rounding at the cut; of
-    equal scores at the cut we keep the lower ids (torch's unstable sort keeps some, unspecified)."""
-    vocab_size = scores.shape[-1]
-    # --> [N, W] descending. The barrier keeps XLA:CPU from turning the top-k, whose k-th column is read
-    # below, into a sort of the whole row (655 instead of 6.5 ms for 64 rows of 51865 tokens).
-    # Blocks of 64 rather than 256: 3.6 instead of 6.4 ms for the 64 best of 51865 tokens in 64 rows.
-    values, ids = jax.lax.optimization_barrier(top_k_per_example(scores, width, block=64))
-    last = values[:, -1]
-    complete = jnp.full(values.shape[:1], width == vocab_size)
-    if settings.top_k > 0:
-        kth = values[:, min(settings.top_k, width) - 1]
-        values = jnp.where(values < kth[:, None], -jnp.inf, values)
-        # Everything past the candidates is <= the last one: dropped if that is below the k-th.
-        complete = complete | ((settings.top_k < width) & (last < kth))
-    if settings.top_p < 1.0:
-        if settings.top_k > 0:  # normalised over the top-k set (inside the candidates when complete)
-            log_total = jax.nn.logsumexp(values, axis=-1, keepdims=True)
-        else:
-            log_total = jax.nn.logsumexp(scores, axis=-1, keepdims=True)
-        probs = jnp.exp(values - log_total)
-        mass = jnp.cumsum(probs, axis=-1)
-        values = jnp.where(mass - probs >= settings.top_p, -jnp.inf, values)
-        # The candidates hold top_p of the mass: every later token comes after that much.
-        covered = mass[:, -1] >= settings.top_p
-        complete = complete | (covered if settings.top_k == 0 else complete & covered)
-    return _Candidates(values, ids.astype(jnp.int32), complete)
-
-
-def _over_candidates(
-    scores: jax.Array, settings: DecodeSettings, use: Callable[[jax.Array, jax.Array], jax.Array]
-) -> jax.Array:
-    """`use(filtered scores [N, W], ids [N, W])` over the best `_SAMPLE_CANDIDATES` tokens of every row when
-    each row's kept set lies among them, else over the whole vocabulary sorted (one decision per batch, so
-    every row sees the same W: a row's result does not depend on which)."""
-    vocab_size = scores.shape[-1]
-    width = min(_SAMPLE_CANDIDATES, vocab_size)
-    fast = _filtered_candidates(scores, settings, width)
-    if width == vocab_size:
-        return use(fast.scores, fast.ids)
-
-    def whole() -> jax.Array:
-        return use(*_filtered_candidates(scores, settings, vocab_size)[:2])
-
-    return jax.lax.cond(jnp.all(fast.complete), lambda: use(fast.scores, fast.ids), whole)
-
-
-def _filters(settings: DecodeSettings) -> bool:
-    return settings.top_k > 0 or settings.top_p < 1.0
-
-
-def _rank_noise(key: jax.Array, width: int) -> jax.Array:
-    """Gumbel noise float32 [W] for the W best-ranked tokens of one row, drawn in blocks of
-    `_SAMPLE_CANDIDATES` ranks (block b from `fold_in(key, b)`), so the first ranks get the same noise
-    whether the step looks at the candidates or at the whole vocabulary."""
-    block = _SAMPLE_CANDIDATES
-    blocks = -(-width // block)
-    noise = jax.vmap(lambda b: jax.random.gumbel(jax.random.fold_in(key, b), (block,)))(jnp.arange(blocks))
-    return noise.reshape(blocks * block)[:width]
-
-
-def draw_tokens(scores: jax.Array, keys: jax.Array, settings: DecodeSettings) -> jax.Array:
-    """One token per row from the distribution HF's warpers leave (temperature, then the top-k and top-p
-    filters; Gumbel-max). float [N, V], keys [N] --> int32 [N]
-
-    Row n draws with its own key `keys[n]`, so a row's token depends on its scores and key only: not on the
-    other rows, the batch size or how the rows are sharded. The noise is indexed by rank (then by token id
-    with no filter to rank by).
-    """
-    scores = temperature_warp(scores, settings.temperature)
-    if not _filters(settings):
-        return jax.vmap(jax.random.categorical)(keys, scores).astype(jnp.int32)
-
-    def draw(values: jax.Array, ids: jax.Array) -> jax.Array:
-        noise = jax.vmap(_rank_noise, in_axes=(0, None))(keys, values.shape[1])  # --> [N, W]
-        pick = jnp.argmax(values + noise, axis=-1)
-        return jnp.take_along_axis(ids, pick[:, None], axis=1)[:, 0]
-
-    return _over_candidates(scores, settings, draw)
 
 
 def _select(
@@ -482,9 +244,9 @@ def _beam_step(
     vocab_size = logits.shape[-1]
     row_seqs = flatten_beam_dim(state.beams.live_seqs)  # [N, L]
     row_lengths = jnp.repeat(prompt_lengths + state.step, beams_per_group)  # [N] tokens so far
-    processors = _step_processors(row_seqs, row_lengths, state.step, settings, vocab_size)
+    processors = step_processors(row_seqs, row_lengths, state.step, settings, vocab_size)
     if settings.num_beams == 1:  # HF's greedy search processes logits, not log-probs
-        log_probs = _greedy_log_probs(logits, processors, settings)
+        log_probs = greedy_log_probs(logits, processors, settings)
     else:
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
@@ -502,7 +264,7 @@ def _beam_step(
                     chosen_before, beams_per_group, axis=0
                 )
             presence = None if processors.presence is None else by_group(processors.presence, group)
-            scores = _penalise_repeats(scores, presence, settings.repetition_penalty)
+            scores = penalise_repeats(scores, presence, settings.repetition_penalty)
             scores = jnp.where(by_group(processors.banned, group), -jnp.inf, scores)
         group_beams = jax.tree.map(lambda x, g=group: by_group(x, g), state.beams)
         new, parent = _select(
@@ -690,8 +452,8 @@ def sample(
             tokens_to_logits, state.last_tokens, state.cache, row_prompt_lengths, state.step, max_length
         )
         columns = row_prompt_lengths + state.step  # [N] tokens so far = where this step's token goes
-        processors = _step_processors(state.seqs, columns, state.step, settings, logits.shape[-1])
-        log_probs = _greedy_log_probs(logits, processors, settings)  # [N, V]
+        processors = step_processors(state.seqs, columns, state.step, settings, logits.shape[-1])
+        log_probs = greedy_log_probs(logits, processors, settings)  # [N, V]
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, state.step)  # [N]
         drawn = draw_tokens(log_probs, step_keys, settings)
         tokens = jnp.where(state.done, eos, drawn)  # [N]
@@ -737,61 +499,3 @@ def decode_tokens(
         keys = example_keys(rng, prompt_ids.shape[0], settings)
         return sample(tokens_to_logits, cache, prompt_ids, prompt_lengths, settings, keys)
     return beam_search(tokens_to_logits, cache, prompt_ids, prompt_lengths, settings)
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeFn:
-    """The jitted captioning program of `make_decode_fn`, run (or lowered ahead of time) under its mesh.
-
-    `decode(state, mel, prompt_ids, prompt_lengths, rng=None) -> (sequences, scores)`; `lower` takes the
-    same arguments, concrete or abstract (`jax.ShapeDtypeStruct` with shardings), and returns the lowered
-    program without running it: what `audiocap_jax.aot` compiles for a target.
-    """
-
-    jitted: Any  # jax.jit of the whole search
-    mesh: Mesh | None
-
-    def _on_mesh(self) -> Any:
-        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
-
-    def __call__(self, *args: Any) -> tuple[jax.Array, jax.Array]:
-        with self._on_mesh():
-            return self.jitted(*args)
-
-    def lower(self, *args: Any) -> jax.stages.Lowered:
-        with self._on_mesh():
-            return self.jitted.trace(*args).lower()
-
-
-def make_decode_fn(
-    model: nnx.Module | nnx.GraphDef, settings: DecodeSettings, mesh: Mesh | None = None
-) -> DecodeFn:
-    """The captioning function: `decode(state, mel, prompt_ids, prompt_lengths, rng=None) -> (sequences, scores)`.
-
-    `model` is a `Whisper` or its `nnx.graphdef` (only the structure is kept); `state` is `nnx.state(model)`
-    (or any state of that structure, e.g. the training loop's), sharded however the caller placed it.
-    mel: float [B, M, F]; prompt_ids: int32 [B, P]; prompt_lengths: int32 [B]; rng: sampling's keys, one
-    per clip [B] (what `inference.caption_batches` passes: a clip's samples then depend on its key only), or
-    one `jax.random.key` folded with each row's index (beam search ignores it; None =
-    `jax.random.key(settings.seed)`). Returns int32 [B, R, L] and
-    float32 [B, R] (see `beam_search`). One `jax.jit`: encoder, cache init, prefill and the decoding loop.
-    With `mesh`, the batch is constrained to the mesh's batch axes and the model's sharding annotations
-    apply; compiled once per input shape.
-    """
-    graphdef = model if isinstance(model, nnx.GraphDef) else nnx.graphdef(model)
-
-    @jax.jit
-    def decode(
-        state: Any,
-        mel: jax.Array,
-        prompt_ids: jax.Array,
-        prompt_lengths: jax.Array,
-        rng: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        whisper = nnx.merge(graphdef, state)
-        mel = constrain(mel, ("batch", None, None))
-        tokens_to_logits, cache = whisper.start_decoding(whisper.encode(mel), settings.max_length)
-        sequences, scores = decode_tokens(tokens_to_logits, cache, prompt_ids, prompt_lengths, settings, rng)
-        return constrain(sequences, ("batch", None, None)), constrain(scores, ("batch", None))
-
-    return DecodeFn(decode, mesh)
