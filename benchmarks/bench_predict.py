@@ -80,7 +80,9 @@ def decode_only_row(checkpoint: pathlib.Path, clips: pathlib.Path) -> dict:
     built = load.build_model(load.ModelInit.from_path(str(checkpoint), dtype=config.dtype), mesh=mesh)
     prompt = tuple(built.tokenizer.prompt_ids(text.parse_style(config.style)))
     work = worklist.read_work_list(str(clips))
-    batching = worklist.Batching(config.batch_size, built.config.num_mel_bins, built.config.num_frames, prompt)
+    batching = worklist.Batching(
+        config.batch_size, built.config.num_mel_bins, built.config.num_frames, prompt
+    )
     batches = [
         p.batch for p in worklist.audio_parts(work, [range(len(work))], batching, 2) if p.batch is not None
     ]

@@ -1,1 +1,2 @@
-"""Decoding: the search core, its settings, the host loop around it, and the rerankers."""
+"""Decoding: the search core and its settings, the logits processors, the Whisper binding, the host loop
+around them, and the rerankers."""
