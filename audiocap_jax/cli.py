@@ -120,6 +120,15 @@ def exit_user_error(error: BaseException, argv: Sequence[str] = ()) -> NoReturn:
     sys.exit(EXIT_USER)
 
 
+def finished(skipped: str | None) -> int:
+    """The exit code of a command that ran to its end: `EXIT_PARTIAL`, with `skipped` (what was left out and
+    where it is named) on stderr, when some inputs were skipped; else `EXIT_OK`."""
+    if skipped is None:
+        return EXIT_OK
+    print(skipped, file=sys.stderr)
+    return EXIT_PARTIAL
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the error convention: a bad or missing argument prints `Error:` and `fix:` and exits
     `EXIT_USER`, instead of argparse's `usage: ... <prog>: error: ...`. Subcommand parsers inherit the class."""

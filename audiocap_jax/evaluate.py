@@ -33,9 +33,7 @@ scores are still written, and the exit code is 3 (`cli.EXIT_PARTIAL`).
 from __future__ import annotations
 
 import dataclasses
-import sys
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,7 @@ from ml_collections import config_flags
 
 from audiocap_jax import cli, csv_cells, preflight, runtime
 from audiocap_jax.data import pipeline
-from audiocap_jax.decoding import inference, search_settings
+from audiocap_jax.decoding import evaluator, inference, search_settings
 from audiocap_jax.metrics import caption_files, scorecard, scoring
 from audiocap_jax.model import sharding
 from audiocap_jax.model.hf import resolve_checkpoint_dir
@@ -110,46 +108,33 @@ def load_split(
     )
 
 
-def caption_split(
-    loaded: LoadedSplit, config: ml_collections.ConfigDict, desc: str | None = None
-) -> list[inference.Prediction]:
-    """Caption the loaded split with one decoding config (compiled on first use)."""
+def evaluate_loaded(
+    loaded: LoadedSplit,
+    config: ml_collections.ConfigDict,
+    scorer: evaluator.Scorer,
+    output: evaluator.Output,
+    desc: str | None = None,
+) -> evaluator.SplitResult:
+    """Caption the loaded split with one decoding config (compiled on first use), write the predictions and
+    their N-best CSV, and score them (`evaluator.evaluate_split`)."""
     decoder = inference.Decoder.from_config(
         config, loaded.model, loaded.tokenizer, loaded.checkpoint_dir, loaded.mesh
     )
-    return decoder.caption(
+    return evaluator.evaluate_split(
+        decoder,
         nnx.state(loaded.model),
         loaded.batches,
         loaded.tokenizer,
         loaded.mesh,
+        scorer,
         desc=desc or loaded.dataset,
+        output=output,
     )
 
 
-def _captions_and_references(
-    predictions: list[inference.Prediction],
-) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """What `scoring.score` takes: {file: chosen caption}, {file: references}."""
-    return {p.file_name: p.caption for p in predictions}, {
-        p.file_name: list(p.references) for p in predictions
-    }
-
-
-def _candidates(config: ml_collections.ConfigDict, predictions: list[inference.Prediction]) -> Any:
-    """The N-best lists for SPIDEr-max when the config keeps several candidates, else None."""
-    if config.num_return_sequences < 2:
-        return None
-    return {p.file_name: [c.caption for c in p.candidates] for p in predictions}
-
-
-def write_predictions(out_dir: Path, stem: str, predictions: list[inference.Prediction]) -> None:
-    """`<stem>_predictions.csv` (one caption per clip) and `<stem>_predictions_nbest.csv` beside it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{stem}_predictions.csv"
-    with cli.atomic_path(path) as partial:
-        caption_files.write_predictions_csv(partial, {p.file_name: p.caption for p in predictions})
-    with cli.atomic_path(inference.nbest_path(path)) as partial:
-        inference.write_nbest_csv(partial, predictions)
+def predictions_csv(out_dir: Path, stem: str) -> Path:
+    """`<out_dir>/<stem>_predictions.csv`; its N-best list goes beside it as `<stem>_predictions_nbest.csv`."""
+    return out_dir / f"{stem}_predictions.csv"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -214,19 +199,16 @@ def run_sweep(
     loaded: LoadedSplit,
     configs: dict[str, ml_collections.ConfigDict],
     out_dir: Path,
-    score: Any,
+    scorer: evaluator.Scorer,
 ) -> list[dict[str, Any]]:
-    """Caption the split with every setting and score it with `score(predictions, candidates)`; writes each
-    setting's predictions and `sweep.csv` (one row per setting: its corpus metrics, seconds to caption
-    including compilation)."""
+    """Caption the split with every setting and score it with `scorer`; writes each setting's predictions and
+    `sweep.csv` (one row per setting: its corpus metrics, seconds to caption including compilation)."""
     rows = []
     for name, config in configs.items():
-        started = time.perf_counter()
-        predictions = caption_split(loaded, config, desc=f"{loaded.dataset} {name}")
-        seconds = time.perf_counter() - started
-        write_predictions(out_dir, f"{loaded.dataset}_{name}", predictions)
-        scores = score(predictions, _candidates(config, predictions))
-        rows.append({"setting": name, **scores.corpus, "seconds": seconds})
+        stem = f"{loaded.dataset}_{name}"
+        output = evaluator.Output(predictions_csv(out_dir, stem))
+        result = evaluate_loaded(loaded, config, scorer, output, desc=f"{loaded.dataset} {name}")
+        rows.append({"setting": name, **result.scores.corpus, "seconds": result.seconds})
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with (
         cli.atomic_path(out_dir / SWEEP_CSV) as partial,
@@ -273,7 +255,7 @@ def _define_flags() -> None:
     config_flags.DEFINE_config_file("config-file", cli.PREDICT_CONFIG, "Decoding settings.", lock_config=True)
 
 
-def _alignment_fix(error: caption_files.AlignmentError, predictions: dict[str, str], references: dict) -> str:
+def _alignment_fix(error: caption_files.AlignmentError, predictions: Mapping[str, str], references: Mapping) -> str:
     """The command-line fix for a predictions/references mismatch (metrics speaks of Python arguments)."""
     if not set(predictions) & set(references):
         return "write the file names relative to the same folder in both files"
@@ -287,31 +269,115 @@ def _alignment_fix(error: caption_files.AlignmentError, predictions: dict[str, s
     return f"correct the file names, or pass {' '.join(switches)} to score the clips found in both"
 
 
-def _score(
-    f: flags.FlagValues,
-    predictions: dict[str, str],
-    references: dict[str, list[str]],
-    candidates: dict[str, list[str]] | None,
-    prefix: str,
-) -> scorecard.CaptionScores:
-    """The flags' metrics of one set of predictions (`candidates`: N-best lists for SPIDEr-max)."""
-    keywords = f["keywords"].value if f["keywords"].value is not None else scoring.keyword_style(prefix)
+# `evaluator.Scoring` options taken as the flags give them: option -> flag.
+_SCORING_FLAGS = {
+    "preset": "metrics",
+    "allow_missing": "allow_missing",
+    "allow_extra": "allow_extra",
+    "model_dir": "metrics_model_dir",
+    "bootstrap": "bootstrap",
+    "seed": "bootstrap_seed",
+}
+
+
+def _scorer(f: flags.FlagValues, prefix: str) -> evaluator.Scorer:
+    """The flags' metrics (keyword ones by default for a keywords `prefix`); a predictions/references mismatch
+    becomes a user error naming the switch that allows it."""
+    options = evaluator.Scoring(
+        keywords=f["keywords"].value if f["keywords"].value is not None else scoring.keyword_style(prefix),
+        spice={"auto": "auto", "on": True, "off": False}[f["spice"].value],
+        **{option: f[flag].value for option, flag in _SCORING_FLAGS.items()},
+    )
+
+    def score(
+        predictions: Mapping[str, str],
+        references: Mapping[str, list[str]],
+        candidates: Mapping[str, list[str]] | None,
+    ) -> scorecard.CaptionScores:
+        try:
+            return options(predictions, references, candidates)
+        except caption_files.AlignmentError as error:
+            raise cli.UserError(str(error), _alignment_fix(error, predictions, references)) from error
+
+    return score
+
+
+def _report(scores: scorecard.CaptionScores, json_path: Path) -> int:
+    """Print the table and where the scores went; exit `cli.EXIT_PARTIAL` when a metric tool failed on clips."""
+    print(scorecard.format_table(scores))
+    print(f"Scores: {json_path}")
+    return cli.finished(
+        f"A metric tool failed on {len(scores.failed_clips)} clips (named above and under failed_clips in "
+        f"{json_path.name}); every other score was written."
+        if scores.failed_clips
+        else None
+    )
+
+
+def _evaluate_checkpoint(f: flags.FlagValues) -> int:
+    """--checkpoint: caption the split (once per setting with --sweep), write the predictions and score them."""
+    if f["dataset"].value is None:
+        raise app.UsageError("--checkpoint needs --dataset (clotho, audiocaps or audioset).")
+    checkpoint, config, dataset = f["checkpoint"].value, f["config-file"].value, f["dataset"].value
+    out_dir = preflight.check_writable_dir(
+        f["output_dir"].value or Path(checkpoint) / layout.EVALUATION_DIR, "--output_dir"
+    )
+    preflight.check_decoding(config, "--config-file", jax.device_count())
+    sweep = sweep_configs(config, f["sweep"].value, jax.device_count()) if f["sweep"].value else None
+    preflight.check_checkpoint(checkpoint, config.step)
+    preflight.check_evaluate(
+        dataset, f["split"].value, f["data_dir"].value, f["mel_config"].value, f["style"].value
+    )
+    for checked in [config, *(sweep or {}).values()]:
+        preflight.check_decoder_positions(checkpoint, checked.max_length, "--config-file")
+    loaded = load_split(
+        checkpoint,
+        dataset,
+        f["split"].value,
+        f["data_dir"].value,
+        config,
+        mel_config=f["mel_config"].value,
+        style=f["style"].value,
+        in_memory=sweep is not None,
+    )
+    if sweep is not None:
+        print(format_sweep_table(run_sweep(loaded, sweep, out_dir, _scorer(f, loaded.prefix))))
+        print(f"Sweep: {out_dir / SWEEP_CSV}")
+        return cli.EXIT_OK
+    json_path = out_dir / f"{dataset}_scores.json"
+    source = {
+        "checkpoint": checkpoint,
+        "dataset": dataset,
+        "split": f["split"].value,
+        "prefix": loaded.prefix,
+    }
+    output = evaluator.Output(predictions_csv(out_dir, dataset), json_path, source)
+    return _report(evaluate_loaded(loaded, config, _scorer(f, loaded.prefix), output).scores, json_path)
+
+
+def _evaluate_predictions(f: flags.FlagValues) -> int:
+    """--predictions and --references: score the CSV's captions (SPIDEr-max too when it holds N-best lists)."""
+    predictions_path = preflight.check_readable_file(
+        f["predictions"].value, "--predictions", "a predictions CSV"
+    )
+    references_path = preflight.check_readable_file(
+        f["references"].value, "--references", "a Clotho captions CSV or an AudioFolder metadata.jsonl"
+    )
+    out_dir = preflight.check_writable_dir(f["output_dir"].value or predictions_path.parent, "--output_dir")
     try:
-        return scoring.score_captions(
-            predictions,
-            references,
-            keywords=keywords,
-            allow_missing=f["allow_missing"].value,
-            allow_extra=f["allow_extra"].value,
-            spice={"auto": "auto", "on": True, "off": False}[f["spice"].value],
-            preset=f["metrics"].value,
-            candidates=candidates,
-            model_dir=f["metrics_model_dir"].value,
-            bootstrap=f["bootstrap"].value,
-            seed=f["bootstrap_seed"].value,
-        )
-    except caption_files.AlignmentError as error:
-        raise cli.UserError(str(error), _alignment_fix(error, predictions, references)) from error
+        candidates = caption_files.read_candidates_csv(predictions_path)
+        references = caption_files.read_references(references_path)
+    except ValueError as error:  # the readers name the file, line and what is wrong with it
+        raise cli.UserError(
+            str(error), "correct the file named above (docs/metrics.md shows the layouts)"
+        ) from error
+    predictions = {name: captions[0] for name, captions in candidates.items()}
+    n_best = candidates if any(len(captions) > 1 for captions in candidates.values()) else None
+    scores = _scorer(f, "")(predictions, references, n_best)
+    json_path = out_dir / (predictions_path.stem + "_scores.json")
+    source = {"predictions": f["predictions"].value, "references": f["references"].value}
+    evaluator.write_scores(json_path, scores, source)
+    return _report(scores, json_path)
 
 
 def main(argv: list[str]) -> int:
@@ -321,93 +387,15 @@ def main(argv: list[str]) -> int:
     runtime.start()
     preflight.check_spice(f["spice"].value)
     preflight.check_scoring(f["bootstrap"].value, f["bootstrap_seed"].value, f["metrics_model_dir"].value)
-    n_best = None  # N-best lists: SPIDEr-max over them
     if f["sweep"].value is not None and f["checkpoint"].value is None:
         raise app.UsageError(
             "--sweep needs --checkpoint and --dataset (it decodes the split once per setting)."
         )
     if f["checkpoint"].value is not None:
-        if f["dataset"].value is None:
-            raise app.UsageError("--checkpoint needs --dataset (clotho, audiocaps or audioset).")
-        config, dataset = f["config-file"].value, f["dataset"].value
-        out_dir = preflight.check_writable_dir(
-            f["output_dir"].value or Path(f["checkpoint"].value) / layout.EVALUATION_DIR, "--output_dir"
-        )
-        preflight.check_decoding(config, "--config-file", jax.device_count())
-        sweep = sweep_configs(config, f["sweep"].value, jax.device_count()) if f["sweep"].value else None
-        preflight.check_checkpoint(f["checkpoint"].value, config.step)
-        preflight.check_evaluate(
-            dataset, f["split"].value, f["data_dir"].value, f["mel_config"].value, f["style"].value
-        )
-        for checked in [config, *(sweep or {}).values()]:
-            preflight.check_decoder_positions(f["checkpoint"].value, checked.max_length, "--config-file")
-        loaded = load_split(
-            f["checkpoint"].value,
-            dataset,
-            f["split"].value,
-            f["data_dir"].value,
-            config,
-            mel_config=f["mel_config"].value,
-            style=f["style"].value,
-            in_memory=sweep is not None,
-        )
-        if sweep is not None:
-            rows = run_sweep(
-                loaded,
-                sweep,
-                out_dir,
-                lambda found, candidates: _score(
-                    f, *_captions_and_references(found), candidates, loaded.prefix
-                ),
-            )
-            print(format_sweep_table(rows))
-            print(f"Sweep: {out_dir / SWEEP_CSV}")
-            return cli.EXIT_OK
-        found = caption_split(loaded, config)
-        write_predictions(out_dir, dataset, found)
-        (predictions, references), n_best = _captions_and_references(found), _candidates(config, found)
-        json_path = out_dir / f"{dataset}_scores.json"
-        source = {"checkpoint": f["checkpoint"].value, "dataset": dataset, "split": f["split"].value}
-        source["prefix"] = prefix = loaded.prefix
-    elif f["predictions"].value is not None and f["references"].value is not None:
-        predictions_path = preflight.check_readable_file(
-            f["predictions"].value, "--predictions", "a predictions CSV"
-        )
-        references_path = preflight.check_readable_file(
-            f["references"].value, "--references", "a Clotho captions CSV or an AudioFolder metadata.jsonl"
-        )
-        out_dir = preflight.check_writable_dir(
-            f["output_dir"].value or predictions_path.parent, "--output_dir"
-        )
-        try:
-            candidates = caption_files.read_candidates_csv(predictions_path)
-            references = caption_files.read_references(references_path)
-        except ValueError as error:  # the readers name the file, line and what is wrong with it
-            raise cli.UserError(
-                str(error), "correct the file named above (docs/metrics.md shows the layouts)"
-            ) from error
-        predictions = {name: captions[0] for name, captions in candidates.items()}
-        if any(len(captions) > 1 for captions in candidates.values()):
-            n_best = candidates
-        prefix = ""
-        json_path = out_dir / (predictions_path.stem + "_scores.json")
-        source = {"predictions": f["predictions"].value, "references": f["references"].value}
-    else:
-        raise app.UsageError("Give --predictions and --references, or --checkpoint and --dataset.")
-    scores = _score(f, predictions, references, n_best, prefix)
-    print(scorecard.format_table(scores))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with cli.atomic_path(json_path) as partial:
-        scorecard.write_json(partial, scores, **source)
-    print(f"Scores: {json_path}")
-    if scores.failed_clips:
-        print(
-            f"A metric tool failed on {len(scores.failed_clips)} clips (named above and under failed_clips in "
-            f"{json_path.name}); every other score was written.",
-            file=sys.stderr,
-        )
-        return cli.EXIT_PARTIAL
-    return cli.EXIT_OK
+        return _evaluate_checkpoint(f)
+    if f["predictions"].value is not None and f["references"].value is not None:
+        return _evaluate_predictions(f)
+    raise app.UsageError("Give --predictions and --references, or --checkpoint and --dataset.")
 
 
 if __name__ == "__main__":

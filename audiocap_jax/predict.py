@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -456,14 +455,12 @@ def main(argv: list[str]) -> int:
     )
     if log.get("preempted"):
         return cli.EXIT_PREEMPTED
-    if log["failed_files"]:
-        print(
-            f"Captioned {log['num_captioned']} of {log['num_files']} files; {len(log['failed_files'])} failed to "
-            f"decode (listed in {Path(log['output_file']).stem}_log.json).",
-            file=sys.stderr,
-        )
-        return cli.EXIT_PARTIAL
-    return cli.EXIT_OK
+    return cli.finished(
+        f"Captioned {log['num_captioned']} of {log['num_files']} files; {len(log['failed_files'])} failed to "
+        f"decode (listed in {Path(log['output_file']).stem}_log.json)."
+        if log["failed_files"]
+        else None
+    )
 
 
 if __name__ == "__main__":

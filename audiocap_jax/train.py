@@ -1,10 +1,11 @@
 """Train a Whisper captioner: `python -m audiocap_jax.train --config=configs/<x>.py --workdir=DIR`.
 
-`run` reads as its stages: `setup` (mesh, checkpoints, writer) -> `build_state` (the model in the resume order
-of `load.build_model`, optimizer, train state restored or fresh) -> `compile_step` (the jitted step and the
-shared decoding: search + reranker) -> `build_data` (train stream at its saved position, validation) -> `train_loop` (log,
-validate, checkpoint, agreed pre-emption) -> `finish` (HF export, final report). Overrides such as `--config.optim.lr=4e-6` are
-type-checked by ml_collections; unknown keys fail at start.
+`run` reads as its stages, numbered in this order below: `setup` (mesh, checkpoints, writer) -> `build_state` (the
+model in the resume order of `load.build_model`, optimizer, train state restored or fresh) -> `build_data` (train
+stream at its saved position, validation with the shared decoding: search + reranker) -> `compile_step` (the
+jitted step compiled on the first batch, its FLOPs) -> `train_loop` (log, validate, checkpoint, agreed
+pre-emption; returns the final state) -> `finish` (HF export, final report). Overrides such as
+`--config.optim.lr=4e-6` are type-checked by ml_collections; unknown keys fail at start.
 
 The run holds the workdir's lock from after the pre-flight checks to its end (`hold_workdir`,
 `lock.py`): a second training into the same workdir stops with exit 2 before it writes anything.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -40,8 +42,8 @@ from tqdm import tqdm
 
 from audiocap_jax import cli, preflight, runtime, text
 from audiocap_jax.data import demo, pipeline
-from audiocap_jax.decoding import inference
-from audiocap_jax.metrics import caption_files, scorecard, scoring
+from audiocap_jax.decoding import evaluator, inference
+from audiocap_jax.metrics import scorecard, scoring
 from audiocap_jax.model import lora, sharding
 from audiocap_jax.model.config import WhisperConfig
 from audiocap_jax.rundir import checkpoint, layout, load, lock, mfu, summary, train_step
@@ -79,7 +81,10 @@ class Preemption:
         runtime.barrier("step", step)
         return bool(client.key_value_dir_get(f"audiocap/preempt/{step}/"))
 
-    def restore(self) -> None:
+    def __enter__(self) -> Preemption:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
         self._sigterm.restore()
 
 
@@ -141,7 +146,7 @@ class Trainee:
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     selects: Any  # NNX filter of the trained weights (train_step.trainable)
-    state: train_step.TrainState
+    state: train_step.TrainState  # where training starts (restored or fresh); donated to the first step
     start_step: int
     data_state: dict[str, Any] | None  # the train stream's saved position when resuming
 
@@ -214,13 +219,15 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> str:
 
 
 class Validation:
-    """Training's validation: each configured dataset captioned with its own prefix by the shared beam search
-    and scored by `scoring.score_captions` (as `evaluate --checkpoint` does), logged; the best-checkpoint
-    score. SPICE that cannot run is announced once per run (with its fix), not in every table."""
+    """Training's validation: each configured dataset captioned with its own prefix by the shared search and
+    scored by the one evaluator (`evaluator.evaluate_split`, as `evaluate --checkpoint` runs it), logged; the
+    best-checkpoint score. SPICE that cannot run is announced once per run (with its fix), not in every table."""
 
-    def __init__(self, s: Setup, t: Trainee, data_dir: str, decoder: inference.Decoder):
-        self._s, self._t, self._decoder = s, t, decoder
+    def __init__(self, s: Setup, t: Trainee, data_dir: str):
+        self._s, self._t = s, t
         config = s.config
+        # The shared decoding (config.eval's strategy, search and reranker) bound to the model's structure.
+        self._decoder = inference.Decoder.from_config(config.eval, t.graphdef, t.tokenizer, None, s.mesh)
         self.specs = [
             pipeline.DatasetSpec(
                 name=name,
@@ -237,66 +244,79 @@ class Validation:
         every = self._s.config.eval.every_steps
         return bool(self.specs) and every > 0 and (step % every == 0 or step == self._s.config.total_steps)
 
-    def run(self, step: int, weights: Any, predictions_dir: Path | None = None) -> dict[str, float]:
-        """Scores `{dataset/metric: value}`; with `predictions_dir`, process 0 writes each set's captions
-        (`<dataset>_<split>.csv`) and scores (`<dataset>_<split>_metrics.json`) there."""
-        config, writer = self._s.config, self._s.writer
+    def run(self, step: int, weights: Any, write: bool = False) -> dict[str, float]:
+        """Scores `{dataset/metric: value}`; with `write`, process 0 writes each set's captions
+        (`predictions/<dataset>_<split>.csv`) and scores (`<dataset>_<split>_metrics.json`) in the workdir."""
         results: dict[str, float] = {}
         for spec in self.specs:
-            batches = pipeline.eval_dataset(
-                spec,
-                self._t.tokenizer,
-                global_batch_size=config.eval.batch_size,
-                max_length=config.eval.max_length,
-                max_frames=self._t.model_config.num_frames,
-            )
-            predictions = self._decoder.caption(
-                weights, batches, self._t.tokenizer, self._s.mesh, desc=f"validate {spec.name}"
-            )
-            scores = scoring.score_captions(
-                {p.file_name: p.caption for p in predictions},
-                {p.file_name: list(p.references) for p in predictions},
-                keywords=scoring.keyword_style(spec.prefix),
-                spice=self._spice,
-                preset=config.eval.metrics,
-            )
+            result = self._evaluate(spec, step, weights, write)
+            scores = result.scores
             if "spice" in scores.unavailable and self._spice == "auto":
                 logging.warning(
                     "SPICE and SPIDEr are not computed in this run: %s", scores.unavailable["spice"]
                 )
                 self._spice = False
             results |= {f"{spec.name}/{k}": v for k, v in scores.corpus.items() if v is not None}
-            samples = predictions[: config.eval.num_samples_logged]
-            writer.write_samples(
-                step,
-                spec.name,
-                [
-                    {
-                        "file_name": p.file_name,
-                        "prediction": p.caption,
-                        "references": " | ".join(p.references),
-                    }
-                    for p in samples
-                ],
-            )
-            logging.info(
-                "step %d %s (%d clips): %s",
-                step,
-                spec.name,
-                scores.num_clips,
-                summary.headline(results, spec.name),
-            )
-            table = scorecard.format_table(dataclasses.replace(scores, unavailable={}))
-            logging.vlog(1, "step %d %s:\n%s", step, spec.name, table)
-            if predictions_dir is not None and jax.process_index() == 0:
-                predictions_dir.mkdir(parents=True, exist_ok=True)
-                stem = f"{spec.name}_{spec.split_or(pipeline.EVAL_SPLITS)}"
-                captions = {p.file_name: p.caption for p in predictions}
-                caption_files.write_predictions_csv(predictions_dir / f"{stem}.csv", captions)
-                scorecard.write_json(
-                    predictions_dir / f"{stem}_metrics.json", scores, step=step, prefix=spec.prefix
-                )
+            self._log(step, spec, result, results)
         return results
+
+    def _evaluate(
+        self, spec: pipeline.DatasetSpec, step: int, weights: Any, write: bool
+    ) -> evaluator.SplitResult:
+        config, t = self._s.config, self._t
+        batches = pipeline.eval_dataset(
+            spec,
+            t.tokenizer,
+            global_batch_size=config.eval.batch_size,
+            max_length=config.eval.max_length,
+            max_frames=t.model_config.num_frames,
+        )
+        output = None
+        if write and jax.process_index() == 0:
+            directory = self._s.workdir / layout.PREDICTIONS_DIR
+            stem = f"{spec.name}_{spec.split_or(pipeline.EVAL_SPLITS)}"
+            output = evaluator.Output(
+                directory / f"{stem}.csv",
+                directory / f"{stem}_metrics.json",
+                {"step": step, "prefix": spec.prefix},
+            )
+        options = evaluator.Scoring(
+            keywords=scoring.keyword_style(spec.prefix), spice=self._spice, preset=config.eval.metrics
+        )
+        return evaluator.evaluate_split(
+            self._decoder,
+            weights,
+            batches,
+            t.tokenizer,
+            self._s.mesh,
+            options,
+            desc=f"validate {spec.name}",
+            output=output,
+            nbest=False,
+        )
+
+    def _log(
+        self, step: int, spec: pipeline.DatasetSpec, result: evaluator.SplitResult, results: dict[str, float]
+    ) -> None:
+        """The first clips' captions to the metric writer, the headline scores to the log (the table at -v 1)."""
+        samples = result.predictions[: self._s.config.eval.num_samples_logged]
+        self._s.writer.write_samples(
+            step,
+            spec.name,
+            [
+                {"file_name": p.file_name, "prediction": p.caption, "references": " | ".join(p.references)}
+                for p in samples
+            ],
+        )
+        logging.info(
+            "step %d %s (%d clips): %s",
+            step,
+            spec.name,
+            result.scores.num_clips,
+            summary.headline(results, spec.name),
+        )
+        table = scorecard.format_table(dataclasses.replace(result.scores, unavailable={}))
+        logging.vlog(1, "step %d %s:\n%s", step, spec.name, table)
 
 
 @dataclasses.dataclass
@@ -305,7 +325,7 @@ class Data:
     validation: Validation
 
 
-def build_data(s: Setup, t: Trainee, decoder: inference.Decoder) -> Data:
+def build_data(s: Setup, t: Trainee) -> Data:
     """The train stream (this process's shard, at its saved position when resuming) and the validation."""
     config = s.config
     data_dir = prepare_data(config, s.workdir)
@@ -326,19 +346,52 @@ def build_data(s: Setup, t: Trainee, decoder: inference.Decoder) -> Data:
     train = pipeline.GlobalBatchIterator(train_data, s.mesh)
     if t.data_state is not None:
         train.set_state(t.data_state)
-    return Data(train, Validation(s, t, data_dir, decoder))
+    return Data(train, Validation(s, t, data_dir))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Stage 4: the jitted step and the shared decoding.
+# Stage 4: the train step, compiled on the first batch.
 # ---------------------------------------------------------------------------------------------------------------
-def compile_step(s: Setup, t: Trainee) -> tuple[Any, inference.Decoder]:
-    """(train step, decoder): the step jitted with the state's shardings (donated), and the shared decoding
-    (config.eval's strategy, search and reranker) bound to the model's structure."""
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+    fn: Any  # (state, batch) -> (state, metrics), the state donated
+    flops: float  # analytic model FLOPs of one optimizer step (audiocap_jax.rundir.mfu)
+    first: tuple[dict[str, Any], float]  # the batch it was compiled on (the loop's first), seconds to load it
+
+
+def _timed_batches(train: pipeline.GlobalBatchIterator) -> Iterator[tuple[dict[str, Any], float]]:
+    """(the step's keys of the next batch, seconds spent loading it), for ever."""
+    while True:
+        start = time.perf_counter()
+        batch = {k: v for k, v in next(train).items() if k in train_step.TRAIN_KEYS}
+        yield batch, time.perf_counter() - start
+
+
+def compile_step(s: Setup, t: Trainee, data: Data) -> CompiledStep | None:
+    """The step jitted with the state's shardings (donated) and compiled for the first batch's shapes, and
+    its FLOPs; None when no step is left (a run resumed at its end compiles nothing)."""
+    if t.start_step >= s.config.total_steps:
+        return None
     step_fn = train_step.jit_train_step(
         t.graphdef, t.tx, t.schedule, t.selects, t.state, s.mesh, s.config.accum_steps, s.config.seed
     )
-    return step_fn, inference.Decoder.from_config(s.config.eval, t.graphdef, t.tokenizer, None, s.mesh)
+    batch, load_seconds = next(_timed_batches(data.train))
+    start = time.perf_counter()
+    with jax.set_mesh(s.mesh):
+        compiled = step_fn.lower(t.state, batch).compile()
+    # MaxText's analytic count, not XLA's cost_analysis (which counts a loop body once and one device's share).
+    flops = mfu.model_flops_per_step(
+        t.model_config,
+        batch_size=s.config.batch_size,
+        target_length=batch["decoder_input_ids"].shape[1],
+    )
+    seconds = time.perf_counter() - start
+    logging.info("Train step compiled in %.1f s; %.3g model FLOP per step (analytic).", seconds, flops)
+    s.writer.write(t.start_step, {"compile_seconds": seconds})
+    # Compile times differ between hosts; the first step's collectives open the cross-process connections,
+    # whose own connect timeout (gloo's, on CPU) is short, so every process starts that step together.
+    runtime.barrier("train step compiled", t.start_step)
+    return CompiledStep(compiled, flops, (batch, load_seconds))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -347,12 +400,12 @@ def compile_step(s: Setup, t: Trainee) -> tuple[Any, inference.Decoder]:
 class _Throughput:
     """Step and data-loading times averaged over the logging window, and the FLOP-based rates."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, step_flops: float):
         self._batch_size = config.batch_size
         self._peak = mfu.peak_flops_per_device(
             jax.devices()[0].device_kind, config.log.peak_tflops_per_device
         )
-        self.step_flops: float | None = None  # analytic model FLOPs of one optimizer step (audiocap_jax.rundir.mfu)
+        self._step_flops = step_flops
         self.restart()
 
     def restart(self) -> None:
@@ -372,11 +425,11 @@ class _Throughput:
             "examples_per_second": self._batch_size / step_time,
             "tokens_per_second": tokens / step_time,
         }
-        if self.step_flops:
-            values["model_flops_per_step"] = self.step_flops
-            values["tflops_per_second"] = self.step_flops / step_time / 1e12
+        if self._step_flops:
+            values["model_flops_per_step"] = self._step_flops
+            values["tflops_per_second"] = self._step_flops / step_time / 1e12
             if self._peak:
-                values["mfu"] = mfu.mfu(self.step_flops, step_time, jax.device_count(), self._peak)
+                values["mfu"] = mfu.mfu(self._step_flops, step_time, jax.device_count(), self._peak)
         return values
 
 
@@ -385,48 +438,36 @@ class LoopEnd:
     step: int
     results: dict[str, float]  # the last validation's scores ({} when none ran)
     preempted: bool
+    state: train_step.TrainState  # after the last step
 
 
-def train_loop(s: Setup, t: Trainee, data: Data, step_fn: Any) -> LoopEnd:
-    """Steps from `t.start_step` to `total_steps`: log every `log.every_steps`, validate, checkpoint, and stop
-    early (every process at the same step, checkpoint saved) when any process got SIGTERM."""
+def train_loop(
+    s: Setup, t: Trainee, data: Data, compiled: CompiledStep | None, preemption: Preemption
+) -> LoopEnd:
+    """Steps from `t.start_step` to `total_steps` (`t.state` is donated to the first): log every
+    `log.every_steps`, validate, checkpoint, and stop early (every process at the same step, checkpoint saved)
+    when any process got SIGTERM."""
     config, state, step = s.config, t.state, t.start_step
-    preemption, throughput = Preemption(), _Throughput(config)
-    compiled, results, preempted = None, {}, False
     progress = tqdm(
         total=config.total_steps, initial=step, desc="train", disable=jax.process_index() != 0, unit="step"
     )
+    if compiled is None:  # resumed at its end: nothing to train
+        progress.close()
+        return LoopEnd(step, {}, False, state)
+    throughput, results, preempted = _Throughput(config, compiled.flops), {}, False
+    batches = itertools.chain([compiled.first], _timed_batches(data.train))
     while step < config.total_steps and not preempted:
-        data_start = time.perf_counter()
-        batch = {k: v for k, v in next(data.train).items() if k in train_step.TRAIN_KEYS}
-        data_seconds = time.perf_counter() - data_start
-        if compiled is None:
-            compiled = _compile(step_fn, state, batch, s, t, throughput, step)
+        batch, data_seconds = next(batches)
         throughput.add(data_seconds)
         with jax.set_mesh(s.mesh), jax.transfer_guard("disallow"):
-            state, step_metrics = compiled(state, batch)
+            state, step_metrics = compiled.fn(state, batch)
         step += 1
         progress.update(1)
         if step % config.log.every_steps == 0 or step == config.total_steps:
-            values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            if not math.isfinite(values["loss"]):
-                raise FloatingPointError(
-                    f"Loss is {values['loss']} at step {step} (in the {config.log.every_steps} steps up to it); "
-                    "lower --config.optim.lr or check the data."
-                )
-            s.writer.write(step, values | throughput.window(values["tokens"]))
-            progress.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['token_accuracy']:.3f}")
-            throughput.restart()
+            _log_window(s, step, step_metrics, throughput, progress)
         score = None
         if data.validation.due(step):
-            eval_start = time.perf_counter()
-            is_last = step == config.total_steps
-            results = data.validation.run(
-                step, state.weights, s.workdir / layout.PREDICTIONS_DIR if is_last else None
-            )
-            results["eval_seconds"] = time.perf_counter() - eval_start
-            s.writer.write(step, results)
-            _, score = scoring.select_best_metric(results, config.eval.best_metric)
+            results, score = _validate(s, data.validation, step, state.weights)
             throughput.restart()
         preempted = preemption.agreed(step)
         if (
@@ -437,33 +478,33 @@ def train_loop(s: Setup, t: Trainee, data: Data, step_fn: Any) -> LoopEnd:
         ):
             s.checkpoints.save(step, state, data.train.get_state(), best_score=score)
     progress.close()
-    preemption.restore()
-    t.state = state
-    return LoopEnd(step, results, preempted)
+    return LoopEnd(step, results, preempted, state)
 
 
-def _compile(
-    step_fn: Any, state: Any, batch: Any, s: Setup, t: Trainee, throughput: _Throughput, step: int
-) -> Any:
-    start = time.perf_counter()
-    with jax.set_mesh(s.mesh):
-        compiled = step_fn.lower(state, batch).compile()
-    # MaxText's analytic count, not XLA's cost_analysis (which counts a loop body once and one device's share).
-    throughput.step_flops = mfu.model_flops_per_step(
-        t.model_config,
-        batch_size=s.config.batch_size,
-        target_length=batch["decoder_input_ids"].shape[1],
-    )
-    seconds = time.perf_counter() - start
-    logging.info(
-        "Train step compiled in %.1f s; %.3g model FLOP per step (analytic).", seconds, throughput.step_flops
-    )
-    s.writer.write(step, {"compile_seconds": seconds})
-    # Compile times differ between hosts; the first step's collectives open the cross-process connections,
-    # whose own connect timeout (gloo's, on CPU) is short, so every process starts that step together.
-    runtime.barrier("train step compiled", step)
+def _log_window(s: Setup, step: int, step_metrics: Any, throughput: _Throughput, progress: tqdm) -> None:
+    """The step's metrics and the window's throughput to the writer; a loss that is not finite stops the run."""
+    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    if not math.isfinite(values["loss"]):
+        raise FloatingPointError(
+            f"Loss is {values['loss']} at step {step} (in the {s.config.log.every_steps} steps up to it); "
+            "lower --config.optim.lr or check the data."
+        )
+    s.writer.write(step, values | throughput.window(values["tokens"]))
+    progress.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['token_accuracy']:.3f}")
     throughput.restart()
-    return compiled
+
+
+def _validate(
+    s: Setup, validation: Validation, step: int, weights: Any
+) -> tuple[dict[str, float], float | None]:
+    """(scores with the seconds they took, the best-checkpoint score); the last step's predictions are
+    written to the workdir."""
+    eval_start = time.perf_counter()
+    results = validation.run(step, weights, write=step == s.config.total_steps)
+    results["eval_seconds"] = time.perf_counter() - eval_start
+    s.writer.write(step, results)
+    _, score = scoring.select_best_metric(results, s.config.eval.best_metric)
+    return results, score
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -482,7 +523,7 @@ def export_hf(s: Setup, t: Trainee, end: LoopEnd) -> None:
     from audiocap_jax.model.hf import export
 
     best = s.checkpoints.best_step()
-    graphdef, weights = t.graphdef, t.state.weights
+    graphdef, weights = t.graphdef, end.state.weights
     if best is not None and best != end.step:
         logging.info("Exporting the best checkpoint (step %d) rather than the last.", best)
         init = load.ModelInit.from_path(s.workdir, step=best, **{"param_dtype": t.model_config.param_dtype})
@@ -555,9 +596,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> LoopEnd:
         preflight.check_resume(config, workdir)
         s = setup(config, workdir)
         trainee = build_state(s)
-        step_fn, decoder = compile_step(s, trainee)
-        data = build_data(s, trainee, decoder)
-        end = train_loop(s, trainee, data, step_fn)
+        data = build_data(s, trainee)
+        # From the compilation on, a SIGTERM stops the run after a step every process agrees on.
+        with Preemption() as preemption:
+            compiled = compile_step(s, trainee, data)
+            end = train_loop(s, trainee, data, compiled, preemption)
         finish(s, trainee, end)
     return end
 

@@ -15,7 +15,7 @@ from flax import nnx
 
 from audiocap_jax import audio, cli, csv_cells, evaluate, predict, preflight, text
 from audiocap_jax.corpus import worklist
-from audiocap_jax.decoding import inference, search_settings
+from audiocap_jax.decoding import evaluator, inference, search_settings
 from audiocap_jax.metrics import caption_files, scorecard, scoring
 from audiocap_jax.model import sharding
 from audiocap_jax.rundir import load
@@ -173,18 +173,14 @@ def test_evaluate_predictions_against_clotho_csv(tmp_path):
     predictions = {"a.wav": "a dog barks", "b.wav": "rain falls on the roof"}
     scores = scoring.score_captions(predictions, caption_files.read_references(references), spice=False)
     assert (
-        scores.corpus
-        == scoring.score(predictions, caption_files.read_references(references), spice=False).corpus
+        scores.corpus == scoring.score(predictions, caption_files.read_references(references), spice=False).corpus
     )
     with pytest.raises(caption_files.AlignmentError, match="'c.wav'"):
         scoring.score_captions(
             {**predictions, "c.wav": "x"}, caption_files.read_references(references), spice=False
         )
     extra = scoring.score_captions(
-        {**predictions, "c.wav": "x"},
-        caption_files.read_references(references),
-        allow_extra=True,
-        spice=False,
+        {**predictions, "c.wav": "x"}, caption_files.read_references(references), allow_extra=True, spice=False
     )
     assert extra.corpus == scores.corpus
 
@@ -224,15 +220,18 @@ def test_evaluate_checkpoint_on_tfds_split(checkpoint, tfds_build, tmp_path):
     config = ml_collections.ConfigDict(_config(num_return_sequences=2))
     data_dir = str(tfds_build["audioset_small"].data_dir)
     loaded = evaluate.load_split(str(checkpoint), "audioset", "valid", data_dir, config)
-    found = evaluate.caption_split(loaded, config)
+    output = evaluator.Output(evaluate.predictions_csv(tmp_path, "audioset"))
+    result = evaluate.evaluate_loaded(loaded, config, evaluator.Scoring(keywords=True, spice=False), output)
+    found = result.predictions
     predictions = {p.file_name: p.caption for p in found}
     references = {p.file_name: list(p.references) for p in found}
     assert loaded.prefix == "audioset > keywords: "
     assert len(predictions) == 3 and set(predictions) == set(references)
     assert all(len(p.candidates) == 2 and p.candidates[0].caption == p.caption for p in found)
-    scores = scoring.score_captions(predictions, references, keywords=True, spice=False)
-    assert {"cider_d", "keyword_f1_micro", "keyword_precision_macro"} <= set(scores.corpus)
-    evaluate.write_predictions(tmp_path, "audioset", found)
+    assert {"cider_d", "keyword_f1_micro", "keyword_precision_macro"} <= set(result.scores.corpus)
+    assert _read(tmp_path / "audioset_predictions.csv") == [
+        {"file_name": name, "caption_predicted": caption} for name, caption in predictions.items()
+    ]
     nbest = _read(tmp_path / "audioset_predictions_nbest.csv")
     assert [r["rank"] for r in nbest] == ["1", "2"] * 3
     assert {r["file_name"]: r["caption"] for r in nbest if r["rank"] == "1"} == predictions
@@ -484,11 +483,12 @@ def test_sweep_decodes_every_setting_once_and_writes_one_row_each(released_whisp
     ]
     seen = []
 
-    def score(found, candidates):
-        """A stand-in for the JVM metrics (`evaluate` passes `scoring.score`; tested above): what it got."""
+    def score(captions, references, candidates):
+        """A stand-in for the JVM metrics (`evaluate` passes its flags' `evaluator.Scoring`; tested above):
+        what it got."""
         seen.append(candidates)
         return scorecard.CaptionScores(
-            corpus={"cider_d": float(len(found)), "spice": None}, per_clip={}, unavailable={}, warnings=[]
+            corpus={"cider_d": float(len(captions)), "spice": None}, per_clip={}, unavailable={}, warnings=[]
         )
 
     rows = evaluate.run_sweep(loaded, configs, tmp_path, score)
