@@ -199,14 +199,22 @@ CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
 
 
 def set_cpu_compiler_flags() -> None:
-    """Turn XLA:CPU's concurrency-optimised scheduler off for this process, keeping a value the user set.
+    """Add XLA:CPU's scheduler flag above to XLA_FLAGS, keeping a value the user set.
 
-    Called where a process starts (`run`, the tests' conftest, the benchmarks), before its first
-    computation: XLA reads XLA_FLAGS when JAX creates the backend, not at import, and importing this package
-    changes no environment variable.
+    XLA reads XLA_FLAGS when JAX creates the backend, not at import, so this runs where a process starts
+    (`start_process`), before its first computation; importing this package changes no environment variable.
     """
     if CPU_SCHEDULER_FLAG not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_SCHEDULER_FLAG}=false".strip()
+
+
+def start_process() -> None:
+    """What every process of ours does before its first computation (`run` for the commands; the tests'
+    conftest; each benchmark's `main`): XLA:CPU's flags, and the CPU platform on a machine without GPU or TPU.
+    Without the latter, a CPU machine with the TPU plugin installed (for `aot`) can deadlock the CPU devices'
+    collectives of a multi-device program."""
+    set_cpu_compiler_flags()
+    use_cpu_without_accelerators()
 
 
 @contextlib.contextmanager
@@ -479,8 +487,7 @@ def run(
     """
     argv = list(sys.argv)
     quiet_library_logs()
-    set_cpu_compiler_flags()
-    use_cpu_without_accelerators()
+    start_process()
     program = program or f"python -m {sys.modules['__main__'].__spec__.name}"
     leaves: dict[str, Any] = {}
     try:

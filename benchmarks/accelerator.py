@@ -486,7 +486,7 @@ def _print_rows(rows: Sequence[Row]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cli.set_cpu_compiler_flags()
+    cli.start_process()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--variants",

@@ -58,7 +58,7 @@ def capacity_row(variant: str, target: targets.Target, program: str, remat: str,
 
 
 def main() -> None:
-    cli.set_cpu_compiler_flags()
+    cli.start_process()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="base,small,large-v2")
     parser.add_argument("--targets", default="h100x8,v5e-256")

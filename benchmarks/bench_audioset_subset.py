@@ -59,7 +59,7 @@ def write_audiocaps(folder: pathlib.Path, youtube_ids: list[str]) -> None:
 
 
 def main() -> None:
-    cli.set_cpu_compiler_flags()
+    cli.start_process()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=UNBALANCED_ROWS)
     args = parser.parse_args()

@@ -111,7 +111,7 @@ def _cpu_seconds() -> float:
 
 
 def main(argv: list[str]) -> None:
-    cli.set_cpu_compiler_flags()
+    cli.start_process()
     del argv
     logging.set_verbosity(logging.WARNING)  # Beam logs every worker's start at INFO
     num_clips, workers, mode = _NUM_CLIPS.value, _WORKERS.value, _MODE.value

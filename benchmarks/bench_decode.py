@@ -237,7 +237,7 @@ def bench_variant(
 
 
 def main(argv: list[str]) -> None:
-    cli.set_cpu_compiler_flags()
+    cli.start_process()
     del argv
     unknown = set(_STRATEGIES.value) - set(search_settings.STRATEGIES)
     if unknown:

@@ -32,7 +32,7 @@ def _clips_per_second(extract: Callable[[np.ndarray], np.ndarray], batch: np.nda
 
 
 def main() -> None:
-    cli.set_cpu_compiler_flags()
+    cli.start_process()
     batch = np.stack([test_audio.speech_like(audio.CHUNK_SECONDS, seed=seed) for seed in range(NUM_CLIPS)])
     extractor = transformers.WhisperFeatureExtractor(feature_size=N_MELS)
 

@@ -65,7 +65,7 @@ def bench_variant(variant: str, batch: int, repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
-    cli.set_cpu_compiler_flags()
+    cli.start_process()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="tiny,base")
     parser.add_argument("--batch", type=int, default=8)

@@ -65,7 +65,7 @@ def examples_per_second(batches: Iterator, consume: Callable = lambda batch: bat
 
 
 def main() -> None:
-    cli.set_cpu_compiler_flags()
+    cli.start_process()
     tokenizer = text.Tokenizer.from_assets()
     mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "fsdp"))
     read = pipeline.ReadConfig()

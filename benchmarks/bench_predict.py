@@ -104,7 +104,7 @@ def decode_only_row(checkpoint: pathlib.Path, clips: pathlib.Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    cli.set_cpu_compiler_flags()
+    cli.start_process()
     del argv
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)

@@ -171,7 +171,7 @@ def _measure(framework: str, variant: str, args: argparse.Namespace) -> dict[str
 
 
 def main() -> None:
-    cli.set_cpu_compiler_flags()
+    cli.start_process()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="tiny,base")
     parser.add_argument("--batch", type=int, default=8)

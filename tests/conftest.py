@@ -17,7 +17,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # test workers compile
 
 from audiocap_jax import cli  # noqa: E402  (after the environment above)
 
-cli.set_cpu_compiler_flags()  # what every command sets at its start
+cli.start_process()  # what every command does at its start
 
 
 @pytest.fixture(scope="session")
