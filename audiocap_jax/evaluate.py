@@ -269,7 +269,7 @@ def _alignment_fix(error: caption_files.AlignmentError, predictions: Mapping[str
     return f"correct the file names, or pass {' '.join(switches)} to score the clips found in both"
 
 
-# `evaluator.Scoring` options taken as the flags give them: option -> flag.
+# `scoring.ScoreOptions` taken as the flags give them: option -> flag.
 _SCORING_FLAGS = {
     "preset": "metrics",
     "allow_missing": "allow_missing",
@@ -283,7 +283,7 @@ _SCORING_FLAGS = {
 def _scorer(f: flags.FlagValues, prefix: str) -> evaluator.Scorer:
     """The flags' metrics (keyword ones by default for a keywords `prefix`); a predictions/references mismatch
     becomes a user error naming the switch that allows it."""
-    options = evaluator.Scoring(
+    options = scoring.ScoreOptions(
         keywords=f["keywords"].value if f["keywords"].value is not None else scoring.keyword_style(prefix),
         spice={"auto": "auto", "on": True, "off": False}[f["spice"].value],
         **{option: f[flag].value for option, flag in _SCORING_FLAGS.items()},

@@ -280,7 +280,7 @@ class Validation:
                 directory / f"{stem}_metrics.json",
                 {"step": step, "prefix": spec.prefix},
             )
-        options = evaluator.Scoring(
+        options = scoring.ScoreOptions(
             keywords=scoring.keyword_style(spec.prefix), spice=self._spice, preset=config.eval.metrics
         )
         return evaluator.evaluate_split(

@@ -109,11 +109,8 @@ def dcase2023_with_spice(model_root):
         return scoring.score(
             CROSSCHECK_PREDICTIONS,
             CROSSCHECK_REFERENCES,
-            preset="dcase2023",
+            scoring.ScoreOptions(preset="dcase2023", model_dir=model_root, bootstrap=200, seed=3),
             candidates=candidates,
-            model_dir=model_root,
-            bootstrap=200,
-            seed=3,
         )
 
 
@@ -153,9 +150,8 @@ def test_bootstrap_intervals_are_seeded_and_contain_the_score(dcase2023_with_spi
 
 
 def test_missing_models_change_no_other_metric(tmp_path, dcase2023_with_spice):
-    scores = scoring.score(
-        CROSSCHECK_PREDICTIONS, CROSSCHECK_REFERENCES, preset="dcase2024", spice=False, model_dir=tmp_path
-    )
+    options = scoring.ScoreOptions(preset="dcase2024", spice=False, model_dir=tmp_path)
+    scores = scoring.score(CROSSCHECK_PREDICTIONS, CROSSCHECK_REFERENCES, options)
     fix = f"fix: {dcase.DOWNLOAD_COMMAND} --model_dir={tmp_path}"
     for key in ("fense", "sbert_sim", "fer", "spider_fl"):
         assert scores.corpus[key] is None

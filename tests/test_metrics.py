@@ -73,7 +73,9 @@ PREDICTIONS = {
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory):
     # An empty folder as spice_dir: SPICE is unavailable whatever is installed on this machine.
-    return scoring.score(PREDICTIONS, REFERENCES, spice_dir=tmp_path_factory.mktemp("no_spice"))
+    return scoring.score(
+        PREDICTIONS, REFERENCES, scoring.ScoreOptions(spice_dir=tmp_path_factory.mktemp("no_spice"))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +130,9 @@ def test_spice_unavailable_is_none_with_fix_and_other_metrics_survive(ours):
 
 def test_spice_required_but_missing_raises_before_scoring(tmp_path):
     with pytest.raises(spice_jar.SpiceUnavailableError, match="get_stanford_models.sh"):
-        scoring.score(PREDICTIONS, REFERENCES, spice=True, spice_dir=tmp_path)
+        scoring.score(PREDICTIONS, REFERENCES, scoring.ScoreOptions(spice=True, spice_dir=tmp_path))
     with pytest.raises(ValueError, match="'auto', True or False"):
-        scoring.score(PREDICTIONS, REFERENCES, spice="yes")
+        scoring.score(PREDICTIONS, REFERENCES, scoring.ScoreOptions(spice="yes"))
 
 
 def test_ptb_tokenize_matches_pycocoevalcap_and_separators_cannot_shift_lines(oracle):

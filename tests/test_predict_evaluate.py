@@ -171,16 +171,19 @@ def test_evaluate_predictions_against_clotho_csv(tmp_path):
             ["b.wav", "Rain falls on a roof.", "rain on a roof", "it rains", "rain falls", "heavy rain"]
         )
     predictions = {"a.wav": "a dog barks", "b.wav": "rain falls on the roof"}
-    scores = scoring.score_captions(predictions, caption_files.read_references(references), spice=False)
-    assert (
-        scores.corpus == scoring.score(predictions, caption_files.read_references(references), spice=False).corpus
+    scores = scoring.score(
+        predictions, caption_files.read_references(references), scoring.ScoreOptions(spice=False)
     )
     with pytest.raises(caption_files.AlignmentError, match="'c.wav'"):
-        scoring.score_captions(
-            {**predictions, "c.wav": "x"}, caption_files.read_references(references), spice=False
+        scoring.score(
+            {**predictions, "c.wav": "x"},
+            caption_files.read_references(references),
+            scoring.ScoreOptions(spice=False),
         )
-    extra = scoring.score_captions(
-        {**predictions, "c.wav": "x"}, caption_files.read_references(references), allow_extra=True, spice=False
+    extra = scoring.score(
+        {**predictions, "c.wav": "x"},
+        caption_files.read_references(references),
+        scoring.ScoreOptions(allow_extra=True, spice=False),
     )
     assert extra.corpus == scores.corpus
 
@@ -221,7 +224,9 @@ def test_evaluate_checkpoint_on_tfds_split(checkpoint, tfds_build, tmp_path):
     data_dir = str(tfds_build["audioset_small"].data_dir)
     loaded = evaluate.load_split(str(checkpoint), "audioset", "valid", data_dir, config)
     output = evaluator.Output(evaluate.predictions_csv(tmp_path, "audioset"))
-    result = evaluate.evaluate_loaded(loaded, config, evaluator.Scoring(keywords=True, spice=False), output)
+    result = evaluate.evaluate_loaded(
+        loaded, config, scoring.ScoreOptions(keywords=True, spice=False), output
+    )
     found = result.predictions
     predictions = {p.file_name: p.caption for p in found}
     references = {p.file_name: list(p.references) for p in found}
@@ -424,7 +429,9 @@ def test_sampling_seed_fixes_the_captions_and_another_seed_changes_them(released
     batching = worklist.Batching(
         8, 80, built.config.num_frames, tuple(tokenizer.prompt_ids(text.CLOTHO_CAPTION))
     )
-    batches = [part.batch for part in worklist.audio_parts(work, [range(len(work))], batching, 0) if part.batch]
+    batches = [
+        part.batch for part in worklist.audio_parts(work, [range(len(work))], batching, 0) if part.batch
+    ]
     decoder = inference.Decoder.from_config(config, built.model, tokenizer, hf_dir, mesh)
     assert (decoder.settings.num_samples, decoder.settings.num_return_sequences) == (4, 4)
 
@@ -484,7 +491,7 @@ def test_sweep_decodes_every_setting_once_and_writes_one_row_each(released_whisp
     seen = []
 
     def score(captions, references, candidates):
-        """A stand-in for the JVM metrics (`evaluate` passes its flags' `evaluator.Scoring`; tested above):
+        """A stand-in for the JVM metrics (`evaluate` passes its flags' `scoring.ScoreOptions`; tested above):
         what it got."""
         seen.append(candidates)
         return scorecard.CaptionScores(

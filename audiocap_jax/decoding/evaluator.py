@@ -3,8 +3,8 @@
 `evaluate_split` captions the batches with the shared search (`inference.Decoder`), writes the predictions CSV
 (and the N-best CSV beside it), scores the captions against the references the batches carry, and writes the
 scores JSON. Every file is written complete or not at all (`cli.atomic_path`); the predictions are on disk before
-scoring starts, so a metric that fails still leaves the captions. Scoring is the metrics package's
-(`scoring.score_captions`); `Scoring` only carries its options.
+scoring starts, so a metric that fails still leaves the captions. Scoring is the metrics package's: the
+scorer is a `scoring.ScoreOptions` or a caller's wrapper around one.
 """
 
 from __future__ import annotations
@@ -20,38 +20,13 @@ from jax.sharding import Mesh
 
 from audiocap_jax import cli
 from audiocap_jax.decoding import inference
-from audiocap_jax.metrics import caption_files, scorecard, scoring
+from audiocap_jax.metrics import caption_files, scorecard
 from audiocap_jax.text import Tokenizer
 
-# (captions, references, N-best lists or None) -> scores: a `Scoring`, or a caller's wrapper around one.
+# (captions, references, N-best lists or None) -> scores: a `scoring.ScoreOptions`, or a wrapper around one.
 Scorer = Callable[
     [Mapping[str, str], Mapping[str, list[str]], Mapping[str, list[str]] | None], scorecard.CaptionScores
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class Scoring:
-    """The options a split is scored with; the defaults are `scoring.score`'s."""
-
-    keywords: bool = False  # keyword P/R/F1 too (`scoring.keyword_style` of the split's prefix)
-    spice: str | bool = "auto"  # "auto": when its jars and Java exist; True: required; False: skipped
-    preset: str = "coco"  # `scoring.PRESETS`
-    allow_missing: bool = False  # score only the clips that have predictions
-    allow_extra: bool = False  # ignore predictions of clips without references
-    model_dir: str | None = None  # FENSE/FER models
-    bootstrap: int = 0  # resamples for 95% intervals
-    seed: int = 0  # of the bootstrap
-
-    def __call__(
-        self,
-        captions: Mapping[str, str],
-        references: Mapping[str, list[str]],
-        candidates: Mapping[str, list[str]] | None = None,
-    ) -> scorecard.CaptionScores:
-        """The scores of `captions`; `candidates` (N-best lists, best first) add SPIDEr-max."""
-        return scoring.score_captions(
-            dict(captions), dict(references), candidates=candidates, **dataclasses.asdict(self)
-        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ One module per job; callers import the module they use (`from audiocap_jax.metri
   dcase       the model-based DCASE metrics (SBERT-sim, FER, FENSE / SPIDEr-FL penalty) and their download
   keywords    keyword precision / recall / F1 of AudioSet keyword outputs
   scorecard   `CaptionScores`, the metric names, the markdown table and the JSON file
-  scoring     presets, `score` (every metric of a preset, bootstrap intervals), `score_captions`, checkpoint metric
+  scoring     presets, `ScoreOptions` and `score` (every metric of a preset, bootstrap intervals), checkpoint metric
 
 Pipeline of `scoring.score`:
   align -> Stanford PTB tokenisation, one JVM for predictions and references (pycocoevalcap's jar, flags and

@@ -1,5 +1,5 @@
-"""Every metric of a preset on aligned captions: `score`, what training validation and `evaluate` call (through
-`score_captions`), and the checkpoint-selection metric.
+"""Every metric of a preset on aligned captions: `score` with its `ScoreOptions` (what training validation and
+`evaluate` call through the evaluator), and the checkpoint-selection metric.
 
 `score` runs in stages, each adding to one `_Tally`: PTB tokenisation (`_tokenize`), the classic metrics
 (`_add_classic`), SPICE and SPIDEr (`_add_spice`), SPIDEr-max (`_add_spider_max`), the model-based DCASE
@@ -15,7 +15,7 @@ import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from absl import logging
@@ -25,7 +25,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 from audiocap_jax.metrics import caption_files, coco, dcase, java, scorecard, spice_jar
 
-# The function, not the module: `score_captions` has a `keywords` flag.
+# The function, not the module: `ScoreOptions` has a `keywords` field.
 from audiocap_jax.metrics.keywords import score_keywords
 
 CLASSIC_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider")
@@ -103,56 +103,102 @@ class _Tally:
             self.failed_clips.setdefault(name, []).append(f"{what}: {cause}")
 
 
-def score(
-    predictions: Mapping[str, str],
-    references: Mapping[str, Sequence[str]],
-    *,
-    preset: str = "coco",
-    candidates: Mapping[str, Sequence[str]] | None = None,
-    spice: Literal["auto"] | bool = "auto",
-    spice_dir: str | Path | None = None,
-    model_dir: str | Path | None = None,
-    bootstrap: int = 0,
-    seed: int = 0,
-    allow_missing: bool = False,
-    allow_extra: bool = False,
-) -> scorecard.CaptionScores:
-    """The preset's metrics (`PRESETS`), classic ones pycocoevalcap-identical, DCASE ones aac-metrics-identical.
+@dataclasses.dataclass(frozen=True)
+class ScoreOptions:
+    """How captions are scored: the one set of scoring options and defaults (`score`, validation, `evaluate`).
 
     preset: "coco" (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr = (CIDEr-D + SPICE) / 2), "dcase2023"
-    (+ SPIDEr-FL, FER) or "dcase2024" (FENSE, SBERT-sim, FER, SPIDEr-FL, Vocab + classic). Like aac-metrics'
-    `evaluate`, every metric sees the PTB-tokenised, lowercased text without punctuation.
-    candidates: N-best lists per clip (file name -> captions, best first); adds SPIDEr-max = mean over clips of
-    the best candidate's SPIDEr. `predictions` stay the captions every other metric scores.
+    (+ SPIDEr-FL, FER) or "dcase2024" (FENSE, SBERT-sim, FER, SPIDEr-FL, Vocab + classic).
     spice: "auto" computes SPICE when `spice_jar.spice_status` says it can and otherwise reports SPICE and the
     metrics built on it as None with the fix (a crash too; the other metrics survive); True requires it; False
-    skips it.
+    skips it. spice_dir: where its jars are (default `spice_jar`'s).
     model_dir: the FENSE/FER models (dcase.default_model_dir()); without them those metrics are None with the
     download command, and nothing else changes.
     bootstrap: number of resamples of the clips (with replacement, numpy seed `seed`) for 95% percentile
     intervals of every corpus metric; 0 = none.
+    allow_missing / allow_extra: score only the clips that have predictions / ignore predictions of clips
+    without references (otherwise either is an `AlignmentError`).
+    keywords: keyword P/R/F1 too (`keyword_style` of a split's prefix).
+    """
+
+    preset: str = "coco"
+    spice: Literal["auto"] | bool = "auto"
+    spice_dir: str | Path | None = None
+    model_dir: str | Path | None = None
+    bootstrap: int = 0
+    seed: int = 0
+    allow_missing: bool = False
+    allow_extra: bool = False
+    keywords: bool = False
+
+    def __call__(
+        self,
+        predictions: Mapping[str, str],
+        references: Mapping[str, Sequence[str]],
+        candidates: Mapping[str, Sequence[str]] | None = None,
+    ) -> scorecard.CaptionScores:
+        """`score` with these options: the evaluator's scorer."""
+        return score(predictions, references, self, candidates=candidates)
+
+
+def score(
+    predictions: Mapping[str, str],
+    references: Mapping[str, Sequence[str]],
+    options: ScoreOptions | None = None,
+    *,
+    candidates: Mapping[str, Sequence[str]] | None = None,
+) -> scorecard.CaptionScores:
+    """The preset's metrics (`PRESETS`), classic ones pycocoevalcap-identical, DCASE ones aac-metrics-identical.
+
+    Like aac-metrics' `evaluate`, every metric sees the PTB-tokenised, lowercased text without punctuation.
+    options: `ScoreOptions` (default: its defaults).
+    candidates: N-best lists per clip (file name -> captions, best first); adds SPIDEr-max = mean over clips of
+    the best candidate's SPIDEr. `predictions` stay the captions every other metric scores.
     Costs: two JVM starts (~1 s PTB, ~5 s METEOR), SPICE when on, the two small BERTs for FENSE-family metrics.
     """
-    metric_preset = get_preset(preset)
+    options = options or ScoreOptions()
+    scores = _score_captioning(predictions, references, options, candidates)
+    if options.keywords:
+        keyword_scores = score_keywords(
+            dict(predictions),
+            {k: list(v) for k, v in references.items()},
+            allow_missing=options.allow_missing,
+            allow_extra=options.allow_extra,
+        )
+        scores = dataclasses.replace(scores, corpus={**scores.corpus, **keyword_scores.corpus})
+    return scores
+
+
+def _score_captioning(
+    predictions: Mapping[str, str],
+    references: Mapping[str, Sequence[str]],
+    options: ScoreOptions,
+    candidates: Mapping[str, Sequence[str]] | None,
+) -> scorecard.CaptionScores:
+    """`score` without the keyword metrics: the stages of the module's docstring."""
+    metric_preset = get_preset(options.preset)
+    bootstrap = options.bootstrap
     if bootstrap < 0:
         raise ValueError(f"bootstrap={bootstrap}; give a number of resamples >= 0 (1000 is usual), 0 = none")
-    spice_state = _resolve_spice(spice, spice_dir)
+    spice_state = _resolve_spice(options.spice, options.spice_dir)
     aligned = caption_files.align(
-        predictions, references, allow_missing=allow_missing, allow_extra=allow_extra
+        predictions, references, allow_missing=options.allow_missing, allow_extra=options.allow_extra
     )
     candidate_lists = caption_files.align_candidates(candidates, aligned) if candidates is not None else None
     tally = _Tally(warnings=list(aligned.warnings))
     tokens = _tokenize(aligned, candidate_lists, tally)
     names = tokens.names
-    resamples = np.random.default_rng(seed).integers(0, len(names), size=(bootstrap, len(names)))  # [N, B]
+    resamples = np.random.default_rng(options.seed).integers(
+        0, len(names), size=(bootstrap, len(names))
+    )  # [N, B]
 
     _add_classic(tokens, resamples, tally)
     candidate_spice: Iterator[float] = iter(())
     if spice_state is not None:
-        candidate_spice = _add_spice(tokens, spice_state, spice is True, tally)
+        candidate_spice = _add_spice(tokens, spice_state, options.spice is True, tally)
     if tokens.candidates is not None:
         _add_spider_max(tokens, candidate_spice, tally)
-    _add_fluency(tokens, metric_preset, model_dir, tally)
+    _add_fluency(tokens, metric_preset, options.model_dir, tally)
     if "vocab" in metric_preset.metrics:
         token_sets = [frozenset(tokens.res[n][0].split()) for n in names]
         tally.per_clip["vocab"] = np.array([len(t) for t in token_sets], dtype=np.float64)
@@ -391,26 +437,6 @@ def _intervals(
 def keyword_style(prefix: str) -> bool:
     """Whether a prefix asks for keywords (`audioset > keywords: `): those outputs also get keyword P/R/F1."""
     return prefix.rstrip().endswith("keywords:")
-
-
-def score_captions(
-    captions: dict[str, str],
-    references: dict[str, list[str]],
-    *,
-    keywords: bool = False,
-    spice: str | bool = "auto",
-    allow_missing: bool = False,
-    allow_extra: bool = False,
-    **score_options: Any,
-) -> scorecard.CaptionScores:
-    """Captioning metrics over aligned predictions and references; with `keywords`, keyword P/R/F1 too.
-    `score_options` go to `score` as given: preset, candidates, model_dir, bootstrap, seed."""
-    allow = dict(allow_missing=allow_missing, allow_extra=allow_extra)
-    scores = score(captions, references, spice=spice, **allow, **score_options)
-    if keywords:
-        keyword_scores = score_keywords(captions, references, **allow)
-        scores = dataclasses.replace(scores, corpus={**scores.corpus, **keyword_scores.corpus})
-    return scores
 
 
 def select_best_metric(results: Mapping[str, float], metric: str) -> tuple[str, float]:

@@ -195,9 +195,8 @@ def crosscheck_ours(model_root: str | Path) -> dict[str, dict]:
     {metric: [B]}} for CROSSCHECK_KEYS (Vocab has no per-clip list)."""
     from audiocap_jax.metrics import dcase, scoring
 
-    scores = scoring.score(
-        CROSSCHECK_PREDICTIONS, CROSSCHECK_REFERENCES, preset="dcase2024", spice=False, model_dir=model_root
-    )
+    options = scoring.ScoreOptions(preset="dcase2024", spice=False, model_dir=model_root)
+    scores = scoring.score(CROSSCHECK_PREDICTIONS, CROSSCHECK_REFERENCES, options)
     names = sorted(CROSSCHECK_REFERENCES)
     per_clip = {k: [scores.per_clip[n][k] for n in names] for k in ("sbert_sim", "fer", "fense", "cider_d")}
     spider = (np.array(per_clip["cider_d"]) + np.array(CROSSCHECK_SPICE)) / 2
