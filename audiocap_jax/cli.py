@@ -177,12 +177,12 @@ def accelerator_present() -> bool:
     return False
 
 
-def use_cpu_without_accelerators() -> None:
+def _use_cpu_without_accelerators() -> None:
     """On a machine with no GPU or TPU, run JAX on the CPU without asking the TPU and CUDA plugins first.
 
     An environment with `jax[tpu]` or `jax[cuda13]` installed (to compile for pods with
     `python -m audiocap_jax.aot`) otherwise prints libtpu's and CUDA's start-up complaints on every
-    command. An explicit `JAX_PLATFORMS` wins. `run` calls it at every command's start.
+    command. An explicit `JAX_PLATFORMS` wins.
     """
     if os.environ.get("JAX_PLATFORMS") or accelerator_present():
         return
@@ -198,7 +198,7 @@ def use_cpu_without_accelerators() -> None:
 CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
 
 
-def set_cpu_compiler_flags() -> None:
+def _set_cpu_compiler_flags() -> None:
     """Add XLA:CPU's scheduler flag above to XLA_FLAGS, keeping a value the user set.
 
     XLA reads XLA_FLAGS when JAX creates the backend, not at import, so this runs where a process starts
@@ -213,8 +213,8 @@ def start_process() -> None:
     conftest; each benchmark's `main`): XLA:CPU's flags, and the CPU platform on a machine without GPU or TPU.
     Without the latter, a CPU machine with the TPU plugin installed (for `aot`) can deadlock the CPU devices'
     collectives of a multi-device program."""
-    set_cpu_compiler_flags()
-    use_cpu_without_accelerators()
+    _set_cpu_compiler_flags()
+    _use_cpu_without_accelerators()
 
 
 @contextlib.contextmanager
