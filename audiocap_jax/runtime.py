@@ -22,6 +22,10 @@ from jax._src import distributed
 
 CACHE_ENV = "AUDIOCAP_CACHE"  # where compiled programs go instead of the default below
 DEFAULT_CACHE_DIR = Path("~/.cache/audiocap_jax/xla")
+# The cache's bound: past it JAX deletes the least recently used programs. Bounding it also makes JAX take a
+# file lock around every read and write, so the processes of a multi-process run on one host (or several runs)
+# never read a program another process is still writing. A large-v2 train step for a pod is a few hundred MB.
+CACHE_MAX_BYTES = 8 * 2**30
 # How long a process waits for the others at a barrier before it fails, naming itself: longer than any
 # legitimate skew (a slow checkpoint write, a compile), shorter than a job scheduler's patience.
 COLLECTIVE_TIMEOUT_SECONDS = 600
@@ -68,13 +72,15 @@ def compile_cache_dir() -> Path:
 
 
 def enable_compile_cache(directory: Path | None = None) -> Path:
-    """Turn on JAX's persistent compilation cache in `directory` (default `compile_cache_dir()`).
+    """Turn on JAX's persistent compilation cache in `directory` (default `compile_cache_dir()`), bounded by
+    `CACHE_MAX_BYTES`.
 
     Every program is cached, however fast it compiled: JAX's default threshold (1 s) would skip the small
     decode programs of CPU runs and tiny models, whose compile is still most of a short run's start-up.
     """
     directory = directory or compile_cache_dir()
     jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     logging.info("Compilation cache: %s (--no_compile_cache turns it off).", directory)

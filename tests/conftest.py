@@ -15,9 +15,26 @@ os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-8")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # test workers compile for TPUs side by side
 
-from audiocap_jax import cli  # noqa: E402  (after the environment above)
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+from audiocap_jax import cli, runtime  # noqa: E402  (after the environment above)
+
+# One compilation cache for the whole run, as a user's runs share one: the commands the tests start (their
+# default) and the test processes themselves (pytest-xdist's workers inherit the variable). A fresh
+# directory per run, so a run's time does not depend on the runs before it and nothing is left in $HOME.
+_OWN_CACHE = runtime.CACHE_ENV not in os.environ
+if _OWN_CACHE:
+    os.environ[runtime.CACHE_ENV] = tempfile.mkdtemp(prefix="audiocap-tests-xla-")
 
 cli.start_process()  # what every command does at its start
+runtime.enable_compile_cache()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run's cache goes when the process that made it ends (xdist's workers inherited it, not made it)."""
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ[runtime.CACHE_ENV], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
