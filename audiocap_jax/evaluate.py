@@ -255,7 +255,9 @@ def _define_flags() -> None:
     config_flags.DEFINE_config_file("config-file", cli.PREDICT_CONFIG, "Decoding settings.", lock_config=True)
 
 
-def _alignment_fix(error: caption_files.AlignmentError, predictions: Mapping[str, str], references: Mapping) -> str:
+def _alignment_fix(
+    error: caption_files.AlignmentError, predictions: Mapping[str, str], references: Mapping
+) -> str:
     """The command-line fix for a predictions/references mismatch (metrics speaks of Python arguments)."""
     if not set(predictions) & set(references):
         return "write the file names relative to the same folder in both files"

@@ -97,7 +97,10 @@ def plot_metrics(workdir: str | Path) -> Path:
     for key in _headline_keys(records, plotted_only=True):
         steps, values = _series(records, key)
         validation_axis.plot(
-            steps, values, marker="o", label=f"{key.split('/')[0]} {scorecard.METRIC_NAMES[key.split('/')[1]]}"
+            steps,
+            values,
+            marker="o",
+            label=f"{key.split('/')[0]} {scorecard.METRIC_NAMES[key.split('/')[1]]}",
         )
     validation_axis.set(xlabel="step", ylabel="score", title="validation")
     if validation_axis.lines:
