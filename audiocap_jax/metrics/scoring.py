@@ -160,10 +160,7 @@ def score(
     scores = _score_captioning(predictions, references, options, candidates)
     if options.keywords:
         keyword_scores = score_keywords(
-            dict(predictions),
-            {k: list(v) for k, v in references.items()},
-            allow_missing=options.allow_missing,
-            allow_extra=options.allow_extra,
+            predictions, references, allow_missing=options.allow_missing, allow_extra=options.allow_extra
         )
         scores = dataclasses.replace(scores, corpus={**scores.corpus, **keyword_scores.corpus})
     return scores
